@@ -1,0 +1,176 @@
+//! Cluster administration: membership, leadership, snapshots and Raft metrics.
+
+use crate::error::{StoreError, StoreResult};
+use crate::node::Node;
+use crate::routing::{forwarded, is_leader, route, Route};
+use crate::types::{Node as RaftNode, NodeId};
+use kv_proto::admin::v1::{self as pb, cluster_admin_client::ClusterAdminClient, cluster_admin_server::ClusterAdmin};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+/// How long an admin call waits for the cluster to reach the state it asked for.
+const ADMIN_WAIT: Duration = Duration::from_secs(10);
+
+/// The ClusterAdmin gRPC service.
+pub struct AdminService {
+    node: Arc<Node>,
+}
+
+impl AdminService {
+    pub fn new(node: Arc<Node>) -> Self {
+        AdminService { node }
+    }
+
+    fn reply(&self) -> Response<pb::AdminReply> {
+        Response::new(pb::AdminReply { metrics: Some(cluster_metrics(&self.node)) })
+    }
+
+    /// Waits until the Raft metrics satisfy `cond`.
+    async fn wait_for(
+        &self,
+        what: &str,
+        cond: impl Fn(&openraft::RaftMetrics<NodeId, RaftNode>) -> bool + Send,
+    ) -> StoreResult<()> {
+        self.node
+            .raft
+            .wait(Some(ADMIN_WAIT))
+            .metrics(cond, what)
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Raft(format!("waiting for {what}: {e}")))
+    }
+
+    /// Leader side of a transfer: once the target holds the whole log, it calls an election.
+    /// Its higher term wins this node's vote (openraft 0.9 has no transfer message), and the
+    /// target's complete log wins it the election.
+    async fn hand_over(&self, to: NodeId) -> StoreResult<()> {
+        let node = &self.node;
+        let addr = node
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&to)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| StoreError::Precondition(format!("node {to} is not a member")))?;
+        let last = node.raft.metrics().borrow().last_log_index;
+        self.wait_for("the target to hold the leader's whole log", |m| {
+            m.replication.as_ref().and_then(|r| r.get(&to)).and_then(|l| l.as_ref()).map(|l| l.index) >= last
+        })
+        .await?;
+        let mut target = ClusterAdminClient::new(node.peers.channel(&addr)?);
+        target
+            .transfer_leader(forwarded(pb::TransferLeaderRequest { to }))
+            .await
+            .map_err(|s| StoreError::Raft(s.message().to_owned()))?;
+        Ok(())
+    }
+}
+
+/// This node's view of the Raft group.
+pub fn cluster_metrics(node: &Node) -> pb::ClusterMetrics {
+    let m = node.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let member = |id: &NodeId| pb::Member {
+        node_id: *id,
+        addr: membership.get_node(id).map(|n| n.addr.clone()).unwrap_or_default(),
+    };
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    pb::ClusterMetrics {
+        node_id: m.id,
+        state: format!("{:?}", m.state),
+        current_term: m.current_term,
+        leader_id: m.current_leader,
+        last_log_index: m.last_log_index.unwrap_or(0),
+        committed_index: node.reader.committed(),
+        applied_index: m.last_applied.map_or(0, |l| l.index),
+        snapshot_index: m.snapshot.map_or(0, |l| l.index),
+        purged_index: m.purged.map_or(0, |l| l.index),
+        voters: voters.iter().map(member).collect(),
+        learners: membership.learner_ids().map(|id| member(&id)).collect(),
+    }
+}
+
+macro_rules! on_leader {
+    ($self:ident, $req:ident, $method:ident) => {
+        if let Route::Leader(ch) = route(&$self.node, &$req)? {
+            return ClusterAdminClient::new(ch).$method(forwarded($req.into_inner())).await;
+        }
+    };
+}
+
+#[tonic::async_trait]
+impl ClusterAdmin for AdminService {
+    async fn initialize(&self, req: Request<pb::InitializeRequest>) -> Result<Response<pb::AdminReply>, Status> {
+        let members: BTreeMap<NodeId, RaftNode> =
+            req.into_inner().members.into_iter().map(|m| (m.node_id, RaftNode::new(m.addr))).collect();
+        if members.is_empty() {
+            return Err(StoreError::Precondition("initialize needs at least one member".into()).into());
+        }
+        self.node.raft.initialize(members).await.map_err(|e| StoreError::Precondition(e.to_string()))?;
+        Ok(self.reply())
+    }
+
+    async fn add_learner(&self, req: Request<pb::AddLearnerRequest>) -> Result<Response<pb::AdminReply>, Status> {
+        on_leader!(self, req, add_learner);
+        let r = req.into_inner();
+        let m = r.member.ok_or_else(|| StoreError::Precondition("member is required".into()))?;
+        self.node
+            .raft
+            .add_learner(m.node_id, RaftNode::new(m.addr), r.blocking)
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))?;
+        Ok(self.reply())
+    }
+
+    async fn change_membership(
+        &self,
+        req: Request<pb::ChangeMembershipRequest>,
+    ) -> Result<Response<pb::AdminReply>, Status> {
+        on_leader!(self, req, change_membership);
+        let r = req.into_inner();
+        let voters: BTreeSet<NodeId> = r.voters.into_iter().collect();
+        self.node.raft.change_membership(voters, r.retain).await.map_err(|e| StoreError::Raft(e.to_string()))?;
+        Ok(self.reply())
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::AdminReply>, Status> {
+        let to = req.get_ref().to;
+        if to == self.node.id {
+            if !is_leader(&self.node) {
+                self.node.raft.trigger().elect().await.map_err(|e| StoreError::Raft(e.to_string()))?;
+                self.wait_for("this node to lead", |m| m.current_leader == Some(m.id)).await?;
+            }
+            return Ok(self.reply());
+        }
+        on_leader!(self, req, transfer_leader);
+        self.hand_over(to).await?;
+        Ok(self.reply())
+    }
+
+    async fn snapshot(&self, req: Request<pb::SnapshotRequest>) -> Result<Response<pb::AdminReply>, Status> {
+        let purge = req.into_inner().purge;
+        let raft = &self.node.raft;
+        let applied = raft.metrics().borrow().last_applied.map(|l| l.index);
+        raft.trigger().snapshot().await.map_err(|e| StoreError::Raft(e.to_string()))?;
+        self.wait_for("the snapshot", |m| m.snapshot.map(|l| l.index) >= applied).await?;
+        if purge {
+            let snapshot = raft.metrics().borrow().snapshot.map(|l| l.index);
+            if let Some(upto) = snapshot {
+                raft.trigger().purge_log(upto).await.map_err(|e| StoreError::Raft(e.to_string()))?;
+                self.wait_for("the log purge", |m| m.purged.map(|l| l.index) >= Some(upto)).await?;
+            }
+        }
+        Ok(self.reply())
+    }
+
+    async fn metrics(&self, _req: Request<pb::MetricsRequest>) -> Result<Response<pb::ClusterMetrics>, Status> {
+        Ok(Response::new(cluster_metrics(&self.node)))
+    }
+}

@@ -1,0 +1,96 @@
+//! The change feed: every change set after a version, in order, then live ones as they
+//! are applied. Any replica can serve it, since each keeps the feed from its own log.
+
+use crate::node::Node;
+use crate::storage::keys::{ChangeKind, ChangeRecord};
+use crate::storage::reader::FeedRead;
+use kv_proto::store::v1 as pb;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+/// Change sets read from RocksDB per step.
+const READ_BATCH: usize = 256;
+/// Buffered events per subscriber; a slow subscriber holds back only its own stream.
+const STREAM_BUFFER: usize = 64;
+/// An idle stream reports its progress this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Starts a feed for one subscriber, beginning after `from`.
+pub fn stream(node: Arc<Node>, from: u64) -> ReceiverStream<Result<pb::WatchEvent, Status>> {
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(async move {
+        node.metrics.watch_subscribers.inc();
+        if let Err(e) = feed(&node, from, &tx).await {
+            let _ = tx.send(Err(e)).await;
+        }
+        node.metrics.watch_subscribers.dec();
+    });
+    ReceiverStream::new(rx)
+}
+
+type Sender = mpsc::Sender<Result<pb::WatchEvent, Status>>;
+
+/// Runs until the subscriber goes away, or after telling it to resync.
+async fn feed(node: &Node, from: u64, tx: &Sender) -> Result<(), Status> {
+    let mut applied_rx = node.reader.subscribe();
+    let mut last = from;
+    loop {
+        // Mark the applied index seen before reading, so no apply slips between the read
+        // and the wait below.
+        let applied = *applied_rx.borrow_and_update();
+        match node.reader.changes_after(last, READ_BATCH)? {
+            FeedRead::Resync { floor } => {
+                let resync = pb::Resync { oldest_retained: floor, current_version: applied };
+                let _ = tx.send(Ok(event(pb::watch_event::Event::Resync(resync)))).await;
+                return Ok(());
+            }
+            FeedRead::Changes(sets) if !sets.is_empty() => {
+                for (version, changes) in sets {
+                    let set = pb::ChangeSet { version, changes: changes.into_iter().map(to_change).collect() };
+                    if tx.send(Ok(event(pb::watch_event::Event::Changes(set)))).await.is_err() {
+                        return Ok(());
+                    }
+                    last = version;
+                }
+            }
+            FeedRead::Changes(_) => {
+                // Everything up to `applied` has been sent.
+                last = last.max(applied);
+                tokio::select! {
+                    changed = applied_rx.changed() => if changed.is_err() { return Ok(()) },
+                    _ = tokio::time::sleep(PROGRESS_EVERY) => {
+                        let p = pb::Progress { applied_version: last };
+                        if tx.send(Ok(event(pb::watch_event::Event::Progress(p)))).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    _ = tx.closed() => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+fn event(e: pb::watch_event::Event) -> pb::WatchEvent {
+    pb::WatchEvent { event: Some(e) }
+}
+
+fn to_change(c: ChangeRecord) -> pb::Change {
+    let kind = match c.kind {
+        ChangeKind::Put => pb::ChangeKind::Put,
+        ChangeKind::Delete => pb::ChangeKind::Delete,
+        ChangeKind::NamespaceDeleted => pb::ChangeKind::NamespaceDeleted,
+    };
+    pb::Change {
+        namespace_id: c.namespace.to_string(),
+        key: c.key,
+        kind: kind as i32,
+        value_omitted: c.kind == ChangeKind::Put && c.value.is_none(),
+        value: c.value.unwrap_or_default(),
+        metadata_json: c.metadata,
+        expiration: c.expiration,
+    }
+}

@@ -1,0 +1,184 @@
+//! Node configuration: a TOML file, overridden by command-line flags and `KV_*` variables.
+
+use anyhow::Context;
+use clap::Parser;
+use kv_common::Limits;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything a central node needs to run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node_id: u64,
+    /// gRPC: store API, Raft transport, admin, health, reflection.
+    pub listen: SocketAddr,
+    /// The address peers and tiers use to reach `listen` (defaults to it).
+    pub advertise: Option<String>,
+    /// HTTP: `/metrics` and `/health`.
+    pub http_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// When set, the node with the smallest id initializes a fresh cluster of these members.
+    pub initial_members: Vec<MemberConfig>,
+    pub raft: RaftTiming,
+    pub feed: FeedSettings,
+    pub limits: Limits,
+    /// How often the leader proposes a sweep of expired entries.
+    pub sweep_interval_ms: u64,
+    /// How many expired entries one sweep removes at most.
+    pub sweep_budget: u32,
+}
+
+/// One initial cluster member.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct MemberConfig {
+    pub id: u64,
+    pub addr: String,
+}
+
+/// Raft timers and log compaction.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot, so lagging followers catch up by log.
+    pub keep_logs: u64,
+}
+
+/// How the change feed is kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedSettings {
+    pub retention: u64,
+    /// History is trimmed at log indexes divisible by this.
+    pub trim_every: u64,
+    pub inline_value_limit: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: 1,
+            listen: ([127, 0, 0, 1], 7101).into(),
+            advertise: None,
+            http_listen: ([127, 0, 0, 1], 7201).into(),
+            data_dir: PathBuf::from("data/central-1"),
+            initial_members: Vec::new(),
+            raft: RaftTiming::default(),
+            feed: FeedSettings::default(),
+            limits: Limits::default(),
+            sweep_interval_ms: 5_000,
+            sweep_budget: 1_000,
+        }
+    }
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat_ms: 100,
+            election_min_ms: 600,
+            election_max_ms: 1200,
+            snapshot_every: 20_000,
+            keep_logs: 1_000,
+        }
+    }
+}
+
+impl Default for FeedSettings {
+    fn default() -> Self {
+        FeedSettings { retention: 100_000, trim_every: 1024, inline_value_limit: 64 * 1024 }
+    }
+}
+
+/// Command-line flags; each one overrides the config file.
+#[derive(Debug, Parser)]
+#[command(name = "central-store", about = "A central KV store node (Raft over RocksDB)")]
+pub struct Args {
+    /// TOML config file.
+    #[arg(long, env = "KV_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "KV_NODE_ID")]
+    pub node_id: Option<u64>,
+    #[arg(long, env = "KV_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    #[arg(long, env = "KV_ADVERTISE")]
+    pub advertise: Option<String>,
+    #[arg(long, env = "KV_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    #[arg(long, env = "KV_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Initial members as `id=host:port,id=host:port,...`.
+    #[arg(long, env = "KV_INITIAL_MEMBERS", value_parser = parse_members)]
+    pub initial_members: Option<Vec<MemberConfig>>,
+}
+
+fn parse_members(text: &str) -> Result<Vec<MemberConfig>, String> {
+    text.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|part| {
+            let (id, addr) = part.split_once('=').ok_or_else(|| format!("expected id=host:port, got {part:?}"))?;
+            let id = id.trim().parse().map_err(|_| format!("bad node id in {part:?}"))?;
+            Ok(MemberConfig { id, addr: addr.trim().to_string() })
+        })
+        .collect()
+}
+
+impl Config {
+    /// Reads the config file (if any) and applies the flags on top.
+    pub fn load(args: Args) -> anyhow::Result<Config> {
+        let mut c = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        if let Some(v) = args.node_id {
+            c.node_id = v;
+        }
+        if let Some(v) = args.listen {
+            c.listen = v;
+        }
+        if let Some(v) = args.advertise {
+            c.advertise = Some(v);
+        }
+        if let Some(v) = args.http_listen {
+            c.http_listen = v;
+        }
+        if let Some(v) = args.data_dir {
+            c.data_dir = v;
+        }
+        if let Some(v) = args.initial_members {
+            c.initial_members = v;
+        }
+        Ok(c)
+    }
+
+    /// The address other nodes use to reach this one.
+    pub fn advertised(&self) -> String {
+        self.advertise.clone().unwrap_or_else(|| self.listen.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_members_and_toml() {
+        let m = parse_members("1=127.0.0.1:1,2=127.0.0.1:2").unwrap();
+        assert_eq!(m[1], MemberConfig { id: 2, addr: "127.0.0.1:2".into() });
+        assert!(parse_members("x").is_err());
+        let c: Config = toml::from_str("node_id = 3\n[limits]\nkey_write_interval_ms = 0\n").unwrap();
+        assert_eq!(c.node_id, 3);
+        assert_eq!(c.limits.key_write_interval_ms, 0);
+        assert_eq!(c.limits.max_key_bytes, 512);
+        assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    }
+}

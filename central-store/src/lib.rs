@@ -1,0 +1,15 @@
+//! The central store: the authoritative KV data, replicated by Raft (openraft) and kept in
+//! RocksDB. Read in this order: `types` (what the log carries), `storage` (how it is kept),
+//! `raft` (how nodes talk), `routing` (who serves a write), `api` (what tiers call), `node`
+//! (how it is all started).
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod node;
+pub mod raft;
+pub mod rate_limit;
+pub mod routing;
+pub mod storage;
+pub mod types;

@@ -1,0 +1,118 @@
+//! Prometheus metrics of a central node, and the HTTP endpoint that serves them.
+
+use crate::types::Raft;
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use std::sync::Arc;
+
+/// Every metric a central node exports; one registry per node.
+pub struct Metrics {
+    registry: Registry,
+    pub proposals: IntCounterVec,
+    pub write_latency: Histogram,
+    pub rate_limited: IntCounter,
+    pub forwarded: IntCounter,
+    pub log_fsyncs: IntCounter,
+    pub log_fsync_batch: Histogram,
+    pub expired_removed: IntCounter,
+    pub snapshots_installed: IntCounter,
+    pub watch_subscribers: IntGauge,
+    raft_term: IntGauge,
+    raft_is_leader: IntGauge,
+    raft_last_log_index: IntGauge,
+    raft_applied_index: IntGauge,
+    raft_apply_lag: IntGauge,
+    raft_snapshot_index: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+            r.register(Box::new(c.clone())).expect("metric names are unique");
+            c
+        }
+        let gauge = |name: &str, help: &str| reg(&registry, IntGauge::new(name, help).expect("valid metric"));
+        let counter = |name: &str, help: &str| reg(&registry, IntCounter::new(name, help).expect("valid metric"));
+        let m = Metrics {
+            proposals: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("kv_central_proposals_total", "Commands proposed to Raft, by kind"),
+                    &["kind"],
+                )
+                .expect("valid metric"),
+            ),
+            write_latency: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "kv_central_write_seconds",
+                        "Time from a write's arrival at the leader to its commit",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.0001, 2.0, 18).expect("valid buckets")),
+                )
+                .expect("valid metric"),
+            ),
+            rate_limited: counter("kv_central_rate_limited_writes_total", "Writes refused by the per-key rate limit"),
+            forwarded: counter("kv_central_forwarded_total", "Requests forwarded from a follower to the leader"),
+            log_fsyncs: counter("kv_central_log_fsyncs_total", "WAL syncs of the Raft log"),
+            log_fsync_batch: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("kv_central_log_fsync_batch", "Appends made durable by one WAL sync")
+                        .buckets(prometheus::exponential_buckets(1.0, 2.0, 10).expect("valid buckets")),
+                )
+                .expect("valid metric"),
+            ),
+            expired_removed: counter(
+                "kv_central_expired_removed_total",
+                "Expired entries physically removed by sweeps",
+            ),
+            snapshots_installed: counter("kv_central_snapshots_installed_total", "Snapshots installed from the leader"),
+            watch_subscribers: gauge("kv_central_watch_subscribers", "Open Watch streams"),
+            raft_term: gauge("kv_raft_term", "Current Raft term"),
+            raft_is_leader: gauge("kv_raft_is_leader", "1 when this node is the leader"),
+            raft_last_log_index: gauge("kv_raft_last_log_index", "Last log index"),
+            raft_applied_index: gauge("kv_raft_applied_index", "Last applied log index"),
+            raft_apply_lag: gauge("kv_raft_apply_lag", "Log entries not yet applied"),
+            raft_snapshot_index: gauge("kv_raft_snapshot_index", "Log index of the current snapshot"),
+            registry,
+        };
+        Arc::new(m)
+    }
+
+    /// The Prometheus text exposition, with Raft gauges read fresh from openraft.
+    pub fn render(&self, raft: &Raft) -> String {
+        let rm = raft.metrics().borrow().clone();
+        let last = rm.last_log_index.unwrap_or(0);
+        let applied = rm.last_applied.map_or(0, |l| l.index);
+        self.raft_term.set(rm.current_term as i64);
+        self.raft_is_leader.set(i64::from(rm.current_leader == Some(rm.id)));
+        self.raft_last_log_index.set(last as i64);
+        self.raft_applied_index.set(applied as i64);
+        self.raft_apply_lag.set(last.saturating_sub(applied) as i64);
+        self.raft_snapshot_index.set(rm.snapshot.map_or(0, |l| l.index) as i64);
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Serves `/metrics` (Prometheus text) and `/health` (200 while the Raft task runs).
+pub async fn serve_http(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, raft: Raft) -> std::io::Result<()> {
+    use axum::{routing::get, Router};
+    let m = metrics.clone();
+    let r = raft.clone();
+    let app = Router::new().route("/metrics", get(move || async move { m.render(&r) })).route(
+        "/health",
+        get(move || async move {
+            let state = raft.metrics().borrow().state;
+            if state == openraft::ServerState::Shutdown {
+                (axum::http::StatusCode::SERVICE_UNAVAILABLE, "shutdown".to_string())
+            } else {
+                (axum::http::StatusCode::OK, format!("{state:?}"))
+            }
+        }),
+    );
+    axum::serve(listener, app).await
+}

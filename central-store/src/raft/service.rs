@@ -1,0 +1,42 @@
+//! The server side of the Raft transport: decode, hand to openraft, encode its answer.
+
+use crate::types::Raft;
+use kv_proto::raft::v1::{raft_transport_server::RaftTransport, RaftMessage};
+use serde::{de::DeserializeOwned, Serialize};
+use tonic::{Request, Response, Status};
+
+/// Serves peers' Raft messages to the local node.
+pub struct RaftService {
+    raft: Raft,
+}
+
+impl RaftService {
+    pub fn new(raft: Raft) -> Self {
+        RaftService { raft }
+    }
+}
+
+fn decode<T: DeserializeOwned>(req: Request<RaftMessage>) -> Result<T, Status> {
+    bincode::deserialize(&req.into_inner().data)
+        .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+}
+
+fn encode<T: Serialize>(reply: &T) -> Result<Response<RaftMessage>, Status> {
+    let data = bincode::serialize(reply).map_err(|e| Status::internal(format!("encoding raft reply: {e}")))?;
+    Ok(Response::new(RaftMessage { data }))
+}
+
+#[tonic::async_trait]
+impl RaftTransport for RaftService {
+    async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        encode(&self.raft.append_entries(decode(req)?).await)
+    }
+
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        encode(&self.raft.vote(decode(req)?).await)
+    }
+
+    async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        encode(&self.raft.install_snapshot(decode(req)?).await)
+    }
+}

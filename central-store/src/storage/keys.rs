@@ -1,0 +1,145 @@
+//! Column families and the byte encodings of their keys and values.
+//!
+//! | cf           | key                               | value                      |
+//! |--------------|-----------------------------------|----------------------------|
+//! | `raft_log`   | index (u64 BE)                    | bincode `Entry`            |
+//! | `raft_meta`  | `vote`, `committed`, `purged`     | bincode                    |
+//! | `sm_meta`    | `applied`, `membership`, `floor`  | bincode                    |
+//! | `namespaces` | namespace id (16 bytes)           | bincode `NamespaceRecord`  |
+//! | `ns_titles`  | title bytes                       | namespace id               |
+//! | `entries`    | namespace id ++ key bytes         | bincode `EntryMeta`        |
+//! | `values`     | namespace id ++ key bytes         | raw value (blob files)     |
+//! | `expiry`     | expiration (u64 BE) ++ ns ++ key  | empty                      |
+//! | `changes`    | version (u64 BE)                  | bincode `Vec<ChangeRecord>`|
+//!
+//! Keys of one namespace sort by their UTF-8 bytes, which is the list order of the contract.
+
+use kv_common::NamespaceId;
+use serde::{Deserialize, Serialize};
+
+pub const CF_RAFT_LOG: &str = "raft_log";
+pub const CF_RAFT_META: &str = "raft_meta";
+pub const CF_SM_META: &str = "sm_meta";
+pub const CF_NAMESPACES: &str = "namespaces";
+pub const CF_NS_TITLES: &str = "ns_titles";
+pub const CF_ENTRIES: &str = "entries";
+pub const CF_VALUES: &str = "values";
+pub const CF_EXPIRY: &str = "expiry";
+pub const CF_CHANGES: &str = "changes";
+
+/// Every column family, in creation order.
+pub const ALL_CFS: [&str; 9] =
+    [CF_RAFT_LOG, CF_RAFT_META, CF_SM_META, CF_NAMESPACES, CF_NS_TITLES, CF_ENTRIES, CF_VALUES, CF_EXPIRY, CF_CHANGES];
+
+/// The column families that make up the state machine (and so a snapshot).
+pub const SNAPSHOT_CFS: [&str; 5] = [CF_NAMESPACES, CF_NS_TITLES, CF_ENTRIES, CF_VALUES, CF_EXPIRY];
+
+pub const META_VOTE: &[u8] = b"vote";
+pub const META_COMMITTED: &[u8] = b"committed";
+pub const META_PURGED: &[u8] = b"purged";
+pub const META_APPLIED: &[u8] = b"applied";
+pub const META_MEMBERSHIP: &[u8] = b"membership";
+/// Versions at or below the floor are no longer in the change feed.
+pub const META_FLOOR: &[u8] = b"floor";
+
+/// Per-key metadata, kept apart from the value so listing never reads values.
+#[derive(Clone, Serialize, Deserialize, Debug, PartialEq, Eq)]
+pub struct EntryMeta {
+    pub version: u64,
+    pub expiration: Option<i64>,
+    pub metadata: Option<String>,
+    /// A delete: the key is absent as of `version`.
+    pub tombstone: bool,
+}
+
+/// One change of the feed as stored (the wire form is built from it when served).
+#[derive(Clone, Serialize, Deserialize, Debug)]
+pub struct ChangeRecord {
+    pub namespace: NamespaceId,
+    pub key: String,
+    pub kind: ChangeKind,
+    pub value: Option<Vec<u8>>,
+    pub metadata: Option<String>,
+    pub expiration: Option<i64>,
+}
+
+/// What happened to a key.
+#[derive(Clone, Copy, Serialize, Deserialize, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// `value` is `None` when it was larger than the feed's inline limit.
+    Put,
+    Delete,
+    NamespaceDeleted,
+}
+
+pub fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+pub fn decode_index(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+pub fn entry_key(ns: &NamespaceId, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + key.len());
+    k.extend_from_slice(&ns.0);
+    k.extend_from_slice(key);
+    k
+}
+
+/// The expiry index sorts by time first so a sweep reads only what is due.
+pub fn expiry_key(expiration: i64, ns: &NamespaceId, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + 16 + key.len());
+    k.extend_from_slice(&(expiration.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(&ns.0);
+    k.extend_from_slice(key);
+    k
+}
+
+/// Splits an expiry index key back into (expiration, entry key).
+pub fn split_expiry_key(k: &[u8]) -> Option<(i64, &[u8])> {
+    if k.len() < 24 {
+        return None;
+    }
+    let exp = u64::from_be_bytes(k[..8].try_into().ok()?) as i64;
+    Some((exp, &k[8..]))
+}
+
+/// The smallest key greater than every key starting with `prefix` (None: no upper bound).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// A key greater than every key of any column family (keys are at most 16 + 512 + 8 bytes).
+pub fn beyond_all_keys() -> Vec<u8> {
+    vec![0xFF; 1024]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_handles_carry() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xFF]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xFF, 0xFF]), None);
+    }
+
+    #[test]
+    fn expiry_keys_sort_by_time() {
+        let ns = NamespaceId([7; 16]);
+        assert!(expiry_key(100, &ns, b"z") < expiry_key(101, &ns, b"a"));
+        let k = expiry_key(12345, &ns, b"key");
+        let (exp, rest) = split_expiry_key(&k).unwrap();
+        assert_eq!(exp, 12345);
+        assert_eq!(rest, entry_key(&ns, b"key"));
+    }
+}

@@ -1,0 +1,45 @@
+//! Everything on disk: one RocksDB instance holding the Raft log, Raft metadata and the
+//! state machine in separate column families (layout in `keys`).
+
+pub mod keys;
+pub mod log_store;
+pub mod reader;
+pub mod snapshot;
+pub mod state_machine;
+
+use keys::{ALL_CFS, CF_VALUES};
+use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Values at least this large go to RocksDB blob files, so compaction never rewrites them.
+const MIN_BLOB_SIZE: u64 = 4096;
+
+/// Opens (or creates) the node's database with every column family.
+pub fn open_db(dir: &Path) -> Result<Arc<DB>, rocksdb::Error> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    let cfs = ALL_CFS.iter().map(|name| {
+        let mut cf_opts = Options::default();
+        cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        if *name == CF_VALUES {
+            cf_opts.set_enable_blob_files(true);
+            cf_opts.set_min_blob_size(MIN_BLOB_SIZE);
+            cf_opts.set_enable_blob_gc(true);
+        }
+        ColumnFamilyDescriptor::new(*name, cf_opts)
+    });
+    Ok(Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?))
+}
+
+/// Turns any error into openraft's error payload, keeping its full message chain.
+pub fn any_error(e: impl std::fmt::Display) -> openraft::AnyError {
+    openraft::AnyError::error(format!("{e:#}"))
+}
+
+/// The handle of a column family that `open_db` always creates.
+pub fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name).unwrap_or_else(|| panic!("column family {name} is created by open_db"))
+}

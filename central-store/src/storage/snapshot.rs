@@ -1,0 +1,217 @@
+//! Snapshots as files, written and read as a stream of records, never held whole in memory.
+//!
+//! File format: a sequence of records `[cf: u8][key len: u32 LE][key][value len: u32 LE][value]`
+//! over the state-machine column families (`SNAPSHOT_CFS`, by position), closed by
+//! `[0xFF][record count: u64 LE]` so a truncated file is detected. The snapshot's Raft
+//! metadata (last log id, membership) is kept beside it in `current.meta`.
+
+use super::cf;
+use super::keys::*;
+use crate::types::{LogId, Snapshot, SnapshotMeta, StoredMembership};
+use anyhow::{bail, Context};
+use rocksdb::{IteratorMode, ReadOptions, WriteBatch, DB};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const END_MARKER: u8 = 0xFF;
+const CURRENT_META: &str = "current.meta";
+const RECEIVING: &str = "receiving.bin";
+/// Install writes RocksDB batches of about this many bytes.
+const INSTALL_BATCH_BYTES: usize = 4 << 20;
+
+/// The directory that holds this node's snapshot files.
+#[derive(Clone, Debug)]
+pub struct SnapshotDir {
+    path: PathBuf,
+}
+
+impl SnapshotDir {
+    pub fn open(path: PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&path)?;
+        Ok(SnapshotDir { path })
+    }
+
+    fn data_path(&self, snapshot_id: &str) -> PathBuf {
+        self.path.join(format!("snapshot-{snapshot_id}.bin"))
+    }
+
+    /// A fresh file for a snapshot arriving from the leader.
+    pub async fn begin_receiving(&self) -> std::io::Result<tokio::fs::File> {
+        tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.path.join(RECEIVING))
+            .await
+    }
+
+    /// The newest complete snapshot, opened for reading.
+    pub async fn current(&self) -> anyhow::Result<Option<Snapshot>> {
+        let meta_path = self.path.join(CURRENT_META);
+        let bytes = match tokio::fs::read(&meta_path).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let meta: SnapshotMeta = bincode::deserialize(&bytes)?;
+        let file = tokio::fs::File::open(self.data_path(&meta.snapshot_id)).await?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+    }
+
+    /// Makes `data_file` the current snapshot (atomically, by rename) and drops older ones.
+    fn publish(&self, meta: &SnapshotMeta, data_file: &Path) -> anyhow::Result<()> {
+        let final_path = self.data_path(&meta.snapshot_id);
+        std::fs::rename(data_file, &final_path)?;
+        let tmp_meta = self.path.join("current.meta.tmp");
+        let mut f = File::create(&tmp_meta)?;
+        f.write_all(&bincode::serialize(meta)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp_meta, self.path.join(CURRENT_META))?;
+        File::open(&self.path)?.sync_all()?;
+        for entry in std::fs::read_dir(&self.path)? {
+            let p = entry?.path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if name.starts_with("snapshot-") && p != final_path {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Builds snapshots from a consistent RocksDB view while applies go on.
+pub struct Builder {
+    db: Arc<DB>,
+    dir: SnapshotDir,
+}
+
+impl Builder {
+    pub fn new(db: Arc<DB>, dir: SnapshotDir) -> Self {
+        Builder { db, dir }
+    }
+
+    pub async fn build(&self) -> anyhow::Result<Snapshot> {
+        let db = self.db.clone();
+        let dir = self.dir.clone();
+        let meta = tokio::task::spawn_blocking(move || write_snapshot(&db, &dir)).await??;
+        self.dir.current().await?.context("snapshot vanished after it was written").map(|s| {
+            debug_assert_eq!(s.meta.snapshot_id, meta.snapshot_id);
+            s
+        })
+    }
+}
+
+fn write_snapshot(db: &DB, dir: &SnapshotDir) -> anyhow::Result<SnapshotMeta> {
+    let snap = db.snapshot();
+    let read_meta = |key: &[u8]| snap.get_cf(cf(db, CF_SM_META), key);
+    let last_log_id: Option<LogId> = match read_meta(META_APPLIED)? {
+        Some(b) => bincode::deserialize(&b)?,
+        None => None,
+    };
+    let membership: StoredMembership = match read_meta(META_MEMBERSHIP)? {
+        Some(b) => bincode::deserialize(&b)?,
+        None => StoredMembership::default(),
+    };
+    let snapshot_id = format!(
+        "{}-{}-{:016x}",
+        last_log_id.map_or(0, |l| l.leader_id.term),
+        last_log_id.map_or(0, |l| l.index),
+        rand::random::<u64>()
+    );
+    let tmp = dir.path.join(format!("building-{snapshot_id}.bin"));
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+    let mut count: u64 = 0;
+    for (tag, name) in SNAPSHOT_CFS.iter().enumerate() {
+        let mut opts = ReadOptions::default();
+        opts.set_snapshot(&snap);
+        for item in db.iterator_cf_opt(cf(db, name), opts, IteratorMode::Start) {
+            let (k, v) = item?;
+            out.write_all(&[tag as u8])?;
+            out.write_all(&(k.len() as u32).to_le_bytes())?;
+            out.write_all(&k)?;
+            out.write_all(&(v.len() as u32).to_le_bytes())?;
+            out.write_all(&v)?;
+            count += 1;
+        }
+    }
+    out.write_all(&[END_MARKER])?;
+    out.write_all(&count.to_le_bytes())?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    let meta = SnapshotMeta { last_log_id, last_membership: membership, snapshot_id };
+    dir.publish(&meta, &tmp)?;
+    tracing::info!(snapshot = %meta.snapshot_id, records = count, "snapshot built");
+    Ok(meta)
+}
+
+/// Replaces the whole state machine with the snapshot in `file`, then keeps the file as the
+/// current snapshot. The change feed restarts at the snapshot's index.
+pub fn install(db: &DB, dir: &SnapshotDir, meta: &SnapshotMeta, file: File) -> anyhow::Result<()> {
+    let mut input = BufReader::with_capacity(1 << 20, file);
+    // First make sure the file is whole, so a bad transfer never wipes the current state.
+    for_each_record(&mut input, |_, _, _| Ok(()))?;
+    let mut wb = WriteBatch::default();
+    for name in SNAPSHOT_CFS.iter().chain([CF_CHANGES].iter()) {
+        wb.delete_range_cf(cf(db, name), &[][..], &beyond_all_keys()[..]);
+    }
+    db.write(wb)?;
+
+    let mut wb = WriteBatch::default();
+    let count = for_each_record(&mut input, |name, key, value| {
+        wb.put_cf(cf(db, name), key, value);
+        if wb.size_in_bytes() >= INSTALL_BATCH_BYTES {
+            db.write(std::mem::take(&mut wb))?;
+        }
+        Ok(())
+    })?;
+    let index = meta.last_log_id.map_or(0, |l| l.index);
+    wb.put_cf(cf(db, CF_SM_META), META_APPLIED, bincode::serialize(&meta.last_log_id)?);
+    wb.put_cf(cf(db, CF_SM_META), META_MEMBERSHIP, bincode::serialize(&meta.last_membership)?);
+    wb.put_cf(cf(db, CF_SM_META), META_FLOOR, bincode::serialize(&index)?);
+    db.write(wb)?;
+    db.flush_wal(true)?;
+    drop(input);
+    dir.publish(meta, &dir.path.join(RECEIVING))?;
+    tracing::info!(snapshot = %meta.snapshot_id, records = count, "snapshot installed");
+    Ok(())
+}
+
+/// Reads every record of a snapshot stream from its start, checking the trailer; returns
+/// the record count.
+fn for_each_record(
+    input: &mut BufReader<File>,
+    mut each: impl FnMut(&str, Vec<u8>, Vec<u8>) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    std::io::Seek::seek(input, std::io::SeekFrom::Start(0))?;
+    let mut count: u64 = 0;
+    loop {
+        let mut tag = [0u8; 1];
+        input.read_exact(&mut tag).context("snapshot ends without its end marker")?;
+        if tag[0] == END_MARKER {
+            let mut n = [0u8; 8];
+            input.read_exact(&mut n).context("snapshot trailer is cut short")?;
+            let expected = u64::from_le_bytes(n);
+            if expected != count {
+                bail!("snapshot holds {count} records but its trailer says {expected}");
+            }
+            return Ok(count);
+        }
+        let name = SNAPSHOT_CFS.get(tag[0] as usize).context("unknown column family in snapshot")?;
+        let key = read_chunk(input)?;
+        let value = read_chunk(input)?;
+        each(name, key, value)?;
+        count += 1;
+    }
+}
+
+fn read_chunk(input: &mut impl Read) -> anyhow::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    input.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    let mut buf = vec![0u8; len];
+    input.read_exact(&mut buf)?;
+    Ok(buf)
+}

@@ -1,0 +1,274 @@
+//! The state machine: applies committed commands to RocksDB, deterministically.
+//!
+//! Each log entry is applied in one atomic RocksDB batch together with the new applied
+//! index, so a crash leaves the state at an entry boundary and openraft re-applies the rest
+//! from the (durable) log. Nothing here reads the clock: time comes from the command.
+
+use super::keys::*;
+use super::log_store::read_bincode;
+use super::snapshot::{self, SnapshotDir};
+use super::{any_error, cf};
+use crate::metrics::Metrics;
+use crate::types::*;
+use kv_common::NamespaceId;
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use rocksdb::{IteratorMode, WriteBatch, DB};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// How the change feed is kept.
+#[derive(Debug, Clone)]
+pub struct FeedConfig {
+    /// How many log indexes of history the feed keeps for resuming subscribers.
+    pub retention: u64,
+    /// History is trimmed at indexes divisible by this, so every replica trims alike.
+    pub trim_every: u64,
+    /// Put values up to this size travel in the feed; larger ones are fetched on demand.
+    pub inline_value_limit: usize,
+}
+
+/// The RocksDB state machine.
+pub struct StateMachine {
+    db: Arc<DB>,
+    applied_tx: Arc<watch::Sender<u64>>,
+    snapshots: SnapshotDir,
+    feed: FeedConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl StateMachine {
+    /// Opens the state machine; `applied_tx` is seeded with the index found on disk.
+    pub fn new(
+        db: Arc<DB>,
+        snapshots: SnapshotDir,
+        feed: FeedConfig,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<(Self, watch::Receiver<u64>)> {
+        let applied: Option<LogId> = read_bincode::<Option<LogId>>(&db, CF_SM_META, META_APPLIED)?.flatten();
+        let (tx, rx) = watch::channel(applied.map_or(0, |l| l.index));
+        Ok((StateMachine { db, applied_tx: Arc::new(tx), snapshots, feed, metrics }, rx))
+    }
+
+    fn apply_entry(&self, entry: Entry) -> Result<CommandResult, anyhow::Error> {
+        let index = entry.log_id.index;
+        let mut wb = WriteBatch::default();
+        let result = match entry.payload {
+            EntryPayload::Blank => CommandResult::Written,
+            EntryPayload::Membership(m) => {
+                let stored = StoredMembership::new(Some(entry.log_id), m);
+                wb.put_cf(self.cf(CF_SM_META), META_MEMBERSHIP, bincode::serialize(&stored)?);
+                CommandResult::Written
+            }
+            EntryPayload::Normal(cmd) => self.apply_command(&mut wb, index, cmd)?,
+        };
+        wb.put_cf(self.cf(CF_SM_META), META_APPLIED, bincode::serialize(&Some(entry.log_id))?);
+        if index % self.feed.trim_every == 0 && index > self.feed.retention {
+            let floor = index - self.feed.retention;
+            wb.delete_range_cf(self.cf(CF_CHANGES), index_key(0), index_key(floor + 1));
+            wb.put_cf(self.cf(CF_SM_META), META_FLOOR, bincode::serialize(&floor)?);
+        }
+        self.db.write(wb)?;
+        Ok(result)
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        cf(&self.db, name)
+    }
+
+    fn namespace(&self, id: &NamespaceId) -> anyhow::Result<Option<NamespaceRecord>> {
+        read_bincode(&self.db, CF_NAMESPACES, &id.0)
+    }
+
+    fn apply_command(&self, wb: &mut WriteBatch, index: u64, cmd: Command) -> anyhow::Result<CommandResult> {
+        use kv_common::KvError::*;
+        Ok(match cmd {
+            Command::Write { namespace, ops, .. } => {
+                if self.namespace(&namespace)?.is_none() {
+                    return Ok(CommandResult::Rejected(NamespaceNotFound));
+                }
+                let changes: Vec<ChangeRecord> = ops
+                    .into_iter()
+                    .map(|op| self.apply_op(wb, index, &namespace, op))
+                    .collect::<anyhow::Result<_>>()?;
+                wb.put_cf(self.cf(CF_CHANGES), index_key(index), bincode::serialize(&changes)?);
+                CommandResult::Written
+            }
+            Command::CreateNamespace { id, title } => {
+                if self.db.get_pinned_cf(self.cf(CF_NS_TITLES), title.as_bytes())?.is_some() {
+                    return Ok(CommandResult::Rejected(NamespaceTitleExists));
+                }
+                if self.namespace(&id)?.is_some() {
+                    return Ok(CommandResult::Rejected(Internal("namespace id collision; retry".into())));
+                }
+                let rec = NamespaceRecord { id, title };
+                wb.put_cf(self.cf(CF_NS_TITLES), rec.title.as_bytes(), id.0);
+                wb.put_cf(self.cf(CF_NAMESPACES), id.0, bincode::serialize(&rec)?);
+                CommandResult::Namespace(rec)
+            }
+            Command::RenameNamespace { id, title } => {
+                let Some(mut rec) = self.namespace(&id)? else {
+                    return Ok(CommandResult::Rejected(NamespaceNotFound));
+                };
+                if rec.title != title {
+                    if self.db.get_pinned_cf(self.cf(CF_NS_TITLES), title.as_bytes())?.is_some() {
+                        return Ok(CommandResult::Rejected(NamespaceTitleExists));
+                    }
+                    wb.delete_cf(self.cf(CF_NS_TITLES), rec.title.as_bytes());
+                    wb.put_cf(self.cf(CF_NS_TITLES), title.as_bytes(), id.0);
+                    rec.title = title;
+                    wb.put_cf(self.cf(CF_NAMESPACES), id.0, bincode::serialize(&rec)?);
+                }
+                CommandResult::Namespace(rec)
+            }
+            Command::DeleteNamespace { id } => {
+                let Some(rec) = self.namespace(&id)? else {
+                    return Ok(CommandResult::Rejected(NamespaceNotFound));
+                };
+                wb.delete_cf(self.cf(CF_NS_TITLES), rec.title.as_bytes());
+                wb.delete_cf(self.cf(CF_NAMESPACES), id.0);
+                let end = prefix_end(&id.0).unwrap_or_else(beyond_all_keys);
+                wb.delete_range_cf(self.cf(CF_ENTRIES), &id.0[..], &end[..]);
+                wb.delete_range_cf(self.cf(CF_VALUES), &id.0[..], &end[..]);
+                // Expiry index entries of the namespace become orphans; the sweep drops them.
+                let change = ChangeRecord {
+                    namespace: id,
+                    key: String::new(),
+                    kind: ChangeKind::NamespaceDeleted,
+                    value: None,
+                    metadata: None,
+                    expiration: None,
+                };
+                wb.put_cf(self.cf(CF_CHANGES), index_key(index), bincode::serialize(&vec![change])?);
+                CommandResult::NamespaceDeleted
+            }
+            Command::Sweep { now_ms, budget } => CommandResult::Swept { removed: self.sweep(wb, now_ms, budget)? },
+        })
+    }
+
+    fn apply_op(&self, wb: &mut WriteBatch, index: u64, ns: &NamespaceId, op: Op) -> anyhow::Result<ChangeRecord> {
+        let ek = entry_key(ns, op.key.as_bytes());
+        if let Some(old) = read_bincode::<EntryMeta>(&self.db, CF_ENTRIES, &ek)? {
+            if let Some(exp) = old.expiration {
+                wb.delete_cf(self.cf(CF_EXPIRY), expiry_key(exp, ns, op.key.as_bytes()));
+            }
+        }
+        let mut change = ChangeRecord {
+            namespace: *ns,
+            key: op.key.clone(),
+            kind: ChangeKind::Delete,
+            value: None,
+            metadata: None,
+            expiration: None,
+        };
+        match op.kind {
+            OpKind::Put { value, metadata, expiration } => {
+                let meta = EntryMeta { version: index, expiration, metadata: metadata.clone(), tombstone: false };
+                wb.put_cf(self.cf(CF_ENTRIES), &ek, bincode::serialize(&meta)?);
+                if let Some(exp) = expiration {
+                    wb.put_cf(self.cf(CF_EXPIRY), expiry_key(exp, ns, op.key.as_bytes()), []);
+                }
+                change.kind = ChangeKind::Put;
+                change.metadata = metadata;
+                change.expiration = expiration;
+                wb.put_cf(self.cf(CF_VALUES), &ek, &value);
+                if value.len() <= self.feed.inline_value_limit {
+                    change.value = Some(value);
+                }
+            }
+            OpKind::Delete => {
+                let meta = EntryMeta { version: index, expiration: None, metadata: None, tombstone: true };
+                wb.put_cf(self.cf(CF_ENTRIES), &ek, bincode::serialize(&meta)?);
+                wb.delete_cf(self.cf(CF_VALUES), &ek);
+            }
+        }
+        Ok(change)
+    }
+
+    /// Removes what is due in the expiry index, at most `budget` index entries.
+    fn sweep(&self, wb: &mut WriteBatch, now_ms: u64, budget: u32) -> anyhow::Result<u64> {
+        let now_secs = (now_ms / 1000) as i64;
+        let mut removed = 0;
+        let it = self.db.iterator_cf(self.cf(CF_EXPIRY), IteratorMode::Start).take(budget as usize);
+        for item in it {
+            let (k, _) = item?;
+            let Some((exp, ek)) = split_expiry_key(&k) else { continue };
+            if exp > now_secs {
+                break;
+            }
+            wb.delete_cf(self.cf(CF_EXPIRY), &k);
+            if let Some(meta) = read_bincode::<EntryMeta>(&self.db, CF_ENTRIES, ek)? {
+                if !meta.tombstone && meta.expiration == Some(exp) {
+                    wb.delete_cf(self.cf(CF_ENTRIES), ek);
+                    wb.delete_cf(self.cf(CF_VALUES), ek);
+                    removed += 1;
+                }
+            }
+        }
+        self.metrics.expired_removed.inc_by(removed);
+        Ok(removed)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = snapshot::Builder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let read = || -> anyhow::Result<_> {
+            let applied = read_bincode::<Option<LogId>>(&self.db, CF_SM_META, META_APPLIED)?.flatten();
+            let membership = read_bincode(&self.db, CF_SM_META, META_MEMBERSHIP)?.unwrap_or_default();
+            Ok((applied, membership))
+        };
+        read().map_err(|e| StorageIOError::read_state_machine(any_error(e)).into())
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut out = Vec::new();
+        for entry in entries {
+            let log_id = entry.log_id;
+            let r = self.apply_entry(entry).map_err(|e| StorageIOError::apply(log_id, any_error(e)))?;
+            self.applied_tx.send_replace(log_id.index);
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        snapshot::Builder::new(self.db.clone(), self.snapshots.clone())
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let file =
+            self.snapshots.begin_receiving().await.map_err(|e| StorageIOError::write_snapshot(None, any_error(e)))?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Box<tokio::fs::File>) -> Result<(), StorageError> {
+        let file = data.into_std().await;
+        let db = self.db.clone();
+        let dir = self.snapshots.clone();
+        let meta_owned = meta.clone();
+        let err = |e: String| StorageIOError::write_snapshot(Some(meta.signature()), any_error(e));
+        tokio::task::spawn_blocking(move || snapshot::install(&db, &dir, &meta_owned, file))
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .map_err(|e| err(format!("{e:#}")))?;
+        self.applied_tx.send_replace(meta.last_log_id.map_or(0, |l| l.index));
+        self.metrics.snapshots_installed.inc();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        self.snapshots.current().await.map_err(|e| StorageIOError::read_snapshot(None, any_error(e)).into())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for snapshot::Builder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        self.build().await.map_err(|e| StorageIOError::write_snapshot(None, any_error(e)).into())
+    }
+}

@@ -1,0 +1,293 @@
+//! The KV contract run against the state machine itself (no network): list rules of
+//! SPEC.md section 3, expiry, namespaces, the change feed and snapshots.
+
+use central_store::metrics::Metrics;
+use central_store::storage::keys::ChangeKind;
+use central_store::storage::open_db;
+use central_store::storage::reader::{FeedRead, Reader};
+use central_store::storage::snapshot::SnapshotDir;
+use central_store::storage::state_machine::{FeedConfig, StateMachine};
+use central_store::types::*;
+use kv_common::NamespaceId;
+use openraft::storage::RaftStateMachine;
+use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
+
+const NS: NamespaceId = NamespaceId([0xAA; 16]);
+const NOW_MS: u64 = 1_700_000_000_000;
+const NOW: i64 = 1_700_000_000;
+
+struct Sm {
+    sm: StateMachine,
+    reader: Reader,
+    next: u64,
+    _dir: tempfile::TempDir,
+}
+
+fn feed() -> FeedConfig {
+    FeedConfig { retention: 1000, trim_every: 100, inline_value_limit: 16 }
+}
+
+async fn new_sm() -> Sm {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(&dir.path().join("db")).unwrap();
+    let snaps = SnapshotDir::open(dir.path().join("snap")).unwrap();
+    let (sm, applied) = StateMachine::new(db.clone(), snaps, feed(), Metrics::new()).unwrap();
+    let mut s = Sm { sm, reader: Reader::new(db, applied), next: 1, _dir: dir };
+    s.apply(Command::CreateNamespace { id: NS, title: "ns".into() }).await;
+    s
+}
+
+impl Sm {
+    async fn apply(&mut self, cmd: Command) -> (u64, CommandResult) {
+        let index = self.next;
+        self.next += 1;
+        let entry =
+            Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(cmd) };
+        let mut r = self.sm.apply([entry]).await.unwrap();
+        (index, r.pop().unwrap())
+    }
+
+    async fn put(&mut self, key: &str, value: &[u8], expiration: Option<i64>) -> u64 {
+        let op = Op {
+            key: key.into(),
+            kind: OpKind::Put { value: value.to_vec(), metadata: Some(format!("{{\"k\":\"{key}\"}}")), expiration },
+        };
+        self.apply(Command::Write { now_ms: NOW_MS, namespace: NS, ops: vec![op] }).await.0
+    }
+
+    async fn delete(&mut self, key: &str) -> u64 {
+        let op = Op { key: key.into(), kind: OpKind::Delete };
+        self.apply(Command::Write { now_ms: NOW_MS, namespace: NS, ops: vec![op] }).await.0
+    }
+
+    fn names(&self, prefix: &str, limit: u32, cursor: Option<&str>) -> (Vec<String>, Option<String>) {
+        let page = self.reader.list(&NS, prefix, limit, cursor, NOW).unwrap();
+        (page.keys.into_iter().map(|(k, _)| k).collect(), page.cursor)
+    }
+
+    /// Every key of a list, following cursors to the end.
+    fn all_names(&self, prefix: &str, limit: u32) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cursor = None;
+        loop {
+            let (names, next) = self.names(prefix, limit, cursor.as_deref());
+            out.extend(names);
+            match next {
+                None => return out,
+                Some(c) => cursor = Some(c),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn list_is_in_utf8_byte_order_with_literal_case_sensitive_prefix() {
+    let mut s = new_sm().await;
+    for k in ["b", "a", "B", "é", "a/b", "a/a", "ab", "A", "z", "😀", "a*"] {
+        s.put(k, b"v", None).await;
+    }
+    let all = s.all_names("", 1000);
+    let mut sorted = all.clone();
+    sorted.sort_by(|x, y| x.as_bytes().cmp(y.as_bytes()));
+    assert_eq!(all, sorted);
+    assert_eq!(all, vec!["A", "B", "a", "a*", "a/a", "a/b", "ab", "b", "z", "é", "😀"]);
+    // Prefix is literal (no globbing) and case-sensitive.
+    assert_eq!(s.all_names("a/", 1000), vec!["a/a", "a/b"]);
+    assert_eq!(s.all_names("a*", 1000), vec!["a*"]);
+    assert_eq!(s.all_names("A", 1000), vec!["A"]);
+    assert!(s.all_names("nothing", 1000).is_empty());
+}
+
+#[tokio::test]
+async fn list_pages_with_an_opaque_cursor_and_limit() {
+    let mut s = new_sm().await;
+    for i in 0..25 {
+        s.put(&format!("k{i:02}"), b"v", None).await;
+    }
+    let (first, cursor) = s.names("", 10, None);
+    assert_eq!(first.len(), 10);
+    assert_eq!(first[0], "k00");
+    let cursor = cursor.expect("more keys follow");
+    let (second, _) = s.names("", 10, Some(&cursor));
+    assert_eq!(second[0], "k10", "cursor resumes right after the last key returned");
+    // Following cursors returns every key exactly once; the last page has no cursor.
+    let all = s.all_names("", 7);
+    assert_eq!(all.len(), 25);
+    let (last_page, none) = s.names("", 1000, None);
+    assert_eq!(last_page.len(), 25);
+    assert!(none.is_none(), "list_complete when everything fit");
+    // A page exactly as large as what is left completes the list.
+    let (_, c) = s.names("", 25, None);
+    assert!(c.is_none());
+    // Garbage cursors are refused with a clear error.
+    let err = s.reader.list(&NS, "", 10, Some("xyz"), NOW).unwrap_err();
+    assert_eq!(err.to_kv(), kv_common::KvError::InvalidCursor);
+}
+
+#[tokio::test]
+async fn list_hides_deleted_and_expired_keys_and_shows_metadata_and_expiration() {
+    let mut s = new_sm().await;
+    s.put("live", b"v", Some(NOW + 3600)).await;
+    s.put("expired", b"v", Some(NOW - 1)).await;
+    s.put("expires-now", b"v", Some(NOW)).await;
+    s.put("deleted", b"v", None).await;
+    s.delete("deleted").await;
+    let page = s.reader.list(&NS, "", 1000, None, NOW).unwrap();
+    assert_eq!(page.keys.len(), 1);
+    let (name, meta) = &page.keys[0];
+    assert_eq!(name, "live");
+    assert_eq!(meta.expiration, Some(NOW + 3600));
+    assert_eq!(meta.metadata.as_deref(), Some("{\"k\":\"live\"}"));
+    // Reads hide them too, at once.
+    assert!(s.reader.get(&NS, "expired", NOW).unwrap().entry.is_none());
+    assert!(s.reader.get(&NS, "expires-now", NOW).unwrap().entry.is_none());
+    assert!(s.reader.get(&NS, "live", NOW).unwrap().entry.is_some());
+}
+
+#[tokio::test]
+async fn a_page_may_be_short_while_the_list_is_incomplete() {
+    let mut s = new_sm().await;
+    for i in 0..3000 {
+        s.put(&format!("d{i:04}"), b"v", None).await;
+    }
+    for i in 0..3000 {
+        s.delete(&format!("d{i:04}")).await;
+    }
+    s.put("z-live", b"v", None).await;
+    // Many tombstones in a row: a page may come back empty but still point onwards.
+    let (names, cursor) = s.names("", 1, None);
+    assert!(names.is_empty());
+    assert!(cursor.is_some());
+    assert_eq!(s.all_names("", 1), vec!["z-live"]);
+}
+
+#[tokio::test]
+async fn versions_are_log_indexes_and_absent_reads_carry_the_applied_version() {
+    let mut s = new_sm().await;
+    let v1 = s.put("k", b"one", None).await;
+    let r = s.reader.get(&NS, "k", NOW).unwrap();
+    assert_eq!(r.version, v1);
+    assert_eq!(r.entry.unwrap().value, b"one");
+    let v2 = s.delete("k").await;
+    assert!(v2 > v1);
+    let r = s.reader.get(&NS, "k", NOW).unwrap();
+    assert!(r.entry.is_none());
+    assert_eq!(r.version, v2);
+    let missing = s.reader.get(&NS, "never", NOW).unwrap();
+    assert_eq!(missing.version, s.reader.applied());
+    let unknown = s.reader.get(&NamespaceId([1; 16]), "k", NOW).unwrap_err();
+    assert_eq!(unknown.to_kv(), kv_common::KvError::NamespaceNotFound);
+}
+
+#[tokio::test]
+async fn writes_to_a_missing_namespace_are_rejected_at_apply() {
+    let mut s = new_sm().await;
+    let op = Op { key: "k".into(), kind: OpKind::Delete };
+    let (_, r) = s.apply(Command::Write { now_ms: NOW_MS, namespace: NamespaceId([9; 16]), ops: vec![op] }).await;
+    assert!(matches!(r, CommandResult::Rejected(kv_common::KvError::NamespaceNotFound)));
+}
+
+#[tokio::test]
+async fn namespace_titles_are_unique_and_delete_removes_every_key() {
+    let mut s = new_sm().await;
+    let other = NamespaceId([0xBB; 16]);
+    let (_, r) = s.apply(Command::CreateNamespace { id: other, title: "ns".into() }).await;
+    assert!(matches!(r, CommandResult::Rejected(kv_common::KvError::NamespaceTitleExists)));
+    s.apply(Command::CreateNamespace { id: other, title: "other".into() }).await;
+    let (_, r) = s.apply(Command::RenameNamespace { id: other, title: "ns".into() }).await;
+    assert!(matches!(r, CommandResult::Rejected(kv_common::KvError::NamespaceTitleExists)));
+
+    s.put("a", b"v", Some(NOW + 100)).await;
+    s.put("b", b"v", None).await;
+    let (_, r) = s.apply(Command::DeleteNamespace { id: NS }).await;
+    assert!(matches!(r, CommandResult::NamespaceDeleted));
+    assert!(s.reader.namespace(&NS).is_err());
+    // Re-creating the same id shows none of the old keys.
+    s.apply(Command::CreateNamespace { id: NS, title: "ns".into() }).await;
+    assert!(s.all_names("", 1000).is_empty());
+    // The orphaned expiry index entry is swept without touching anything else.
+    let (_, r) = s.apply(Command::Sweep { now_ms: (NOW as u64 + 200) * 1000, budget: 100 }).await;
+    assert!(matches!(r, CommandResult::Swept { removed: 0 }));
+}
+
+#[tokio::test]
+async fn sweep_removes_only_what_is_due_and_is_deterministic() {
+    let mut a = new_sm().await;
+    let mut b = new_sm().await;
+    for s in [&mut a, &mut b] {
+        s.put("soon", b"v", Some(NOW + 60)).await;
+        s.put("later", b"v", Some(NOW + 600)).await;
+        s.put("never", b"v", None).await;
+        // Overwritten: the old expiration must not remove the new value.
+        s.put("rewritten", b"v", Some(NOW + 60)).await;
+        s.put("rewritten", b"v2", None).await;
+    }
+    let sweep = Command::Sweep { now_ms: (NOW as u64 + 61) * 1000, budget: 10 };
+    let (_, ra) = a.apply(sweep.clone()).await;
+    let (_, rb) = b.apply(sweep).await;
+    assert!(matches!(ra, CommandResult::Swept { removed: 1 }), "{ra:?}");
+    assert!(matches!(rb, CommandResult::Swept { removed: 1 }));
+    // Even a reader whose clock is behind no longer finds the swept entry.
+    assert!(a.reader.get(&NS, "soon", NOW).unwrap().entry.is_none());
+    assert!(a.reader.get(&NS, "later", NOW).unwrap().entry.is_some());
+    assert_eq!(a.reader.get(&NS, "rewritten", NOW).unwrap().entry.unwrap().value, b"v2");
+    assert_eq!(a.all_names("", 1000), b.all_names("", 1000));
+}
+
+#[tokio::test]
+async fn the_feed_holds_each_change_set_and_reports_trimmed_history() {
+    let mut s = new_sm().await;
+    let v1 = s.put("small", b"tiny", None).await;
+    let v2 = s.put("large", &[1u8; 100], None).await;
+    let v3 = s.delete("small").await;
+    let FeedRead::Changes(sets) = s.reader.changes_after(0, 100).unwrap() else { panic!("resync") };
+    let got: Vec<(u64, &str, ChangeKind)> =
+        sets.iter().flat_map(|(v, cs)| cs.iter().map(move |c| (*v, c.key.as_str(), c.kind))).collect();
+    assert_eq!(
+        got,
+        vec![(v1, "small", ChangeKind::Put), (v2, "large", ChangeKind::Put), (v3, "small", ChangeKind::Delete)]
+    );
+    assert_eq!(sets[0].1[0].value.as_deref(), Some(&b"tiny"[..]));
+    assert_eq!(sets[1].1[0].value, None, "values over the inline limit are left out");
+    let FeedRead::Changes(after) = s.reader.changes_after(v2, 100).unwrap() else { panic!("resync") };
+    assert_eq!(after.len(), 1);
+
+    // Past the retention, old history is dropped and asking for it says resync.
+    for i in 0..1200 {
+        s.put(&format!("f{i}"), b"v", None).await;
+    }
+    assert!(matches!(s.reader.changes_after(1, 10).unwrap(), FeedRead::Resync { .. }));
+}
+
+#[tokio::test]
+async fn a_snapshot_rebuilds_an_identical_state_machine() {
+    let mut s = new_sm().await;
+    for i in 0..200 {
+        s.put(&format!("k{i:03}"), &vec![i as u8; 5000], if i % 2 == 0 { Some(NOW + 1000) } else { None }).await;
+    }
+    s.delete("k007").await;
+    let mut builder = s.sm.get_snapshot_builder().await;
+    let snap = builder.build_snapshot().await.unwrap();
+    assert_eq!(snap.meta.last_log_id.unwrap().index, s.next - 1);
+
+    let mut t = new_sm().await;
+    let mut incoming = t.sm.begin_receiving_snapshot().await.unwrap();
+    let mut data = snap.snapshot;
+    tokio::io::copy(&mut data, &mut *incoming).await.unwrap();
+    t.sm.install_snapshot(&snap.meta, incoming).await.unwrap();
+
+    assert_eq!(t.reader.applied(), s.next - 1);
+    assert_eq!(t.all_names("", 1000), s.all_names("", 1000));
+    for name in s.all_names("", 1000) {
+        assert_eq!(t.reader.get(&NS, &name, NOW).unwrap().entry, s.reader.get(&NS, &name, NOW).unwrap().entry);
+    }
+    // The installed node's feed starts at the snapshot.
+    assert!(matches!(t.reader.changes_after(1, 10).unwrap(), FeedRead::Resync { .. }));
+    let (_, membership) = t.sm.applied_state().await.unwrap();
+    assert_eq!(membership, StoredMembership::default());
+    // A corrupt (truncated) snapshot is refused rather than half-installed silently.
+    let mut u = new_sm().await;
+    let mut incoming = u.sm.begin_receiving_snapshot().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut *incoming, &[0, 5, 0, 0, 0, 1]).await.unwrap();
+    assert!(u.sm.install_snapshot(&snap.meta, incoming).await.is_err());
+}

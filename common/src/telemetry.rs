@@ -1,0 +1,11 @@
+//! Logging set-up shared by every binary.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs a `tracing` subscriber that honours `RUST_LOG` (default `info`) and tags
+/// every line with the service name.
+pub fn init_tracing(service: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    tracing::info!(service, "tracing initialised");
+}

@@ -1,0 +1,32 @@
+//! Wire types of the cluster's gRPC services, generated at build time from `proto/`.
+//!
+//! Only types live here; every tier keeps its logic to itself.
+
+#![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
+
+/// The central store's API for the tiers above it.
+pub mod store {
+    /// Version 1 of the store API.
+    pub mod v1 {
+        tonic::include_proto!("kv.store.v1");
+    }
+}
+
+/// Raft transport between central nodes.
+pub mod raft {
+    /// Version 1 of the Raft transport.
+    pub mod v1 {
+        tonic::include_proto!("kv.raft.v1");
+    }
+}
+
+/// Administration of the central Raft group.
+pub mod admin {
+    /// Version 1 of the admin API.
+    pub mod v1 {
+        tonic::include_proto!("kv.admin.v1");
+    }
+}
+
+/// The encoded descriptor set of every service, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kv_descriptor.bin"));

@@ -1,0 +1,360 @@
+//! Test harness: a central cluster of real `central-store` processes on loopback ports,
+//! each with its own RocksDB directory. Every process is killed when the harness is dropped
+//! (also on panic) and, through `PR_SET_PDEATHSIG`, if the test process itself dies.
+
+use anyhow::{bail, Context};
+use kv_proto::admin::v1::{cluster_admin_client::ClusterAdminClient, AddLearnerRequest, Member, MetricsRequest};
+use kv_proto::store::v1::{self as pb, central_store_client::CentralStoreClient};
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// Largest message the test clients send or accept.
+const MAX_MESSAGE: usize = 256 << 20;
+
+/// Settings written into every node's config file.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Extra TOML appended to each node's config (e.g. `[limits]` or `[feed]` sections).
+    pub extra_toml: String,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions { extra_toml: String::new() }
+    }
+}
+
+/// One central node process.
+pub struct NodeProc {
+    pub id: u64,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("node.toml")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("node.log")
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// A cluster of central nodes; index `i` in every method is the position in `nodes`.
+pub struct Cluster {
+    pub nodes: Vec<NodeProc>,
+    options: ClusterOptions,
+    _root: tempfile::TempDir,
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral loopback port")
+}
+
+/// The `central-store` binary: `$KV_CENTRAL_STORE_BIN`, or beside the test executable.
+pub fn central_store_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("KV_CENTRAL_STORE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current test executable");
+    let mut dir = exe.parent().expect("executable directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("central-store");
+    assert!(bin.exists(), "{} is missing: run `cargo build --bins` first (scripts/test does)", bin.display());
+    bin
+}
+
+impl Cluster {
+    /// Starts `n` voters that initialize themselves as one cluster, and waits for a leader.
+    pub async fn start(n: usize, options: ClusterOptions) -> anyhow::Result<Cluster> {
+        let root = tempfile::tempdir()?;
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            nodes.push(new_node(root.path(), i as u64 + 1)?);
+        }
+        let members: Vec<String> = nodes.iter().map(|n| format!("{}={}", n.id, n.grpc)).collect();
+        let mut cluster = Cluster { nodes, options, _root: root };
+        for i in 0..n {
+            cluster.write_config(i, &members.join(","))?;
+            cluster.spawn(i)?;
+        }
+        cluster.wait_for_leader(Duration::from_secs(30)).await?;
+        Ok(cluster)
+    }
+
+    fn write_config(&self, i: usize, members: &str) -> anyhow::Result<()> {
+        let n = &self.nodes[i];
+        let member_list = members
+            .split(',')
+            .filter(|m| !m.is_empty())
+            .map(|m| {
+                let (id, addr) = m.split_once('=').unwrap_or_default();
+                format!("{{ id = {id}, addr = \"{addr}\" }}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let text = format!(
+            "node_id = {}\nlisten = \"{}\"\nhttp_listen = \"{}\"\ndata_dir = \"{}\"\ninitial_members = [{}]\n{}\n",
+            n.id,
+            n.grpc,
+            n.http,
+            n.dir.join("data").display(),
+            member_list,
+            self.options.extra_toml
+        );
+        fs::write(n.config_path(), text)?;
+        Ok(())
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let n = &mut self.nodes[i];
+        let log = fs::OpenOptions::new().create(true).append(true).open(n.log_path())?;
+        let mut cmd = Command::new(central_store_bin());
+        cmd.arg("--config")
+            .arg(n.config_path())
+            .env("RUST_LOG", std::env::var("KV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child
+        // when this process exits.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        n.child = Some(cmd.spawn().context("spawning central-store")?);
+        Ok(())
+    }
+
+    /// `kill -9` node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops node `i` with SIGTERM (a clean shutdown) and waits for it to exit.
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            // SAFETY: sending a signal to our own child process.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a stopped or killed node again on its old ports and data.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        if self.nodes[i].is_running() {
+            bail!("node {i} is still running");
+        }
+        self.spawn(i)
+    }
+
+    /// Starts a fresh, empty node (not yet a member) and returns its index.
+    pub fn start_new_node(&mut self) -> anyhow::Result<usize> {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let node = new_node(self._root.path(), id)?;
+        self.nodes.push(node);
+        let i = self.nodes.len() - 1;
+        self.write_config(i, "")?;
+        self.spawn(i)?;
+        Ok(i)
+    }
+
+    /// Adds node `i` as a learner through the leader and waits until it caught up.
+    pub async fn add_learner(&self, i: usize) -> anyhow::Result<()> {
+        let leader = self.leader().await?;
+        let member = Member { node_id: self.nodes[i].id, addr: self.nodes[i].grpc.to_string() };
+        let req = AddLearnerRequest { member: Some(member), blocking: true };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.admin(leader).await?.add_learner(req.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("add_learner not yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// A store client for node `i` (connects lazily).
+    pub fn store(&self, i: usize) -> CentralStoreClient<Channel> {
+        CentralStoreClient::new(channel(self.nodes[i].grpc))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    /// An admin client for node `i`.
+    pub async fn admin(&self, i: usize) -> anyhow::Result<ClusterAdminClient<Channel>> {
+        Ok(ClusterAdminClient::new(channel(self.nodes[i].grpc)))
+    }
+
+    /// Node `i`'s own view of the Raft group.
+    pub async fn metrics(&self, i: usize) -> anyhow::Result<kv_proto::admin::v1::ClusterMetrics> {
+        Ok(self.admin(i).await?.metrics(MetricsRequest {}).await?.into_inner())
+    }
+
+    /// The index of the node that a running node reports as leader (and that agrees).
+    pub async fn leader(&self) -> anyhow::Result<usize> {
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !n.is_running() {
+                continue;
+            }
+            if let Ok(m) = self.metrics(i).await {
+                if m.leader_id == Some(m.node_id) {
+                    return Ok(i);
+                }
+            }
+        }
+        bail!("no running node reports itself leader")
+    }
+
+    /// Waits until some running node leads.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.leader().await {
+                Ok(i) => return Ok(i),
+                Err(e) if Instant::now() > deadline => return Err(e.context("waiting for a leader")),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// The Prometheus text of node `i`.
+    pub async fn scrape(&self, i: usize) -> anyhow::Result<String> {
+        http_get(self.nodes[i].http, "/metrics").await
+    }
+
+    /// Creates a namespace through node `i`, retrying while no leader is known.
+    pub async fn create_namespace(&self, i: usize, title: &str) -> anyhow::Result<String> {
+        let req = pb::CreateNamespaceRequest { title: title.into() };
+        let ns = retry_unavailable(|| {
+            let mut c = self.store(i);
+            let r = req.clone();
+            async move { c.create_namespace(r).await }
+        })
+        .await?;
+        Ok(ns.id)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+            if panicking {
+                let log = fs::read_to_string(self.nodes[i].log_path()).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("---- node {} log (last lines) ----", self.nodes[i].id);
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+fn new_node(root: &Path, id: u64) -> anyhow::Result<NodeProc> {
+    let dir = root.join(format!("node-{id}"));
+    fs::create_dir_all(&dir)?;
+    Ok(NodeProc {
+        id,
+        grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        dir,
+        child: None,
+    })
+}
+
+fn channel(addr: SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("loopback address is a valid URI")
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy()
+}
+
+/// Retries a call while it fails with UNAVAILABLE (no leader yet, node down), for up to 30 s.
+pub async fn retry_unavailable<T, F, Fut>(mut call: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match call().await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s) => return Err(anyhow::anyhow!("{:?}: {}", s.code(), s.message())),
+        }
+    }
+}
+
+/// A plain HTTP/1.0 GET, enough for `/metrics` and `/health`.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok(body)
+}
+
+/// The value of a Prometheus sample without labels, from exposition text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A put of one key, as a one-item write.
+pub fn put_op(key: &str, value: &[u8]) -> pb::WriteOp {
+    pb::WriteOp {
+        key: key.into(),
+        op: Some(pb::write_op::Op::Put(pb::Put { value: value.to_vec(), ..Default::default() })),
+    }
+}
+
+/// A delete of one key.
+pub fn delete_op(key: &str) -> pb::WriteOp {
+    pb::WriteOp { key: key.into(), op: Some(pb::write_op::Op::Delete(pb::Delete {})) }
+}
+
+/// Writes one item through node `i` and returns its result (errors of the item included).
+pub async fn write_one(cluster: &Cluster, i: usize, ns: &str, op: pb::WriteOp) -> anyhow::Result<pb::OpResult> {
+    let req = pb::WriteRequest { namespace_id: ns.into(), ops: vec![op] };
+    let reply = retry_unavailable(|| {
+        let mut c = cluster.store(i);
+        let r = req.clone();
+        async move { c.write(r).await }
+    })
+    .await?;
+    reply.results.into_iter().next().context("write returned no result")
+}

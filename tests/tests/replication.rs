@@ -1,0 +1,201 @@
+//! Replication and durability of a 3-node central cluster of real processes.
+
+use kv_proto::admin::v1::SnapshotRequest;
+use kv_proto::store::v1::{self as pb, GetRequest};
+use kv_tests::*;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Reads `key` at node `i`, waiting for that node to have applied `min_version`.
+async fn read(c: &Cluster, i: usize, ns: &str, key: &str, min_version: u64) -> anyhow::Result<Option<pb::Entry>> {
+    let req = GetRequest { namespace_id: ns.into(), key: key.into(), min_version };
+    let reply = retry_unavailable(|| {
+        let mut s = c.store(i);
+        let r = req.clone();
+        async move { s.get(r).await }
+    })
+    .await?;
+    Ok(reply.entry)
+}
+
+/// Asserts that node `i` holds every acknowledged write with its value.
+async fn assert_has_all(c: &Cluster, i: usize, ns: &str, acked: &BTreeMap<String, (u64, Vec<u8>)>) {
+    let max_version = acked.values().map(|(v, _)| *v).max().unwrap_or(0);
+    for (key, (version, value)) in acked {
+        let e = read(c, i, ns, key, max_version).await.unwrap();
+        let e = e.unwrap_or_else(|| panic!("node {} lost acknowledged key {key}", c.nodes[i].id));
+        assert_eq!(&e.value, value, "node {} has a wrong value for {key}", c.nodes[i].id);
+        assert_eq!(e.version, *version, "node {} has a wrong version for {key}", c.nodes[i].id);
+    }
+}
+
+/// Puts `count` keys through node `i` and returns what was acknowledged.
+async fn put_keys(c: &Cluster, i: usize, ns: &str, prefix: &str, count: usize) -> BTreeMap<String, (u64, Vec<u8>)> {
+    let mut acked = BTreeMap::new();
+    for k in 0..count {
+        let key = format!("{prefix}{k:05}");
+        let value = format!("value of {key}").into_bytes();
+        let r = write_one(c, i, ns, put_op(&key, &value)).await.unwrap();
+        assert!(r.error.is_none(), "put {key} failed: {:?}", r.error);
+        acked.insert(key, (r.version, value));
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_any_node_are_readable_from_every_node() {
+    let c = Cluster::start(3, ClusterOptions::default()).await.unwrap();
+    let ns = c.create_namespace(1, "any-node").await.unwrap();
+    let mut acked = BTreeMap::new();
+    for i in 0..3 {
+        acked.extend(put_keys(&c, i, &ns, &format!("via-{i}-"), 5).await);
+    }
+    for i in 0..3 {
+        assert_has_all(&c, i, &ns, &acked).await;
+    }
+    // A delete through a follower is seen everywhere too.
+    let follower = (c.leader().await.unwrap() + 1) % 3;
+    let del = write_one(&c, follower, &ns, delete_op("via-0-00000")).await.unwrap();
+    assert!(del.version > 0);
+    for i in 0..3 {
+        assert_eq!(read(&c, i, &ns, "via-0-00000", del.version).await.unwrap(), None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(3, ClusterOptions::default()).await.unwrap();
+    let ns = c.create_namespace(0, "failover").await.unwrap();
+    let acked: Arc<Mutex<BTreeMap<String, (u64, Vec<u8>)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    // A client that writes without pause, trying the next node whenever one fails.
+    let addrs: Vec<_> = (0..3).map(|i| c.store(i)).collect();
+    let writer = {
+        let (acked, stop, ns) = (acked.clone(), stop.clone(), ns.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut target = 0usize;
+            let mut errors = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let key = format!("k{n:06}");
+                let value = format!("v{n}").into_bytes();
+                let req = pb::WriteRequest { namespace_id: ns.clone(), ops: vec![put_op(&key, &value)] };
+                let mut client = addrs[target].clone();
+                let call = tokio::time::timeout(Duration::from_secs(3), client.write(req)).await;
+                match call {
+                    Ok(Ok(reply)) => {
+                        let r = &reply.get_ref().results[0];
+                        assert!(r.error.is_none(), "unexpected item error {:?}", r.error);
+                        acked.lock().unwrap().insert(key, (r.version, value));
+                        n += 1;
+                    }
+                    _ => {
+                        // Unknown outcome: the key may or may not be written; never reuse it.
+                        errors += 1;
+                        n += 1;
+                        target = (target + 1) % 3;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            errors
+        })
+    };
+
+    // Let writes flow, then kill -9 the leader while they do.
+    let wait_acked = |at_least: usize| {
+        let acked = acked.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while acked.lock().unwrap().len() < at_least {
+                assert!(Instant::now() < deadline, "writes stalled at {}", acked.lock().unwrap().len());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_acked(50).await;
+    let old_leader = c.leader().await.unwrap();
+    c.kill(old_leader);
+    let before_kill = acked.lock().unwrap().len();
+    // Writes must resume under a new leader.
+    wait_acked(before_kill + 50).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let errors = writer.await.unwrap();
+    let new_leader = c.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    assert_ne!(new_leader, old_leader);
+    eprintln!("acknowledged {} writes, {errors} failed attempts around the failover", acked.lock().unwrap().len());
+
+    let acked = acked.lock().unwrap().clone();
+    for i in (0..3).filter(|i| *i != old_leader) {
+        assert_has_all(&c, i, &ns, &acked).await;
+    }
+    // The killed node comes back and catches up by log.
+    c.restart(old_leader).unwrap();
+    assert_has_all(&c, old_leader, &ns, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_and_restarting_every_node_loses_nothing() {
+    let mut c = Cluster::start(3, ClusterOptions::default()).await.unwrap();
+    let ns = c.create_namespace(0, "restart-all").await.unwrap();
+    let acked = put_keys(&c, 0, &ns, "r", 30).await;
+    for i in 0..3 {
+        c.kill(i);
+    }
+    for i in 0..3 {
+        c.restart(i).unwrap();
+    }
+    c.wait_for_leader(Duration::from_secs(30)).await.unwrap();
+    for i in 0..3 {
+        assert_has_all(&c, i, &ns, &acked).await;
+    }
+    // And the cluster still takes writes.
+    let more = put_keys(&c, 2, &ns, "after-", 3).await;
+    assert_has_all(&c, 0, &ns, &more).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_catches_up_by_snapshot_after_the_log_was_purged() {
+    let mut c = Cluster::start(3, ClusterOptions::default()).await.unwrap();
+    let ns = c.create_namespace(0, "snapshot").await.unwrap();
+    let mut acked = put_keys(&c, 0, &ns, "s", 40).await;
+    // A large value travels through the snapshot as well.
+    let big = vec![7u8; 3 << 20];
+    let r = write_one(&c, 0, &ns, put_op("big", &big)).await.unwrap();
+    acked.insert("big".into(), (r.version, big));
+
+    let leader = c.leader().await.unwrap();
+    let reply = c.admin(leader).await.unwrap().snapshot(SnapshotRequest { purge: true }).await.unwrap();
+    let m = reply.into_inner().metrics.unwrap();
+    assert!(m.purged_index >= r.version, "log not purged: {m:?}");
+
+    let fresh = c.start_new_node().unwrap();
+    c.add_learner(fresh).await.unwrap();
+    assert_has_all(&c, fresh, &ns, &acked).await;
+    let metrics = c.scrape(fresh).await.unwrap();
+    assert_eq!(metric_value(&metrics, "kv_central_snapshots_installed_total"), Some(1.0), "{metrics}");
+    // Writes after the snapshot reach the learner by log.
+    let later = put_keys(&c, 0, &ns, "late", 3).await;
+    assert_has_all(&c, fresh, &ns, &later).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_can_be_transferred() {
+    let c = Cluster::start(3, ClusterOptions::default()).await.unwrap();
+    let leader = c.leader().await.unwrap();
+    let target = (leader + 1) % 3;
+    let to = c.nodes[target].id;
+    let mut admin = c.admin(leader).await.unwrap();
+    admin.transfer_leader(kv_proto::admin::v1::TransferLeaderRequest { to }).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = c.metrics(target).await.unwrap();
+        if m.leader_id == Some(to) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node {to} did not take over: {m:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

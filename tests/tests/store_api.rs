@@ -1,0 +1,308 @@
+//! The store API of a real 3-node cluster: the rate limit, the change feed, and bad input.
+
+use kv_common::error::http_status_of;
+use kv_proto::store::v1::{self as pb, watch_event::Event};
+use kv_tests::*;
+use std::time::{Duration, Instant};
+use tokio_stream_ext::*;
+
+mod tokio_stream_ext {
+    /// Next message of a server stream, failing the test if none comes within 10 s.
+    pub async fn next_event(
+        s: &mut tonic::Streaming<kv_proto::store::v1::WatchEvent>,
+    ) -> kv_proto::store::v1::watch_event::Event {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(10), s.message())
+            .await
+            .expect("watch stream went silent")
+            .expect("watch stream failed")
+            .expect("watch stream ended");
+        msg.event.expect("event is set")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_write_to_one_key_within_a_second_is_rate_limited() {
+    let c = Cluster::start(3, ClusterOptions::default()).await.unwrap();
+    let ns = c.create_namespace(0, "rate").await.unwrap();
+    let follower = (c.leader().await.unwrap() + 1) % 3;
+    // Both through a follower: the leader enforces the limit for forwarded writes too.
+    let req = pb::WriteRequest { namespace_id: ns.clone(), ops: vec![put_op("hot", b"1"), put_op("cold", b"1")] };
+    let first = retry_unavailable(|| {
+        let mut s = c.store(follower);
+        let r = req.clone();
+        async move { s.write(r).await }
+    })
+    .await
+    .unwrap();
+    assert!(first.results.iter().all(|r| r.error.is_none() && r.version > 0), "{first:?}");
+
+    let second = write_one(&c, follower, &ns, put_op("hot", b"2")).await.unwrap();
+    let err = second.error.expect("second write within a second must be refused");
+    assert_eq!(err.grpc_code, tonic::Code::ResourceExhausted as i32);
+    assert_eq!(err.http_status, 429);
+    assert_eq!(err.message, "Too Many Requests");
+    assert_eq!(second.version, 0);
+    // Other keys are not limited.
+    assert!(write_one(&c, follower, &ns, put_op("other", b"1")).await.unwrap().error.is_none());
+    // The refused write changed nothing.
+    let got = c
+        .store(0)
+        .get(pb::GetRequest { namespace_id: ns.clone(), key: "hot".into(), min_version: first.results[0].version })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.entry.unwrap().value, b"1");
+    let text = c.scrape(c.leader().await.unwrap()).await.unwrap();
+    assert!(metric_value(&text, "kv_central_rate_limited_writes_total").unwrap_or(0.0) >= 1.0, "{text}");
+}
+
+/// Collects change sets from a stream until one reaches `version`.
+async fn collect_until(s: &mut tonic::Streaming<pb::WatchEvent>, version: u64) -> Vec<pb::ChangeSet> {
+    let mut out = Vec::new();
+    loop {
+        match next_event(s).await {
+            Event::Changes(set) => {
+                let v = set.version;
+                out.push(set);
+                if v >= version {
+                    return out;
+                }
+            }
+            Event::Progress(_) => {}
+            Event::Resync(r) => panic!("unexpected resync {r:?}"),
+        }
+    }
+}
+
+fn flatten(sets: &[pb::ChangeSet]) -> Vec<(u64, String, i32)> {
+    sets.iter().flat_map(|s| s.changes.iter().map(move |c| (s.version, c.key.clone(), c.kind))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_delivers_every_change_in_order_and_resumes_exactly() {
+    let c = Cluster::start(3, ClusterOptions::default()).await.unwrap();
+    let ns = c.create_namespace(0, "watch").await.unwrap();
+    let follower = (c.leader().await.unwrap() + 1) % 3;
+    let mut feed = c.store(follower).watch(pb::WatchRequest { from_version: 0 }).await.unwrap().into_inner();
+
+    let mut expected = Vec::new();
+    for i in 0..40 {
+        let key = format!("w{:02}", i % 25);
+        let op = if i % 5 == 4 { delete_op(&key) } else { put_op(&key, format!("v{i}").as_bytes()) };
+        let kind = if i % 5 == 4 { pb::ChangeKind::Delete } else { pb::ChangeKind::Put } as i32;
+        let r = write_one(&c, 0, &ns, op).await.unwrap();
+        assert!(r.error.is_none(), "{r:?}");
+        expected.push((r.version, key, kind));
+    }
+    let last = expected.last().unwrap().0;
+
+    // The first subscriber reads half, disconnects, and resumes from the last version it saw.
+    let mut seen = Vec::new();
+    loop {
+        if let Event::Changes(set) = next_event(&mut feed).await {
+            seen.push(set);
+            if seen.len() == 17 {
+                break;
+            }
+        }
+    }
+    drop(feed);
+    let resume_from = seen.last().unwrap().version;
+    let mut resumed = c.store(2).watch(pb::WatchRequest { from_version: resume_from }).await.unwrap().into_inner();
+    seen.extend(collect_until(&mut resumed, last).await);
+
+    let got = flatten(&seen);
+    // The namespace creation carries no key change; everything else is there once, in order.
+    assert_eq!(got, expected, "feed differs from the writes made");
+    let versions: Vec<u64> = seen.iter().map(|s| s.version).collect();
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "versions not strictly increasing: {versions:?}");
+    // Values of puts travel inline.
+    let put = seen.iter().flat_map(|s| &s.changes).find(|c| c.kind == pb::ChangeKind::Put as i32).unwrap();
+    assert!(!put.value.is_empty() && !put.value_omitted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_says_resync_when_history_was_dropped() {
+    let opts = ClusterOptions { extra_toml: "[feed]\nretention = 8\ntrim_every = 8\n".into() };
+    let c = Cluster::start(3, opts).await.unwrap();
+    let ns = c.create_namespace(0, "resync").await.unwrap();
+    let mut last = 0;
+    for i in 0..30 {
+        last = write_one(&c, 0, &ns, put_op(&format!("r{i}"), b"x")).await.unwrap().version;
+    }
+    // Wait until node 1 has applied everything (a read with min_version does that).
+    c.store(1).get(pb::GetRequest { namespace_id: ns.clone(), key: "r0".into(), min_version: last }).await.unwrap();
+    let mut feed = c.store(1).watch(pb::WatchRequest { from_version: 1 }).await.unwrap().into_inner();
+    match next_event(&mut feed).await {
+        Event::Resync(r) => {
+            assert!(r.oldest_retained > 1, "{r:?}");
+            assert!(r.current_version >= last, "{r:?}");
+            // Watching again from the version it names works.
+            let mut again =
+                c.store(1).watch(pb::WatchRequest { from_version: r.current_version }).await.unwrap().into_inner();
+            let v = write_one(&c, 0, &ns, put_op("after", b"y")).await.unwrap().version;
+            let sets = collect_until(&mut again, v).await;
+            assert_eq!(flatten(&sets).last().unwrap().1, "after");
+        }
+        other => panic!("expected resync, got {other:?}"),
+    }
+}
+
+fn assert_status(r: Result<impl std::fmt::Debug, tonic::Status>, code: tonic::Code, http: u16, message: &str) {
+    let s = r.expect_err("expected an error");
+    assert_eq!(s.code(), code, "{s:?}");
+    assert_eq!(http_status_of(&s), Some(http), "{s:?}");
+    assert_eq!(s.message(), message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let c = Cluster::start(3, ClusterOptions::default()).await.unwrap();
+    let ns = c.create_namespace(0, "bad-input").await.unwrap();
+    let ok = write_one(&c, 0, &ns, put_op("keep", b"v")).await.unwrap();
+    let leader = c.leader().await.unwrap();
+    let before = c.metrics(leader).await.unwrap().last_log_index;
+    let mut s = c.store(1);
+    let get = |key: &str| pb::GetRequest { namespace_id: ns.clone(), key: key.into(), min_version: ok.version };
+    use tonic::Code::*;
+
+    // Keys.
+    assert_status(s.get(get("")).await, InvalidArgument, 400, "Key names must not be empty");
+    assert_status(s.get(get(".")).await, InvalidArgument, 400, "Illegal key name \".\" . Please use a different name.");
+    let long = "k".repeat(513);
+    assert_status(
+        s.get(get(&long)).await,
+        InvalidArgument,
+        414,
+        "UTF-8 encoded length of 513 exceeds key length limit of 512.",
+    );
+
+    // Unknown and malformed namespaces.
+    let unknown = pb::GetRequest { namespace_id: "0".repeat(32), key: "k".into(), min_version: 0 };
+    assert_status(s.get(unknown).await, NotFound, 404, "namespace not found");
+    let garbage = pb::ListRequest { namespace_id: "not-an-id".into(), ..Default::default() };
+    assert_status(s.list(garbage).await, NotFound, 404, "namespace not found");
+    let write_unknown = pb::WriteRequest { namespace_id: "f".repeat(32), ops: vec![put_op("k", b"v")] };
+    assert_status(s.write(write_unknown).await, NotFound, 404, "namespace not found");
+
+    // List arguments.
+    let list = |cursor: &str, limit: u32| pb::ListRequest {
+        namespace_id: ns.clone(),
+        cursor: cursor.into(),
+        limit,
+        ..Default::default()
+    };
+    assert_status(s.list(list("zz-not-hex", 0)).await, InvalidArgument, 400, "Invalid list cursor.");
+    assert_status(
+        s.list(list("", 1001)).await,
+        InvalidArgument,
+        400,
+        "Invalid key_count_limit of 1001. Please specify an integer less than 1000.",
+    );
+
+    // Bulk get sizes.
+    let bulk = |n: usize| pb::BatchGetRequest {
+        namespace_id: ns.clone(),
+        keys: (0..n).map(|i| format!("k{i}")).collect(),
+        min_version: 0,
+    };
+    assert_status(s.batch_get(bulk(0)).await, InvalidArgument, 400, "You must request a minimum of 1 key");
+    assert_status(s.batch_get(bulk(101)).await, InvalidArgument, 400, "You can request a maximum of 100 keys");
+
+    // Write items fail one by one, with their own messages, in the contract's check order.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let put = |key: &str, value: Vec<u8>, meta: Option<String>, exp: Option<i64>, ttl: Option<i64>| pb::WriteOp {
+        key: key.into(),
+        op: Some(pb::write_op::Op::Put(pb::Put { value, metadata_json: meta, expiration: exp, expiration_ttl: ttl })),
+    };
+    let ops = vec![
+        put("..", vec![], None, None, None),
+        put("a", vec![], None, Some(now - 10), None),
+        put("b", vec![], None, None, Some(30)),
+        put("c", vec![], Some(format!("\"{}\"", "m".repeat(1100))), None, None),
+        put("d", vec![0; 25 * 1024 * 1024 + 1], None, None, None),
+        put("e", vec![], Some("{not json".into()), None, None),
+    ];
+    let reply = s.write(pb::WriteRequest { namespace_id: ns.clone(), ops }).await.unwrap().into_inner();
+    let errors: Vec<(u32, String)> = reply
+        .results
+        .iter()
+        .map(|r| {
+            let e = r.error.as_ref().expect("every item is invalid");
+            (e.http_status, e.message.clone())
+        })
+        .collect();
+    assert_eq!(errors[0], (400, "Illegal key name \"..\" . Please use a different name.".into()));
+    assert_eq!(
+        errors[1],
+        (400, format!("Invalid expiration of {}. Please specify integer greater than the current number of seconds since the UNIX epoch.", now - 10))
+    );
+    assert_eq!(errors[2], (400, "Invalid expiration_ttl of 30. Expiration TTL must be at least 60.".into()));
+    assert_eq!(errors[3], (413, "Metadata length of 1102 exceeds limit of 1024.".into()));
+    assert_eq!(errors[4], (413, "Value length of 26214401 exceeds limit of 26214400.".into()));
+    assert_eq!(errors[5], (400, "Metadata must be valid JSON.".into()));
+
+    // A message beyond the server's size limit is refused as a whole.
+    let huge = pb::WriteRequest { namespace_id: ns.clone(), ops: vec![put_op("huge", &vec![1u8; 120 << 20])] };
+    let err = s.write(huge).await.expect_err("oversized message must be refused");
+    assert!(
+        matches!(err.code(), OutOfRange | ResourceExhausted | InvalidArgument | Internal | Cancelled | Unknown),
+        "{err:?}"
+    );
+
+    // Nothing changed: no entry was proposed, and the node still serves.
+    assert_eq!(c.metrics(leader).await.unwrap().last_log_index, before, "bad input reached the log");
+    let listed = s.list(list("", 0)).await.unwrap().into_inner();
+    let names: Vec<_> = listed.keys.iter().map(|k| k.name.as_str()).collect();
+    assert_eq!(names, vec!["keep"]);
+    assert!(listed.list_complete);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_are_created_renamed_listed_and_deleted_with_their_keys() {
+    let c = Cluster::start(3, ClusterOptions::default()).await.unwrap();
+    let ns = c.create_namespace(1, "first").await.unwrap();
+    let mut s = c.store(2);
+    let dup = s.create_namespace(pb::CreateNamespaceRequest { title: "first".into() }).await;
+    let e = dup.expect_err("duplicate title");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert_eq!(e.message(), "a namespace with this account ID and title already exists");
+    assert_eq!(e.metadata().get("kv-error-code").unwrap(), "10014");
+
+    let w = write_one(&c, 2, &ns, put_op("k", b"v")).await.unwrap();
+    let renamed = s
+        .rename_namespace(pb::RenameNamespaceRequest { namespace_id: ns.clone(), title: "second".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(renamed.title, "second");
+    let leader = c.leader().await.unwrap();
+    let listed = c.store(leader).list_namespaces(pb::ListNamespacesRequest::default()).await.unwrap().into_inner();
+    assert_eq!(listed.namespaces, vec![pb::Namespace { id: ns.clone(), title: "second".into() }]);
+
+    s.delete_namespace(pb::NamespaceRef { namespace_id: ns.clone() }).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for i in 0..3 {
+        loop {
+            let r = c
+                .store(i)
+                .get(pb::GetRequest { namespace_id: ns.clone(), key: "k".into(), min_version: w.version })
+                .await;
+            match r {
+                Err(e) if e.code() == tonic::Code::NotFound => break,
+                _ => assert!(Instant::now() < deadline, "namespace still readable on node {i}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // The title is free again, and the old keys do not come back with it.
+    let again = c.create_namespace(0, "second").await.unwrap();
+    assert_ne!(again, ns);
+    let keys = c
+        .store(c.leader().await.unwrap())
+        .list(pb::ListRequest { namespace_id: again.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(keys.keys.is_empty());
+}
