@@ -41,6 +41,8 @@ pub struct MemberConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RaftTiming {
+    /// Also the deadline openraft 0.9 gives every AppendEntries, the follower's fsync
+    /// included, so it must cover a slow disk's worst sync, not just its average.
     pub heartbeat_ms: u64,
     pub election_min_ms: u64,
     pub election_max_ms: u64,
@@ -81,9 +83,9 @@ impl Default for Config {
 impl Default for RaftTiming {
     fn default() -> Self {
         RaftTiming {
-            heartbeat_ms: 100,
-            election_min_ms: 600,
-            election_max_ms: 1200,
+            heartbeat_ms: 300,
+            election_min_ms: 1500,
+            election_max_ms: 3000,
             snapshot_every: 20_000,
             keep_logs: 1_000,
         }

@@ -3,6 +3,9 @@
 //! `raft` (how nodes talk), `routing` (who serves a write), `api` (what tiers call), `node`
 //! (how it is all started).
 
+// tonic::Status and openraft's StorageError are the error types those traits demand.
+#![allow(clippy::result_large_err)]
+
 pub mod api;
 pub mod config;
 pub mod error;

@@ -66,7 +66,12 @@ pub struct Op {
 /// What a write does to its key.
 #[derive(Clone, Serialize, Deserialize)]
 pub enum OpKind {
-    Put { value: Vec<u8>, metadata: Option<String>, expiration: Option<i64> },
+    Put {
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        metadata: Option<String>,
+        expiration: Option<i64>,
+    },
     Delete,
 }
 

@@ -17,15 +17,16 @@ use tonic::transport::Channel;
 const MAX_MESSAGE: usize = 256 << 20;
 
 /// Settings written into every node's config file.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ClusterOptions {
     /// Extra TOML appended to each node's config (e.g. `[limits]` or `[feed]` sections).
     pub extra_toml: String,
 }
 
-impl Default for ClusterOptions {
-    fn default() -> Self {
-        ClusterOptions { extra_toml: String::new() }
+impl ClusterOptions {
+    /// No per-key write limit, for tests that rewrite a key at once (the limit has its own test).
+    pub fn without_rate_limit() -> Self {
+        ClusterOptions { extra_toml: "[limits]\nkey_write_interval_ms = 0\n".into() }
     }
 }
 

@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Acknowledged writes: key -> (version, value).
+type Acked = BTreeMap<String, (u64, Vec<u8>)>;
+
 /// Reads `key` at node `i`, waiting for that node to have applied `min_version`.
 async fn read(c: &Cluster, i: usize, ns: &str, key: &str, min_version: u64) -> anyhow::Result<Option<pb::Entry>> {
     let req = GetRequest { namespace_id: ns.into(), key: key.into(), min_version };
@@ -20,7 +23,7 @@ async fn read(c: &Cluster, i: usize, ns: &str, key: &str, min_version: u64) -> a
 }
 
 /// Asserts that node `i` holds every acknowledged write with its value.
-async fn assert_has_all(c: &Cluster, i: usize, ns: &str, acked: &BTreeMap<String, (u64, Vec<u8>)>) {
+async fn assert_has_all(c: &Cluster, i: usize, ns: &str, acked: &Acked) {
     let max_version = acked.values().map(|(v, _)| *v).max().unwrap_or(0);
     for (key, (version, value)) in acked {
         let e = read(c, i, ns, key, max_version).await.unwrap();
@@ -31,7 +34,7 @@ async fn assert_has_all(c: &Cluster, i: usize, ns: &str, acked: &BTreeMap<String
 }
 
 /// Puts `count` keys through node `i` and returns what was acknowledged.
-async fn put_keys(c: &Cluster, i: usize, ns: &str, prefix: &str, count: usize) -> BTreeMap<String, (u64, Vec<u8>)> {
+async fn put_keys(c: &Cluster, i: usize, ns: &str, prefix: &str, count: usize) -> Acked {
     let mut acked = BTreeMap::new();
     for k in 0..count {
         let key = format!("{prefix}{k:05}");
@@ -45,7 +48,7 @@ async fn put_keys(c: &Cluster, i: usize, ns: &str, prefix: &str, count: usize) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_any_node_are_readable_from_every_node() {
-    let c = Cluster::start(3, ClusterOptions::default()).await.unwrap();
+    let c = Cluster::start(3, ClusterOptions::without_rate_limit()).await.unwrap();
     let ns = c.create_namespace(1, "any-node").await.unwrap();
     let mut acked = BTreeMap::new();
     for i in 0..3 {
@@ -67,7 +70,7 @@ async fn writes_through_any_node_are_readable_from_every_node() {
 async fn killing_the_leader_loses_no_acknowledged_write() {
     let mut c = Cluster::start(3, ClusterOptions::default()).await.unwrap();
     let ns = c.create_namespace(0, "failover").await.unwrap();
-    let acked: Arc<Mutex<BTreeMap<String, (u64, Vec<u8>)>>> = Arc::default();
+    let acked: Arc<Mutex<Acked>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     // A client that writes without pause, trying the next node whenever one fails.

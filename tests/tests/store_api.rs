@@ -80,7 +80,7 @@ fn flatten(sets: &[pb::ChangeSet]) -> Vec<(u64, String, i32)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_delivers_every_change_in_order_and_resumes_exactly() {
-    let c = Cluster::start(3, ClusterOptions::default()).await.unwrap();
+    let c = Cluster::start(3, ClusterOptions::without_rate_limit()).await.unwrap();
     let ns = c.create_namespace(0, "watch").await.unwrap();
     let follower = (c.leader().await.unwrap() + 1) % 3;
     let mut feed = c.store(follower).watch(pb::WatchRequest { from_version: 0 }).await.unwrap().into_inner();

@@ -42,31 +42,57 @@ impl AdminService {
             .map_err(|e| StoreError::Raft(format!("waiting for {what}: {e}")))
     }
 
-    /// Leader side of a transfer: once the target holds the whole log, it calls an election.
-    /// Its higher term wins this node's vote (openraft 0.9 has no transfer message), and the
-    /// target's complete log wins it the election.
+    /// Leader side of a transfer. openraft 0.9 has no transfer message and a voter refuses
+    /// to vote while its leader lease holds, so: pause the election timers of every other
+    /// voter, stop heartbeats until the leases lapse, then let the target (which holds the
+    /// whole log) campaign. Everything is switched back on whatever the outcome.
     async fn hand_over(&self, to: NodeId) -> StoreResult<()> {
         let node = &self.node;
-        let addr = node
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&to)
-            .map(|n| n.addr.clone())
-            .ok_or_else(|| StoreError::Precondition(format!("node {to} is not a member")))?;
+        let members: Vec<(NodeId, String)> = {
+            let m = node.raft.metrics().borrow().membership_config.clone();
+            m.membership().voter_ids().filter_map(|id| Some((id, m.membership().get_node(&id)?.addr.clone()))).collect()
+        };
+        let target_addr = members
+            .iter()
+            .find(|(id, _)| *id == to)
+            .map(|(_, a)| a.clone())
+            .ok_or_else(|| StoreError::Precondition(format!("node {to} is not a voter")))?;
         let last = node.raft.metrics().borrow().last_log_index;
         self.wait_for("the target to hold the leader's whole log", |m| {
             m.replication.as_ref().and_then(|r| r.get(&to)).and_then(|l| l.as_ref()).map(|l| l.index) >= last
         })
         .await?;
-        let mut target = ClusterAdminClient::new(node.peers.channel(&addr)?);
-        target
-            .transfer_leader(forwarded(pb::TransferLeaderRequest { to }))
-            .await
-            .map_err(|s| StoreError::Raft(s.message().to_owned()))?;
-        Ok(())
+
+        let others: Vec<&String> =
+            members.iter().filter(|(id, _)| *id != to && *id != node.id).map(|(_, a)| a).collect();
+        self.set_elections(&others, false).await;
+        node.raft.runtime_config().elect(false);
+        node.raft.runtime_config().heartbeat(false);
+        let lease = Duration::from_millis(node.config.raft.election_max_ms + node.config.raft.heartbeat_ms);
+        tokio::time::sleep(lease).await;
+        let campaign = async {
+            let mut target = ClusterAdminClient::new(node.peers.channel(&target_addr)?);
+            target
+                .transfer_leader(forwarded(pb::TransferLeaderRequest { to }))
+                .await
+                .map_err(|s| StoreError::Raft(s.message().to_owned()))
+        }
+        .await;
+        node.raft.runtime_config().heartbeat(true);
+        node.raft.runtime_config().elect(true);
+        self.set_elections(&others, true).await;
+        campaign.map(|_| ())
+    }
+
+    /// Switches the election timers of the nodes at `addrs`; best effort (a node that cannot
+    /// be reached keeps its timer, which only makes the transfer less certain).
+    async fn set_elections(&self, addrs: &[&String], enabled: bool) {
+        for addr in addrs {
+            let Ok(ch) = self.node.peers.channel(addr) else { continue };
+            if let Err(e) = ClusterAdminClient::new(ch).set_election(pb::SetElectionRequest { enabled }).await {
+                tracing::warn!(%addr, error = %e, "could not switch the election timer");
+            }
+        }
     }
 }
 
@@ -167,6 +193,11 @@ impl ClusterAdmin for AdminService {
                 self.wait_for("the log purge", |m| m.purged.map(|l| l.index) >= Some(upto)).await?;
             }
         }
+        Ok(self.reply())
+    }
+
+    async fn set_election(&self, req: Request<pb::SetElectionRequest>) -> Result<Response<pb::AdminReply>, Status> {
+        self.node.raft.runtime_config().elect(req.into_inner().enabled);
         Ok(self.reply())
     }
 

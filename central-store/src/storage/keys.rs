@@ -58,6 +58,7 @@ pub struct ChangeRecord {
     pub namespace: NamespaceId,
     pub key: String,
     pub kind: ChangeKind,
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
     pub metadata: Option<String>,
     pub expiration: Option<i64>,

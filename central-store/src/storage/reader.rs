@@ -171,9 +171,8 @@ impl Reader {
         let it =
             self.db.iterator_cf_opt(cf(&self.db, CF_ENTRIES), opts, IteratorMode::From(&start, Direction::Forward));
         let mut page = ListPage::default();
-        let mut examined = 0usize;
         let mut last_seen: Option<String> = None;
-        for item in it {
+        for (examined, item) in it.enumerate() {
             let (k, v) = item?;
             let name = key_name(&k)?;
             if page.keys.len() == limit as usize || examined == list_scan_budget(limit) {
@@ -181,7 +180,6 @@ impl Reader {
                 page.cursor = last_seen.map(|n| encode_cursor(&n));
                 return Ok(page);
             }
-            examined += 1;
             let meta: EntryMeta = bincode::deserialize(&v)?;
             if !meta.tombstone && !kv_common::time::is_expired(meta.expiration, now_secs) {
                 page.keys.push((name.clone(), meta));

@@ -96,15 +96,12 @@ impl Builder {
     pub async fn build(&self) -> anyhow::Result<Snapshot> {
         let db = self.db.clone();
         let dir = self.dir.clone();
-        let meta = tokio::task::spawn_blocking(move || write_snapshot(&db, &dir)).await??;
-        self.dir.current().await?.context("snapshot vanished after it was written").map(|s| {
-            debug_assert_eq!(s.meta.snapshot_id, meta.snapshot_id);
-            s
-        })
+        tokio::task::spawn_blocking(move || write_snapshot(&db, &dir)).await??;
+        self.dir.current().await?.context("snapshot vanished after it was written")
     }
 }
 
-fn write_snapshot(db: &DB, dir: &SnapshotDir) -> anyhow::Result<SnapshotMeta> {
+fn write_snapshot(db: &DB, dir: &SnapshotDir) -> anyhow::Result<()> {
     let snap = db.snapshot();
     let read_meta = |key: &[u8]| snap.get_cf(cf(db, CF_SM_META), key);
     let last_log_id: Option<LogId> = match read_meta(META_APPLIED)? {
@@ -144,7 +141,7 @@ fn write_snapshot(db: &DB, dir: &SnapshotDir) -> anyhow::Result<SnapshotMeta> {
     let meta = SnapshotMeta { last_log_id, last_membership: membership, snapshot_id };
     dir.publish(&meta, &tmp)?;
     tracing::info!(snapshot = %meta.snapshot_id, records = count, "snapshot built");
-    Ok(meta)
+    Ok(())
 }
 
 /// Replaces the whole state machine with the snapshot in `file`, then keeps the file as the

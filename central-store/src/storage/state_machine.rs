@@ -63,7 +63,7 @@ impl StateMachine {
             EntryPayload::Normal(cmd) => self.apply_command(&mut wb, index, cmd)?,
         };
         wb.put_cf(self.cf(CF_SM_META), META_APPLIED, bincode::serialize(&Some(entry.log_id))?);
-        if index % self.feed.trim_every == 0 && index > self.feed.retention {
+        if index.is_multiple_of(self.feed.trim_every) && index > self.feed.retention {
             let floor = index - self.feed.retention;
             wb.delete_range_cf(self.cf(CF_CHANGES), index_key(0), index_key(floor + 1));
             wb.put_cf(self.cf(CF_SM_META), META_FLOOR, bincode::serialize(&floor)?);
