@@ -14,8 +14,6 @@ pub struct Config {
     pub node_id: u64,
     /// gRPC: store API, Raft transport, admin, health, reflection.
     pub listen: SocketAddr,
-    /// The address peers and tiers use to reach `listen` (defaults to it).
-    pub advertise: Option<String>,
     /// HTTP: `/metrics` and `/health`.
     pub http_listen: SocketAddr,
     pub data_dir: PathBuf,
@@ -67,7 +65,6 @@ impl Default for Config {
         Config {
             node_id: 1,
             listen: ([127, 0, 0, 1], 7101).into(),
-            advertise: None,
             http_listen: ([127, 0, 0, 1], 7201).into(),
             data_dir: PathBuf::from("data/central-1"),
             initial_members: Vec::new(),
@@ -109,23 +106,23 @@ pub struct Args {
     pub node_id: Option<u64>,
     #[arg(long, env = "KV_LISTEN")]
     pub listen: Option<SocketAddr>,
-    #[arg(long, env = "KV_ADVERTISE")]
-    pub advertise: Option<String>,
     #[arg(long, env = "KV_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
     #[arg(long, env = "KV_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Initial members as `id=host:port,id=host:port,...`.
-    #[arg(long, env = "KV_INITIAL_MEMBERS", value_parser = parse_members)]
-    pub initial_members: Option<Vec<MemberConfig>>,
+    #[arg(long, env = "KV_INITIAL_MEMBERS")]
+    pub initial_members: Option<String>,
 }
 
-fn parse_members(text: &str) -> Result<Vec<MemberConfig>, String> {
+fn parse_members(text: &str) -> anyhow::Result<Vec<MemberConfig>> {
     text.split(',')
         .filter(|s| !s.trim().is_empty())
         .map(|part| {
-            let (id, addr) = part.split_once('=').ok_or_else(|| format!("expected id=host:port, got {part:?}"))?;
-            let id = id.trim().parse().map_err(|_| format!("bad node id in {part:?}"))?;
+            let (id, addr) = part
+                .split_once('=')
+                .with_context(|| format!("expected id=host:port in --initial-members, got {part:?}"))?;
+            let id = id.trim().parse().with_context(|| format!("bad node id in --initial-members entry {part:?}"))?;
             Ok(MemberConfig { id, addr: addr.trim().to_string() })
         })
         .collect()
@@ -147,9 +144,6 @@ impl Config {
         if let Some(v) = args.listen {
             c.listen = v;
         }
-        if let Some(v) = args.advertise {
-            c.advertise = Some(v);
-        }
         if let Some(v) = args.http_listen {
             c.http_listen = v;
         }
@@ -157,14 +151,9 @@ impl Config {
             c.data_dir = v;
         }
         if let Some(v) = args.initial_members {
-            c.initial_members = v;
+            c.initial_members = parse_members(&v)?;
         }
         Ok(c)
-    }
-
-    /// The address other nodes use to reach this one.
-    pub fn advertised(&self) -> String {
-        self.advertise.clone().unwrap_or_else(|| self.listen.to_string())
     }
 }
 
@@ -182,5 +171,25 @@ mod tests {
         assert_eq!(c.limits.key_write_interval_ms, 0);
         assert_eq!(c.limits.max_key_bytes, 512);
         assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let args = Args::try_parse_from([
+            "central-store",
+            "--node-id",
+            "2",
+            "--listen",
+            "127.0.0.1:9002",
+            "--initial-members",
+            "1=127.0.0.1:9001,2=127.0.0.1:9002",
+        ])
+        .unwrap();
+        let c = Config::load(args).unwrap();
+        assert_eq!(c.node_id, 2);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9002");
+        assert_eq!(c.initial_members.len(), 2);
+        let bad = Args::try_parse_from(["central-store", "--initial-members", "oops"]).unwrap();
+        assert!(Config::load(bad).is_err());
     }
 }

@@ -81,7 +81,10 @@ async fn main() -> anyhow::Result<()> {
         procs.0.push(child);
     }
 
-    let leader = wait_for_leader(&nodes).await?;
+    let leader = tokio::select! {
+        leader = wait_for_leader(&nodes) => leader?,
+        exited = watch_children(&mut procs) => bail!("{exited} during start-up; see its node.log under {}", args.data_dir.display()),
+    };
     println!("central cluster is up (leader: node {leader})");
     for (id, grpc, http) in &nodes {
         println!(
