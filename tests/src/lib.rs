@@ -97,7 +97,44 @@ impl Cluster {
             cluster.write_config(i, &members.join(","))?;
             cluster.spawn(i)?;
         }
-        cluster.wait_for_leader(Duration::from_secs(30)).await?;
+        cluster.wait_until_all_follow(Duration::from_secs(30)).await?;
+        Ok(cluster)
+    }
+
+    /// Waits until every running node names the same leader (so no node answers
+    /// "no leader known" any more) and returns that leader's index.
+    pub async fn wait_until_all_follow(&self, timeout: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut leaders = Vec::new();
+            for (i, n) in self.nodes.iter().enumerate() {
+                if n.is_running() {
+                    leaders.push(self.metrics(i).await.ok().and_then(|m| m.leader_id));
+                }
+            }
+            if let Some(Some(l)) = leaders.first().copied() {
+                if leaders.iter().all(|x| *x == Some(l)) {
+                    if let Some(i) = self.nodes.iter().position(|n| n.id == l) {
+                        return Ok(i);
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("nodes do not agree on a leader: {leaders:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts `n` nodes that know of no cluster yet (to be formed through the admin API).
+    pub async fn start_bare(n: usize, options: ClusterOptions) -> anyhow::Result<Cluster> {
+        let root = tempfile::tempdir()?;
+        let nodes = (0..n).map(|i| new_node(root.path(), i as u64 + 1)).collect::<anyhow::Result<Vec<_>>>()?;
+        let mut cluster = Cluster { nodes, options, _root: root };
+        for i in 0..n {
+            cluster.write_config(i, "")?;
+            cluster.spawn(i)?;
+        }
         Ok(cluster)
     }
 
@@ -190,7 +227,7 @@ impl Cluster {
         let req = AddLearnerRequest { member: Some(member), blocking: true };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match self.admin(leader).await?.add_learner(req.clone()).await {
+            match self.admin(leader).add_learner(req.clone()).await {
                 Ok(_) => return Ok(()),
                 Err(e) if Instant::now() < deadline => {
                     eprintln!("add_learner not yet: {e}");
@@ -209,13 +246,13 @@ impl Cluster {
     }
 
     /// An admin client for node `i`.
-    pub async fn admin(&self, i: usize) -> anyhow::Result<ClusterAdminClient<Channel>> {
-        Ok(ClusterAdminClient::new(channel(self.nodes[i].grpc)))
+    pub fn admin(&self, i: usize) -> ClusterAdminClient<Channel> {
+        ClusterAdminClient::new(channel(self.nodes[i].grpc))
     }
 
     /// Node `i`'s own view of the Raft group.
     pub async fn metrics(&self, i: usize) -> anyhow::Result<kv_proto::admin::v1::ClusterMetrics> {
-        Ok(self.admin(i).await?.metrics(MetricsRequest {}).await?.into_inner())
+        Ok(self.admin(i).metrics(MetricsRequest {}).await?.into_inner())
     }
 
     /// The index of the node that a running node reports as leader (and that agrees).
@@ -358,4 +395,22 @@ pub async fn write_one(cluster: &Cluster, i: usize, ns: &str, op: pb::WriteOp) -
     })
     .await?;
     reply.results.into_iter().next().context("write returned no result")
+}
+
+/// Reads a key at node `i` once that node has applied `min_version` (retrying while unavailable).
+pub async fn read_at(
+    cluster: &Cluster,
+    i: usize,
+    ns: &str,
+    key: &str,
+    min_version: u64,
+) -> anyhow::Result<Option<pb::Entry>> {
+    let req = pb::GetRequest { namespace_id: ns.into(), key: key.into(), min_version };
+    let reply = retry_unavailable(|| {
+        let mut c = cluster.store(i);
+        let r = req.clone();
+        async move { c.get(r).await }
+    })
+    .await?;
+    Ok(reply.entry)
 }

@@ -1,7 +1,7 @@
 //! Replication and durability of a 3-node central cluster of real processes.
 
 use kv_proto::admin::v1::SnapshotRequest;
-use kv_proto::store::v1::{self as pb, GetRequest};
+use kv_proto::store::v1 as pb;
 use kv_tests::*;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -10,23 +10,11 @@ use std::time::{Duration, Instant};
 /// Acknowledged writes: key -> (version, value).
 type Acked = BTreeMap<String, (u64, Vec<u8>)>;
 
-/// Reads `key` at node `i`, waiting for that node to have applied `min_version`.
-async fn read(c: &Cluster, i: usize, ns: &str, key: &str, min_version: u64) -> anyhow::Result<Option<pb::Entry>> {
-    let req = GetRequest { namespace_id: ns.into(), key: key.into(), min_version };
-    let reply = retry_unavailable(|| {
-        let mut s = c.store(i);
-        let r = req.clone();
-        async move { s.get(r).await }
-    })
-    .await?;
-    Ok(reply.entry)
-}
-
 /// Asserts that node `i` holds every acknowledged write with its value.
 async fn assert_has_all(c: &Cluster, i: usize, ns: &str, acked: &Acked) {
     let max_version = acked.values().map(|(v, _)| *v).max().unwrap_or(0);
     for (key, (version, value)) in acked {
-        let e = read(c, i, ns, key, max_version).await.unwrap();
+        let e = read_at(c, i, ns, key, max_version).await.unwrap();
         let e = e.unwrap_or_else(|| panic!("node {} lost acknowledged key {key}", c.nodes[i].id));
         assert_eq!(&e.value, value, "node {} has a wrong value for {key}", c.nodes[i].id);
         assert_eq!(e.version, *version, "node {} has a wrong version for {key}", c.nodes[i].id);
@@ -62,7 +50,7 @@ async fn writes_through_any_node_are_readable_from_every_node() {
     let del = write_one(&c, follower, &ns, delete_op("via-0-00000")).await.unwrap();
     assert!(del.version > 0);
     for i in 0..3 {
-        assert_eq!(read(&c, i, &ns, "via-0-00000", del.version).await.unwrap(), None);
+        assert_eq!(read_at(&c, i, &ns, "via-0-00000", del.version).await.unwrap(), None);
     }
 }
 
@@ -150,7 +138,7 @@ async fn stopping_and_restarting_every_node_loses_nothing() {
     for i in 0..3 {
         c.restart(i).unwrap();
     }
-    c.wait_for_leader(Duration::from_secs(30)).await.unwrap();
+    c.wait_until_all_follow(Duration::from_secs(30)).await.unwrap();
     for i in 0..3 {
         assert_has_all(&c, i, &ns, &acked).await;
     }
@@ -170,7 +158,7 @@ async fn a_new_node_catches_up_by_snapshot_after_the_log_was_purged() {
     acked.insert("big".into(), (r.version, big));
 
     let leader = c.leader().await.unwrap();
-    let reply = c.admin(leader).await.unwrap().snapshot(SnapshotRequest { purge: true }).await.unwrap();
+    let reply = c.admin(leader).snapshot(SnapshotRequest { purge: true }).await.unwrap();
     let m = reply.into_inner().metrics.unwrap();
     assert!(m.purged_index >= r.version, "log not purged: {m:?}");
 
@@ -190,7 +178,7 @@ async fn leadership_can_be_transferred() {
     let leader = c.leader().await.unwrap();
     let target = (leader + 1) % 3;
     let to = c.nodes[target].id;
-    let mut admin = c.admin(leader).await.unwrap();
+    let mut admin = c.admin(leader);
     admin.transfer_leader(kv_proto::admin::v1::TransferLeaderRequest { to }).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -200,5 +188,67 @@ async fn leadership_can_be_transferred() {
         }
         assert!(Instant::now() < deadline, "node {to} did not take over: {m:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_is_formed_through_the_admin_api() {
+    use kv_proto::admin::v1::{ChangeMembershipRequest, InitializeRequest, Member};
+    let c = Cluster::start_bare(3, ClusterOptions::default()).await.unwrap();
+    let me = Member { node_id: c.nodes[0].id, addr: c.nodes[0].grpc.to_string() };
+    let init = retry_unavailable(|| {
+        let me = me.clone();
+        let mut admin = c.admin(0);
+        async move { admin.initialize(InitializeRequest { members: vec![me] }).await }
+    })
+    .await
+    .unwrap();
+    assert_eq!(init.metrics.unwrap().voters.len(), 1);
+    c.wait_for_leader(Duration::from_secs(20)).await.unwrap();
+    // Initializing twice is refused.
+    let again = c.admin(0).initialize(InitializeRequest { members: vec![me.clone()] }).await;
+    assert_eq!(again.unwrap_err().code(), tonic::Code::FailedPrecondition);
+
+    c.add_learner(1).await.unwrap();
+    c.add_learner(2).await.unwrap();
+    let voters: Vec<u64> = c.nodes.iter().map(|n| n.id).collect();
+    // Sent to a learner, the change is forwarded to the leader.
+    let change = ChangeMembershipRequest { voters: voters.clone(), retain: false };
+    let reply = retry_unavailable(|| {
+        let (mut admin, change) = (c.admin(2), change.clone());
+        async move { admin.change_membership(change).await }
+    })
+    .await
+    .unwrap();
+    let got: Vec<u64> = reply.metrics.unwrap().voters.iter().map(|m| m.node_id).collect();
+    assert_eq!(got, voters);
+
+    let ns = c.create_namespace(2, "formed").await.unwrap();
+    let acked = put_keys(&c, 1, &ns, "f", 5).await;
+    for i in 0..3 {
+        assert_has_all(&c, i, &ns, &acked).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_of_the_maximum_size_round_trips_through_raft() {
+    let c = Cluster::start(3, ClusterOptions::default()).await.unwrap();
+    let ns = c.create_namespace(0, "large").await.unwrap();
+    let value: Vec<u8> = (0..kv_common::Limits::default().max_value_bytes).map(|i| (i % 251) as u8).collect();
+    let r = write_one(&c, 1, &ns, put_op("large", &value)).await.unwrap();
+    assert!(r.error.is_none(), "{:?}", r.error);
+    for i in 0..3 {
+        let e = read_at(&c, i, &ns, "large", r.version).await.unwrap().expect("large value present");
+        assert!(e.value == value, "node {i} returned a different value");
+    }
+    // The change feed announces it without carrying 25 MiB inline.
+    let mut feed = c.store(2).watch(pb::WatchRequest { from_version: r.version - 1 }).await.unwrap().into_inner();
+    let event = feed.message().await.unwrap().unwrap().event.unwrap();
+    match event {
+        pb::watch_event::Event::Changes(set) => {
+            assert_eq!(set.version, r.version);
+            assert!(set.changes[0].value_omitted && set.changes[0].value.is_empty());
+        }
+        other => panic!("expected the change set, got {other:?}"),
     }
 }

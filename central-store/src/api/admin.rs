@@ -137,6 +137,8 @@ impl ClusterAdmin for AdminService {
             return Err(StoreError::Precondition("initialize needs at least one member".into()).into());
         }
         self.node.raft.initialize(members).await.map_err(|e| StoreError::Precondition(e.to_string()))?;
+        self.wait_for("the initial membership", |m| m.membership_config.membership().voter_ids().next().is_some())
+            .await?;
         Ok(self.reply())
     }
 
