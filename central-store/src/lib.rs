@@ -1,12 +1,13 @@
 //! The central store: the authoritative KV data, replicated by Raft (openraft) and kept in
 //! RocksDB. Read in this order: `types` (what the log carries), `storage` (how it is kept),
-//! `raft` (how nodes talk), `routing` (who serves a write), `api` (what tiers call), `node`
+//! `raft` (how nodes talk), `routing` (who serves a write), `batcher` (group commit), `api` (what tiers call), `node`
 //! (how it is all started).
 
 // tonic::Status and openraft's StorageError are the error types those traits demand.
 #![allow(clippy::result_large_err)]
 
 pub mod api;
+pub mod batcher;
 pub mod config;
 pub mod error;
 pub mod metrics;

@@ -9,6 +9,7 @@ pub struct Metrics {
     registry: Registry,
     pub proposals: IntCounterVec,
     pub write_latency: Histogram,
+    pub write_batch_size: Histogram,
     pub rate_limited: IntCounter,
     pub forwarded: IntCounter,
     pub log_fsyncs: IntCounter,
@@ -50,6 +51,17 @@ impl Metrics {
                         "Time from a write's arrival at the leader to its commit",
                     )
                     .buckets(prometheus::exponential_buckets(0.0001, 2.0, 18).expect("valid buckets")),
+                )
+                .expect("valid metric"),
+            ),
+            write_batch_size: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "kv_central_write_batch_size",
+                        "Client writes group-committed in one Raft entry",
+                    )
+                    .buckets(prometheus::exponential_buckets(1.0, 2.0, 11).expect("valid buckets")),
                 )
                 .expect("valid metric"),
             ),

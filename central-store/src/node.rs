@@ -1,6 +1,7 @@
 //! A running central node: storage, Raft, the gRPC and HTTP servers, and background work.
 
 use crate::api::{admin::AdminService, store::StoreService};
+use crate::batcher::Batcher;
 use crate::config::Config;
 use crate::metrics::{self, Metrics};
 use crate::raft::{network::Network, service::RaftService, MAX_RAFT_MESSAGE_BYTES};
@@ -29,6 +30,7 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     pub limiter: RateLimiter,
     pub peers: Peers,
+    pub batcher: Batcher,
 }
 
 /// Runs a node until `shutdown` resolves, then stops Raft and returns.
@@ -54,6 +56,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         limiter: RateLimiter::new(config.limits.key_write_interval_ms),
         metrics: metrics.clone(),
         peers: Peers::default(),
+        batcher: Batcher::start(raft.clone(), metrics.clone()),
         config: config.clone(),
     });
 
@@ -73,6 +76,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .trace_fn(request_span)
         .add_service(
             RaftTransportServer::new(RaftService::new(raft.clone()))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
@@ -90,6 +94,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let served = server.await;
     let _ = raft.shutdown().await;
     served.context("gRPC server")
+}
+
+/// One span per gRPC call, named by its method and tied to the caller's W3C trace, if any.
+fn request_span(req: &axum::http::Request<()>) -> tracing::Span {
+    let parent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("");
+    tracing::info_span!("grpc", method = %req.uri().path(), traceparent = parent)
 }
 
 fn raft_config(c: &Config) -> anyhow::Result<openraft::Config> {
@@ -148,7 +158,7 @@ async fn sweep_loop(node: Arc<Node>) {
             }
         }
         let cmd = Command::Sweep { now_ms, budget: node.config.sweep_budget };
-        if let Err(e) = crate::routing::propose(&node, cmd).await {
+        if let Err(e) = crate::routing::propose(&node.raft, &node.metrics, cmd).await {
             tracing::debug!(error = %e, "sweep proposal failed");
         }
     }

@@ -1,12 +1,12 @@
 //! Where a request is served: writes must reach the leader, so a follower forwards them.
 
 use crate::error::{StoreError, StoreResult};
+use crate::metrics::Metrics;
 use crate::node::Node;
-use crate::types::{Command, CommandResult};
+use crate::types::{Command, CommandResult, Raft};
 use openraft::error::{ClientWriteError, RaftError};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 /// Metadata set on a forwarded request, so it is never forwarded twice.
@@ -74,7 +74,7 @@ pub fn forwarded<T>(msg: T) -> tonic::Request<T> {
 
 /// Proposes a command on this (leader) node and waits for it to be applied; returns its
 /// log index (the version) and what applying it produced.
-pub async fn propose(node: &Node, cmd: Command) -> StoreResult<(u64, CommandResult)> {
+pub async fn propose(raft: &Raft, metrics: &Metrics, cmd: Command) -> StoreResult<(u64, CommandResult)> {
     let kind = match &cmd {
         Command::Write { .. } => "write",
         Command::CreateNamespace { .. } | Command::RenameNamespace { .. } | Command::DeleteNamespace { .. } => {
@@ -82,17 +82,13 @@ pub async fn propose(node: &Node, cmd: Command) -> StoreResult<(u64, CommandResu
         }
         Command::Sweep { .. } => "sweep",
     };
-    node.metrics.proposals.with_label_values(&[kind]).inc();
-    let started = Instant::now();
-    let reply = node.raft.client_write(cmd).await.map_err(|e| match e {
+    metrics.proposals.with_label_values(&[kind]).inc();
+    let reply = raft.client_write(cmd).await.map_err(|e| match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
             StoreError::Raft("leadership moved while the write was in flight; retry".into())
         }
         other => StoreError::Raft(other.to_string()),
     })?;
-    if kind == "write" {
-        node.metrics.write_latency.observe(started.elapsed().as_secs_f64());
-    }
     match reply.data {
         CommandResult::Rejected(e) => Err(e.into()),
         data => Ok((reply.log_id.index, data)),

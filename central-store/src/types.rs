@@ -30,11 +30,11 @@ pub type Vote = openraft::Vote<NodeId>;
 /// One replicated state change.
 #[derive(Clone, Serialize, Deserialize, Debug)]
 pub enum Command {
-    /// Puts and deletes of one namespace, already validated and rate-limited by the leader.
+    /// Client writes gathered by the leader into one entry (group commit), each already
+    /// validated and rate-limited; no key appears in two of them.
     Write {
         now_ms: u64,
-        namespace: NamespaceId,
-        ops: Vec<Op>,
+        writes: Vec<NamespaceWrite>,
     },
     CreateNamespace {
         id: NamespaceId,
@@ -56,6 +56,13 @@ pub enum Command {
     },
 }
 
+/// The puts and deletes of one client request, all in one namespace.
+#[derive(Clone, Serialize, Deserialize, Debug)]
+pub struct NamespaceWrite {
+    pub namespace: NamespaceId,
+    pub ops: Vec<Op>,
+}
+
 /// One item of a write.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Op {
@@ -73,6 +80,16 @@ pub enum OpKind {
         expiration: Option<i64>,
     },
     Delete,
+}
+
+impl OpKind {
+    /// Bytes of value this item carries.
+    pub fn value_len(&self) -> usize {
+        match self {
+            OpKind::Put { value, .. } => value.len(),
+            OpKind::Delete => 0,
+        }
+    }
 }
 
 impl fmt::Debug for Op {
@@ -97,6 +114,8 @@ pub struct NamespaceRecord {
 /// What applying a command produced; the version of a write is its log index.
 #[derive(Clone, Serialize, Deserialize, Debug)]
 pub enum CommandResult {
+    /// For `Write`: one outcome per `NamespaceWrite`, in order (`None` = applied).
+    Writes(Vec<Option<KvError>>),
     Written,
     Namespace(NamespaceRecord),
     NamespaceDeleted,

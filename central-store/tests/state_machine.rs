@@ -52,12 +52,16 @@ impl Sm {
             key: key.into(),
             kind: OpKind::Put { value: value.to_vec(), metadata: Some(format!("{{\"k\":\"{key}\"}}")), expiration },
         };
-        self.apply(Command::Write { now_ms: NOW_MS, namespace: NS, ops: vec![op] }).await.0
+        self.apply(Command::Write { now_ms: NOW_MS, writes: vec![NamespaceWrite { namespace: NS, ops: vec![op] }] })
+            .await
+            .0
     }
 
     async fn delete(&mut self, key: &str) -> u64 {
         let op = Op { key: key.into(), kind: OpKind::Delete };
-        self.apply(Command::Write { now_ms: NOW_MS, namespace: NS, ops: vec![op] }).await.0
+        self.apply(Command::Write { now_ms: NOW_MS, writes: vec![NamespaceWrite { namespace: NS, ops: vec![op] }] })
+            .await
+            .0
     }
 
     fn names(&self, prefix: &str, limit: u32, cursor: Option<&str>) -> (Vec<String>, Option<String>) {
@@ -183,8 +187,19 @@ async fn versions_are_log_indexes_and_absent_reads_carry_the_applied_version() {
 async fn writes_to_a_missing_namespace_are_rejected_at_apply() {
     let mut s = new_sm().await;
     let op = Op { key: "k".into(), kind: OpKind::Delete };
-    let (_, r) = s.apply(Command::Write { now_ms: NOW_MS, namespace: NamespaceId([9; 16]), ops: vec![op] }).await;
-    assert!(matches!(r, CommandResult::Rejected(kv_common::KvError::NamespaceNotFound)));
+    let good = NamespaceWrite { namespace: NS, ops: vec![Op { key: "ok".into(), kind: OpKind::Delete }] };
+    let gone = NamespaceWrite { namespace: NamespaceId([9; 16]), ops: vec![op] };
+    // In one group-committed entry, only the write to the missing namespace fails.
+    let (v, r) = s.apply(Command::Write { now_ms: NOW_MS, writes: vec![gone, good] }).await;
+    match r {
+        CommandResult::Writes(outcomes) => {
+            assert_eq!(outcomes, vec![Some(kv_common::KvError::NamespaceNotFound), None]);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let FeedRead::Changes(sets) = s.reader.changes_after(v - 1, 10).unwrap() else { panic!("resync") };
+    assert_eq!(sets.len(), 1);
+    assert_eq!(sets[0].1.len(), 1, "only the applied write is in the feed");
 }
 
 #[tokio::test]

@@ -5,11 +5,11 @@ use crate::error::{StoreError, StoreResult};
 use crate::node::Node;
 use crate::routing::{forwarded, propose, route, Route};
 use crate::storage::reader::StoredEntry;
-use crate::types::{Command, CommandResult, NamespaceRecord, Op, OpKind};
+use crate::types::{Command, CommandResult, NamespaceRecord, NamespaceWrite, Op, OpKind};
 use kv_common::{namespace::validate_title, time, validate, KvError, NamespaceId};
 use kv_proto::store::v1::{self as pb, central_store_client::CentralStoreClient, central_store_server::CentralStore};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
 /// How long a read waits for this replica to reach the asked-for `min_version`.
@@ -69,7 +69,9 @@ impl StoreService {
         }
         let slots: Vec<usize> = ops.iter().map(|(i, _)| *i).collect();
         let ops = ops.into_iter().map(|(_, op)| op).collect();
-        let (version, _) = propose(node, Command::Write { now_ms, namespace: ns, ops }).await?;
+        let started = Instant::now();
+        let version = node.batcher.submit(NamespaceWrite { namespace: ns, ops }).await?;
+        node.metrics.write_latency.observe(started.elapsed().as_secs_f64());
         for i in slots {
             results[i].version = version;
         }
@@ -77,7 +79,7 @@ impl StoreService {
     }
 
     async fn namespace_command(&self, cmd: Command) -> StoreResult<NamespaceRecord> {
-        match propose(&self.node, cmd).await?.1 {
+        match propose(&self.node.raft, &self.node.metrics, cmd).await?.1 {
             CommandResult::Namespace(rec) => Ok(rec),
             other => Err(StoreError::Other(anyhow::anyhow!("unexpected apply result {other:?}"))),
         }
@@ -250,7 +252,7 @@ impl CentralStore for StoreService {
     ) -> Result<Response<pb::DeleteNamespaceResponse>, Status> {
         leader_or_forward!(self, req, delete_namespace, |r: pb::NamespaceRef| async move {
             let id = NamespaceId::parse(&r.namespace_id)?;
-            propose(&self.node, Command::DeleteNamespace { id }).await?;
+            propose(&self.node.raft, &self.node.metrics, Command::DeleteNamespace { id }).await?;
             Ok::<_, StoreError>(pb::DeleteNamespaceResponse {})
         })
     }

@@ -83,16 +83,23 @@ impl StateMachine {
     fn apply_command(&self, wb: &mut WriteBatch, index: u64, cmd: Command) -> anyhow::Result<CommandResult> {
         use kv_common::KvError::*;
         Ok(match cmd {
-            Command::Write { namespace, ops, .. } => {
-                if self.namespace(&namespace)?.is_none() {
-                    return Ok(CommandResult::Rejected(NamespaceNotFound));
+            Command::Write { writes, .. } => {
+                let mut outcomes = Vec::with_capacity(writes.len());
+                let mut changes = Vec::new();
+                for w in writes {
+                    if self.namespace(&w.namespace)?.is_none() {
+                        outcomes.push(Some(NamespaceNotFound));
+                        continue;
+                    }
+                    for op in w.ops {
+                        changes.push(self.apply_op(wb, index, &w.namespace, op)?);
+                    }
+                    outcomes.push(None);
                 }
-                let changes: Vec<ChangeRecord> = ops
-                    .into_iter()
-                    .map(|op| self.apply_op(wb, index, &namespace, op))
-                    .collect::<anyhow::Result<_>>()?;
-                wb.put_cf(self.cf(CF_CHANGES), index_key(index), bincode::serialize(&changes)?);
-                CommandResult::Written
+                if !changes.is_empty() {
+                    wb.put_cf(self.cf(CF_CHANGES), index_key(index), bincode::serialize(&changes)?);
+                }
+                CommandResult::Writes(outcomes)
             }
             Command::CreateNamespace { id, title } => {
                 if self.db.get_pinned_cf(self.cf(CF_NS_TITLES), title.as_bytes())?.is_some() {

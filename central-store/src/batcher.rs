@@ -1,0 +1,117 @@
+//! Group commit of client writes on the leader.
+//!
+//! openraft 0.9 gives every client write its own log entry and waits for each entry's fsync
+//! before appending the next, so durability would cost one fsync per write. Instead,
+//! concurrent writes are queued here and proposed together as one entry: one append, one
+//! fsync on each node and one replication round serve the whole batch. While the maximum
+//! number of entries is in flight, new writes wait in the queue and join the next batch, so
+//! batches grow exactly when the load does.
+
+use crate::error::{StoreError, StoreResult};
+use crate::metrics::Metrics;
+use crate::routing::propose;
+use crate::types::{Command, CommandResult, NamespaceWrite, Raft};
+use kv_common::NamespaceId;
+use std::collections::HashSet;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Most client writes in one entry.
+const MAX_BATCH_WRITES: usize = 1024;
+/// A batch stops growing past this many value bytes (a single larger write goes alone).
+const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Entries proposed but not yet applied, at most.
+const MAX_IN_FLIGHT: usize = 2;
+/// Writes waiting for a batch, at most; beyond it submitters wait (back-pressure).
+const QUEUE: usize = 16 * 1024;
+
+struct Pending {
+    write: NamespaceWrite,
+    bytes: usize,
+    done: oneshot::Sender<StoreResult<u64>>,
+}
+
+/// The handle writers submit to.
+pub struct Batcher {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Batcher {
+    /// Starts the batching task for this node's Raft handle.
+    pub fn start(raft: Raft, metrics: Arc<Metrics>) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(rx, raft, metrics));
+        Batcher { tx }
+    }
+
+    /// Commits one client write (with others) and returns its version, the entry's log index.
+    pub async fn submit(&self, write: NamespaceWrite) -> StoreResult<u64> {
+        let bytes = write.ops.iter().map(|op| op.key.len() + op.kind.value_len()).sum();
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Pending { write, bytes, done })
+            .await
+            .map_err(|_| StoreError::Raft("the write batcher has stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Raft("the write batcher dropped a write".into()))?
+    }
+}
+
+async fn run(mut rx: mpsc::Receiver<Pending>, raft: Raft, metrics: Arc<Metrics>) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut carried: Option<Pending> = None;
+    loop {
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        // Waiting for a slot first lets the queue fill, so the batch taken next is larger.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut keys: HashSet<(NamespaceId, String)> = HashSet::new();
+        let mut bytes = first.bytes;
+        note_keys(&mut keys, &first.write);
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_WRITES && bytes < MAX_BATCH_BYTES {
+            let Ok(p) = rx.try_recv() else { break };
+            // A key written twice goes to the next entry, so its versions stay increasing.
+            if p.write.ops.iter().any(|op| keys.contains(&(p.write.namespace, op.key.clone()))) {
+                carried = Some(p);
+                break;
+            }
+            note_keys(&mut keys, &p.write);
+            bytes += p.bytes;
+            batch.push(p);
+        }
+        metrics.write_batch_size.observe(batch.len() as f64);
+        let (raft, metrics) = (raft.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let (writes, dones): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.write, p.done)).unzip();
+            let cmd = Command::Write { now_ms: kv_common::time::now_ms(), writes };
+            match propose(&raft, &metrics, cmd).await {
+                Ok((version, CommandResult::Writes(outcomes))) => {
+                    for (done, outcome) in dones.into_iter().zip(outcomes) {
+                        let _ = done.send(outcome.map_or(Ok(version), |e| Err(e.into())));
+                    }
+                }
+                Ok((_, other)) => {
+                    for done in dones {
+                        let _ = done.send(Err(anyhow::anyhow!("unexpected apply result {other:?}").into()));
+                    }
+                }
+                Err(e) => {
+                    let e = e.to_kv();
+                    for done in dones {
+                        let _ = done.send(Err(e.clone().into()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn note_keys(keys: &mut HashSet<(NamespaceId, String)>, w: &NamespaceWrite) {
+    keys.extend(w.ops.iter().map(|op| (w.namespace, op.key.clone())));
+}
