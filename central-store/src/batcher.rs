@@ -69,21 +69,8 @@ async fn run(mut rx: mpsc::Receiver<Pending>, raft: Raft, metrics: Arc<Metrics>)
         };
         // Waiting for a slot first lets the queue fill, so the batch taken next is larger.
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let mut keys: HashSet<(NamespaceId, String)> = HashSet::new();
-        let mut bytes = first.bytes;
-        note_keys(&mut keys, &first.write);
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_WRITES && bytes < MAX_BATCH_BYTES {
-            let Ok(p) = rx.try_recv() else { break };
-            // A key written twice goes to the next entry, so its versions stay increasing.
-            if p.write.ops.iter().any(|op| keys.contains(&(p.write.namespace, op.key.clone()))) {
-                carried = Some(p);
-                break;
-            }
-            note_keys(&mut keys, &p.write);
-            bytes += p.bytes;
-            batch.push(p);
-        }
+        let (batch, next) = take_batch(first, &mut rx);
+        carried = next;
         metrics.write_batch_size.observe(batch.len() as f64);
         let (raft, metrics) = (raft.clone(), metrics.clone());
         tokio::spawn(async move {
@@ -112,6 +99,70 @@ async fn run(mut rx: mpsc::Receiver<Pending>, raft: Raft, metrics: Arc<Metrics>)
     }
 }
 
+/// Takes `first` and as many queued writes as fit in one entry. A write that repeats a key
+/// already in the batch ends it and is returned, to start the next batch.
+fn take_batch(first: Pending, rx: &mut mpsc::Receiver<Pending>) -> (Vec<Pending>, Option<Pending>) {
+    let mut keys: HashSet<(NamespaceId, String)> = HashSet::new();
+    let mut bytes = first.bytes;
+    note_keys(&mut keys, &first.write);
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH_WRITES && bytes < MAX_BATCH_BYTES {
+        let Ok(p) = rx.try_recv() else { break };
+        // A key written twice goes to the next entry, so its versions stay increasing.
+        if p.write.ops.iter().any(|op| keys.contains(&(p.write.namespace, op.key.clone()))) {
+            return (batch, Some(p));
+        }
+        note_keys(&mut keys, &p.write);
+        bytes += p.bytes;
+        batch.push(p);
+    }
+    (batch, None)
+}
+
 fn note_keys(keys: &mut HashSet<(NamespaceId, String)>, w: &NamespaceWrite) {
     keys.extend(w.ops.iter().map(|op| (w.namespace, op.key.clone())));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Op, OpKind};
+
+    fn pending(ns: u8, key: &str, value_len: usize) -> Pending {
+        let op =
+            Op { key: key.into(), kind: OpKind::Put { value: vec![0; value_len], metadata: None, expiration: None } };
+        let (done, _) = oneshot::channel();
+        Pending { write: NamespaceWrite { namespace: NamespaceId([ns; 16]), ops: vec![op] }, bytes: value_len, done }
+    }
+
+    fn keys(batch: &[Pending]) -> Vec<String> {
+        batch.iter().map(|p| p.write.ops[0].key.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_what_is_queued_and_stops_at_a_repeated_key() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for p in [pending(1, "b", 1), pending(2, "a", 1), pending(1, "a", 1), pending(1, "c", 1)] {
+            tx.send(p).await.unwrap();
+        }
+        let (batch, next) = take_batch(pending(1, "a", 1), &mut rx);
+        // The same key in another namespace is a different key.
+        assert_eq!(keys(&batch), vec!["a", "b", "a"]);
+        let next = next.expect("the repeated key starts the next batch");
+        assert_eq!(next.write.ops[0].key, "a");
+        let (batch, none) = take_batch(next, &mut rx);
+        assert_eq!(keys(&batch), vec!["a", "c"]);
+        assert!(none.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_batch_stops_growing_past_its_byte_budget() {
+        let (tx, mut rx) = mpsc::channel(16);
+        tx.send(pending(1, "b", MAX_BATCH_BYTES)).await.unwrap();
+        tx.send(pending(1, "c", 1)).await.unwrap();
+        let (batch, next) = take_batch(pending(1, "a", 1), &mut rx);
+        assert_eq!(keys(&batch), vec!["a", "b"]);
+        assert!(next.is_none());
+        assert_eq!(rx.try_recv().unwrap().write.ops[0].key, "c");
+    }
 }

@@ -252,3 +252,32 @@ async fn a_value_of_the_maximum_size_round_trips_through_raft() {
         other => panic!("expected the change set, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_to_one_key_get_distinct_versions_and_the_last_wins() {
+    const N: usize = 200;
+    let c = Cluster::start(3, ClusterOptions::without_rate_limit()).await.unwrap();
+    let ns = c.create_namespace(0, "same-key").await.unwrap();
+    let leader = c.leader().await.unwrap();
+    // One shared connection, many requests in flight: the leader batches them.
+    let client = c.store(leader);
+    let writes = (0..N).map(|i| {
+        let mut s = client.clone();
+        let req = pb::WriteRequest { namespace_id: ns.clone(), ops: vec![put_op("k", format!("v{i}").as_bytes())] };
+        tokio::spawn(async move { (i, s.write(req).await.expect("write").into_inner().results[0].version) })
+    });
+    let mut versions = Vec::new();
+    for w in writes {
+        versions.push(w.await.unwrap());
+    }
+    let mut seen: Vec<u64> = versions.iter().map(|(_, v)| *v).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), N, "two writes of one key shared a version: {versions:?}");
+    let (winner, top) = versions.iter().max_by_key(|(_, v)| *v).copied().unwrap();
+    for i in 0..3 {
+        let e = read_at(&c, i, &ns, "k", top).await.unwrap().unwrap();
+        assert_eq!(e.version, top);
+        assert_eq!(e.value, format!("v{winner}").into_bytes());
+    }
+}
