@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use kv_proto::admin::v1::{cluster_admin_client::ClusterAdminClient, AddLearnerRequest, Member, MetricsRequest};
 use kv_proto::store::v1::{self as pb, central_store_client::CentralStoreClient};
 use std::fs;
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -104,26 +105,20 @@ impl Cluster {
     /// Waits until every running node names the same leader (so no node answers
     /// "no leader known" any more) and returns that leader's index.
     pub async fn wait_until_all_follow(&self, timeout: Duration) -> anyhow::Result<usize> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        eventually(timeout, "every node to name the same leader", || async {
             let mut leaders = Vec::new();
             for (i, n) in self.nodes.iter().enumerate() {
                 if n.is_running() {
                     leaders.push(self.metrics(i).await.ok().and_then(|m| m.leader_id));
                 }
             }
-            if let Some(Some(l)) = leaders.first().copied() {
-                if leaders.iter().all(|x| *x == Some(l)) {
-                    if let Some(i) = self.nodes.iter().position(|n| n.id == l) {
-                        return Ok(i);
-                    }
-                }
+            let first = (*leaders.first()?)?;
+            if leaders.iter().any(|l| *l != Some(first)) {
+                return None;
             }
-            if Instant::now() > deadline {
-                bail!("nodes do not agree on a leader: {leaders:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            self.nodes.iter().position(|n| n.id == first)
+        })
+        .await
     }
 
     /// Starts `n` nodes that know of no cluster yet (to be formed through the admin API).
@@ -225,17 +220,10 @@ impl Cluster {
         let leader = self.leader().await?;
         let member = Member { node_id: self.nodes[i].id, addr: self.nodes[i].grpc.to_string() };
         let req = AddLearnerRequest { member: Some(member), blocking: true };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match self.admin(leader).add_learner(req.clone()).await {
-                Ok(_) => return Ok(()),
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("add_learner not yet: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        eventually(Duration::from_secs(30), "the learner to be added", || async {
+            self.admin(leader).add_learner(req.clone()).await.ok().map(|_| ())
+        })
+        .await
     }
 
     /// A store client for node `i` (connects lazily).
@@ -272,14 +260,7 @@ impl Cluster {
 
     /// Waits until some running node leads.
     pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<usize> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.leader().await {
-                Ok(i) => return Ok(i),
-                Err(e) if Instant::now() > deadline => return Err(e.context("waiting for a leader")),
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        eventually(timeout, "a leader", || async { self.leader().await.ok() }).await
     }
 
     /// The Prometheus text of node `i`.
@@ -340,17 +321,38 @@ fn channel(addr: SocketAddr) -> Channel {
 pub async fn retry_unavailable<T, F, Fut>(mut call: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match call().await {
-            Ok(r) => return Ok(r.into_inner()),
-            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    let outcome = eventually(Duration::from_secs(30), "an answer other than UNAVAILABLE", || {
+        let reply = call();
+        async move {
+            match reply.await {
+                Ok(r) => Some(Ok(r.into_inner())),
+                Err(s) if s.code() == tonic::Code::Unavailable => None,
+                Err(s) => Some(Err(anyhow::anyhow!("{:?}: {}", s.code(), s.message()))),
             }
-            Err(s) => return Err(anyhow::anyhow!("{:?}: {}", s.code(), s.message())),
         }
+    })
+    .await?;
+    outcome
+}
+
+/// Polls `check` until it yields a value; fails after `timeout`, naming `what` it waited for.
+/// Tests wait on conditions through this one function, never on fixed delays.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("gave up after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -413,4 +415,11 @@ pub async fn read_at(
     })
     .await?;
     Ok(reply.entry)
+}
+
+/// The next event of a Watch stream; fails if none comes within 10 s or the stream ends.
+pub async fn next_event(s: &mut tonic::Streaming<pb::WatchEvent>) -> anyhow::Result<pb::watch_event::Event> {
+    let msg =
+        tokio::time::timeout(Duration::from_secs(10), s.message()).await.context("watch stream went silent")??;
+    msg.context("watch stream ended")?.event.context("watch event without content")
 }

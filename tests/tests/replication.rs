@@ -5,7 +5,7 @@ use kv_proto::store::v1 as pb;
 use kv_tests::*;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Acknowledged writes: key -> (version, value).
 type Acked = BTreeMap<String, (u64, Vec<u8>)>;
@@ -99,11 +99,8 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
     let wait_acked = |at_least: usize| {
         let acked = acked.clone();
         async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while acked.lock().unwrap().len() < at_least {
-                assert!(Instant::now() < deadline, "writes stalled at {}", acked.lock().unwrap().len());
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let reached = || async { (acked.lock().unwrap().len() >= at_least).then_some(()) };
+            eventually(Duration::from_secs(60), "acknowledged writes to resume", reached).await.unwrap();
         }
     };
     wait_acked(50).await;
@@ -180,15 +177,8 @@ async fn leadership_can_be_transferred() {
     let to = c.nodes[target].id;
     let mut admin = c.admin(leader);
     admin.transfer_leader(kv_proto::admin::v1::TransferLeaderRequest { to }).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = c.metrics(target).await.unwrap();
-        if m.leader_id == Some(to) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "node {to} did not take over: {m:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let took_over = || async { (c.metrics(target).await.ok()?.leader_id == Some(to)).then_some(()) };
+    eventually(Duration::from_secs(10), "the target to lead", took_over).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

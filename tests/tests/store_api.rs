@@ -3,23 +3,7 @@
 use kv_common::error::http_status_of;
 use kv_proto::store::v1::{self as pb, watch_event::Event};
 use kv_tests::*;
-use std::time::{Duration, Instant};
-use tokio_stream_ext::*;
-
-mod tokio_stream_ext {
-    /// Next message of a server stream, failing the test if none comes within 10 s.
-    pub async fn next_event(
-        s: &mut tonic::Streaming<kv_proto::store::v1::WatchEvent>,
-    ) -> kv_proto::store::v1::watch_event::Event {
-        let msg = tokio::time::timeout(std::time::Duration::from_secs(10), s.message())
-            .await
-            .expect("watch stream went silent")
-            .expect("watch stream failed")
-            .expect("watch stream ended");
-        msg.event.expect("event is set")
-    }
-}
-
+use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_write_to_one_key_within_a_second_is_rate_limited() {
     let c = Cluster::start(3, ClusterOptions::default()).await.unwrap();
@@ -60,7 +44,7 @@ async fn a_second_write_to_one_key_within_a_second_is_rate_limited() {
 async fn collect_until(s: &mut tonic::Streaming<pb::WatchEvent>, version: u64) -> Vec<pb::ChangeSet> {
     let mut out = Vec::new();
     loop {
-        match next_event(s).await {
+        match next_event(s).await.unwrap() {
             Event::Changes(set) => {
                 let v = set.version;
                 out.push(set);
@@ -99,7 +83,7 @@ async fn watch_delivers_every_change_in_order_and_resumes_exactly() {
     // The first subscriber reads half, disconnects, and resumes from the last version it saw.
     let mut seen = Vec::new();
     loop {
-        if let Event::Changes(set) = next_event(&mut feed).await {
+        if let Event::Changes(set) = next_event(&mut feed).await.unwrap() {
             seen.push(set);
             if seen.len() == 17 {
                 break;
@@ -133,7 +117,7 @@ async fn watch_says_resync_when_history_was_dropped() {
     // Wait until node 1 has applied everything (a read with min_version does that).
     c.store(1).get(pb::GetRequest { namespace_id: ns.clone(), key: "r0".into(), min_version: last }).await.unwrap();
     let mut feed = c.store(1).watch(pb::WatchRequest { from_version: 1 }).await.unwrap().into_inner();
-    match next_event(&mut feed).await {
+    match next_event(&mut feed).await.unwrap() {
         Event::Resync(r) => {
             assert!(r.oldest_retained > 1, "{r:?}");
             assert!(r.current_version >= last, "{r:?}");
@@ -281,19 +265,13 @@ async fn namespaces_are_created_renamed_listed_and_deleted_with_their_keys() {
     assert_eq!(listed.namespaces, vec![pb::Namespace { id: ns.clone(), title: "second".into() }]);
 
     s.delete_namespace(pb::NamespaceRef { namespace_id: ns.clone() }).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
     for i in 0..3 {
-        loop {
-            let r = c
-                .store(i)
-                .get(pb::GetRequest { namespace_id: ns.clone(), key: "k".into(), min_version: w.version })
-                .await;
-            match r {
-                Err(e) if e.code() == tonic::Code::NotFound => break,
-                _ => assert!(Instant::now() < deadline, "namespace still readable on node {i}"),
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let gone = || async {
+            let get = pb::GetRequest { namespace_id: ns.clone(), key: "k".into(), min_version: w.version };
+            let r = c.store(i).get(get).await;
+            matches!(r, Err(e) if e.code() == tonic::Code::NotFound).then_some(())
+        };
+        eventually(Duration::from_secs(10), "the namespace to be gone", gone).await.unwrap();
     }
     // The title is free again, and the old keys do not come back with it.
     let again = c.create_namespace(0, "second").await.unwrap();
