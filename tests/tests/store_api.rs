@@ -284,3 +284,33 @@ async fn namespaces_are_created_renamed_listed_and_deleted_with_their_keys() {
         .into_inner();
     assert!(keys.keys.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_serves_metrics_and_health() {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+    let c = Cluster::start(3, ClusterOptions::default()).await.unwrap();
+    let ns = c.create_namespace(1, "observed").await.unwrap();
+    write_one(&c, 2, &ns, put_op("k", b"v")).await.unwrap();
+    let mut leaders = 0.0;
+    for i in 0..3 {
+        let text = c.scrape(i).await.unwrap();
+        for name in
+            ["kv_raft_term", "kv_raft_apply_lag", "kv_raft_applied_index", "kv_central_rate_limited_writes_total"]
+        {
+            assert!(metric_value(&text, name).is_some(), "node {i} lacks {name}:\n{text}");
+        }
+        leaders += metric_value(&text, "kv_raft_is_leader").unwrap();
+        let state = http_get(c.nodes[i].http, "/health").await.unwrap();
+        assert!(matches!(state.as_str(), "Leader" | "Follower"), "node {i} health: {state:?}");
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.nodes[i].grpc)).unwrap();
+        let mut health = HealthClient::new(channel.connect().await.unwrap());
+        let service = "kv.store.v1.CentralStore".to_string();
+        let status = health.check(HealthCheckRequest { service }).await.unwrap().into_inner().status;
+        assert_eq!(status, ServingStatus::Serving as i32);
+    }
+    assert_eq!(leaders, 1.0, "exactly one node reports itself leader");
+    let leader = c.scrape(c.leader().await.unwrap()).await.unwrap();
+    assert!(leader.contains("kv_central_proposals_total{kind=\"write\"} "), "{leader}");
+    assert!(metric_value(&leader, "kv_central_write_seconds_count").unwrap() >= 1.0);
+    assert!(metric_value(&leader, "kv_central_log_fsyncs_total").unwrap() >= 1.0);
+}
