@@ -4,7 +4,7 @@
 //! |--------------|-----------------------------------|----------------------------|
 //! | `raft_log`   | index (u64 BE)                    | bincode `Entry`            |
 //! | `raft_meta`  | `vote`, `committed`, `purged`     | bincode                    |
-//! | `sm_meta`    | `applied`, `membership`, `floor`  | bincode                    |
+//! | `sm_meta`    | `applied`, `membership`, `floor`, `installing` | bincode       |
 //! | `namespaces` | namespace id (16 bytes)           | bincode `NamespaceRecord`  |
 //! | `ns_titles`  | title bytes                       | namespace id               |
 //! | `entries`    | namespace id ++ key bytes         | bincode `EntryMeta`        |
@@ -41,6 +41,8 @@ pub const META_APPLIED: &[u8] = b"applied";
 pub const META_MEMBERSHIP: &[u8] = b"membership";
 /// Versions at or below the floor are no longer in the change feed.
 pub const META_FLOOR: &[u8] = b"floor";
+/// Present (holding the snapshot's metadata) while a snapshot install is under way.
+pub const META_INSTALLING: &[u8] = b"installing";
 
 /// Per-key metadata, kept apart from the value so listing never reads values.
 #[derive(Clone, Serialize, Deserialize, Debug, PartialEq, Eq)]

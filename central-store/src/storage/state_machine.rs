@@ -45,6 +45,7 @@ impl StateMachine {
         feed: FeedConfig,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<(Self, watch::Receiver<u64>)> {
+        snapshot::resume_interrupted_install(&db, &snapshots)?;
         let applied: Option<LogId> = read_bincode::<Option<LogId>>(&db, CF_SM_META, META_APPLIED)?.flatten();
         let (tx, rx) = watch::channel(applied.map_or(0, |l| l.index));
         Ok((StateMachine { db, applied_tx: Arc::new(tx), snapshots, feed, metrics }, rx))
