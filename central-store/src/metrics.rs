@@ -14,7 +14,7 @@ pub struct Metrics {
     pub forwarded: IntCounter,
     pub log_fsyncs: IntCounter,
     pub log_fsync_batch: Histogram,
-    pub expired_removed: IntCounter,
+    pub swept: IntCounter,
     pub snapshots_installed: IntCounter,
     pub watch_subscribers: IntGauge,
     raft_term: IntGauge,
@@ -76,10 +76,7 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
-            expired_removed: counter(
-                "kv_central_expired_removed_total",
-                "Expired entries physically removed by sweeps",
-            ),
+            swept: counter("kv_central_swept_total", "Expired entries and old tombstones removed by sweeps"),
             snapshots_installed: counter("kv_central_snapshots_installed_total", "Snapshots installed from the leader"),
             watch_subscribers: gauge("kv_central_watch_subscribers", "Open Watch streams"),
             raft_term: gauge("kv_raft_term", "Current Raft term"),

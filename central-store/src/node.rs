@@ -139,7 +139,7 @@ async fn bootstrap(node: Arc<Node>) {
     }
 }
 
-/// On the leader, periodically proposes the removal of expired entries.
+/// On the leader, periodically proposes the removal of expired entries and old tombstones.
 async fn sweep_loop(node: Arc<Node>) {
     let mut tick = tokio::time::interval(Duration::from_millis(node.config.sweep_interval_ms.max(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -149,15 +149,17 @@ async fn sweep_loop(node: Arc<Node>) {
             continue;
         }
         let now_ms = kv_common::time::now_ms();
-        match node.reader.has_due_expirations((now_ms / 1000) as i64) {
+        // Tombstones outlive the change feed's window, then go.
+        let tombstones_before = node.reader.applied().saturating_sub(node.config.feed.retention);
+        match node.reader.has_sweep_work((now_ms / 1000) as i64, tombstones_before) {
             Ok(true) => {}
             Ok(false) => continue,
             Err(e) => {
-                tracing::warn!(error = %e, "reading the expiry index");
+                tracing::warn!(error = %e, "reading the sweep indexes");
                 continue;
             }
         }
-        let cmd = Command::Sweep { now_ms, budget: node.config.sweep_budget };
+        let cmd = Command::Sweep { now_ms, budget: node.config.sweep_budget, tombstones_before };
         if let Err(e) = crate::routing::propose(&node.raft, &node.metrics, cmd).await {
             tracing::debug!(error = %e, "sweep proposal failed");
         }

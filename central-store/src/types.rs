@@ -49,10 +49,12 @@ pub enum Command {
         id: NamespaceId,
     },
     /// Physically removes up to `budget` entries whose expiration is at or before `now_ms`
-    /// (reads already hide them); the time comes from the log, so replicas agree.
+    /// (reads already hide them) and up to `budget` tombstones older than `tombstones_before`;
+    /// both bounds come from the log, so replicas agree.
     Sweep {
         now_ms: u64,
         budget: u32,
+        tombstones_before: u64,
     },
 }
 

@@ -221,7 +221,7 @@ async fn namespace_titles_are_unique_and_delete_removes_every_key() {
     s.apply(Command::CreateNamespace { id: NS, title: "ns".into() }).await;
     assert!(s.all_names("", 1000).is_empty());
     // The orphaned expiry index entry is swept without touching anything else.
-    let (_, r) = s.apply(Command::Sweep { now_ms: (NOW as u64 + 200) * 1000, budget: 100 }).await;
+    let (_, r) = s.apply(Command::Sweep { now_ms: (NOW as u64 + 200) * 1000, budget: 100, tombstones_before: 0 }).await;
     assert!(matches!(r, CommandResult::Swept { removed: 0 }));
 }
 
@@ -237,7 +237,7 @@ async fn sweep_removes_only_what_is_due_and_is_deterministic() {
         s.put("rewritten", b"v", Some(NOW + 60)).await;
         s.put("rewritten", b"v2", None).await;
     }
-    let sweep = Command::Sweep { now_ms: (NOW as u64 + 61) * 1000, budget: 10 };
+    let sweep = Command::Sweep { now_ms: (NOW as u64 + 61) * 1000, budget: 10, tombstones_before: 0 };
     let (_, ra) = a.apply(sweep.clone()).await;
     let (_, rb) = b.apply(sweep).await;
     assert!(matches!(ra, CommandResult::Swept { removed: 1 }), "{ra:?}");
@@ -247,6 +247,29 @@ async fn sweep_removes_only_what_is_due_and_is_deterministic() {
     assert!(a.reader.get(&NS, "later", NOW).unwrap().entry.is_some());
     assert_eq!(a.reader.get(&NS, "rewritten", NOW).unwrap().entry.unwrap().value, b"v2");
     assert_eq!(a.all_names("", 1000), b.all_names("", 1000));
+}
+
+#[tokio::test]
+async fn old_tombstones_are_swept_and_a_rewritten_key_is_kept() {
+    let mut s = new_sm().await;
+    s.put("gone", b"v", None).await;
+    let deleted = s.delete("gone").await;
+    s.put("back", b"v", None).await;
+    let tomb_of_back = s.delete("back").await;
+    let back = s.put("back", b"again", None).await;
+    assert!(back > tomb_of_back);
+    let sweep = |before| Command::Sweep { now_ms: NOW_MS, budget: 100, tombstones_before: before };
+    // A tombstone is kept while its version is not below the bound.
+    let (_, r) = s.apply(sweep(deleted)).await;
+    assert!(matches!(r, CommandResult::Swept { removed: 0 }), "{r:?}");
+    assert!(s.reader.has_sweep_work(NOW, deleted + 1).unwrap());
+    let (_, r) = s.apply(sweep(s.next)).await;
+    assert!(matches!(r, CommandResult::Swept { removed: 1 }), "only the live tombstone goes: {r:?}");
+    assert!(!s.reader.has_sweep_work(NOW, s.next).unwrap());
+    assert_eq!(s.reader.get(&NS, "back", NOW).unwrap().entry.unwrap().value, b"again");
+    let gone = s.reader.get(&NS, "gone", NOW).unwrap();
+    assert!(gone.entry.is_none());
+    assert!(gone.version >= deleted, "absent is still ordered after the delete");
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@
 //! | `values`     | namespace id ++ key bytes         | raw value (blob files)     |
 //! | `expiry`     | expiration (u64 BE) ++ ns ++ key  | empty                      |
 //! | `changes`    | version (u64 BE)                  | bincode `Vec<ChangeRecord>`|
+//! | `tombstones` | version (u64 BE) ++ ns ++ key     | empty                      |
 //!
 //! Keys of one namespace sort by their UTF-8 bytes, which is the list order of the contract.
 
@@ -26,13 +27,25 @@ pub const CF_ENTRIES: &str = "entries";
 pub const CF_VALUES: &str = "values";
 pub const CF_EXPIRY: &str = "expiry";
 pub const CF_CHANGES: &str = "changes";
+pub const CF_TOMBSTONES: &str = "tombstones";
 
 /// Every column family, in creation order.
-pub const ALL_CFS: [&str; 9] =
-    [CF_RAFT_LOG, CF_RAFT_META, CF_SM_META, CF_NAMESPACES, CF_NS_TITLES, CF_ENTRIES, CF_VALUES, CF_EXPIRY, CF_CHANGES];
+pub const ALL_CFS: [&str; 10] = [
+    CF_RAFT_LOG,
+    CF_RAFT_META,
+    CF_SM_META,
+    CF_NAMESPACES,
+    CF_NS_TITLES,
+    CF_ENTRIES,
+    CF_VALUES,
+    CF_EXPIRY,
+    CF_CHANGES,
+    CF_TOMBSTONES,
+];
 
 /// The column families that make up the state machine (and so a snapshot).
-pub const SNAPSHOT_CFS: [&str; 5] = [CF_NAMESPACES, CF_NS_TITLES, CF_ENTRIES, CF_VALUES, CF_EXPIRY];
+/// Positions are the tags of the snapshot format: append only.
+pub const SNAPSHOT_CFS: [&str; 6] = [CF_NAMESPACES, CF_NS_TITLES, CF_ENTRIES, CF_VALUES, CF_EXPIRY, CF_TOMBSTONES];
 
 pub const META_VOTE: &[u8] = b"vote";
 pub const META_COMMITTED: &[u8] = b"committed";
@@ -90,22 +103,27 @@ pub fn entry_key(ns: &NamespaceId, key: &[u8]) -> Vec<u8> {
     k
 }
 
-/// The expiry index sorts by time first so a sweep reads only what is due.
-pub fn expiry_key(expiration: i64, ns: &NamespaceId, key: &[u8]) -> Vec<u8> {
+/// A key of a sweep index (`expiry`, `tombstones`): a number (expiration or version) then
+/// the entry key, so a sweep reads only what is due, in order.
+pub fn sweep_index_key(at: u64, ns: &NamespaceId, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + 16 + key.len());
-    k.extend_from_slice(&(expiration.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(&at.to_be_bytes());
     k.extend_from_slice(&ns.0);
     k.extend_from_slice(key);
     k
 }
 
-/// Splits an expiry index key back into (expiration, entry key).
-pub fn split_expiry_key(k: &[u8]) -> Option<(i64, &[u8])> {
+/// The expiry index position of an entry.
+pub fn expiry_key(expiration: i64, ns: &NamespaceId, key: &[u8]) -> Vec<u8> {
+    sweep_index_key(expiration.max(0) as u64, ns, key)
+}
+
+/// Splits a sweep index key back into (number, entry key).
+pub fn split_sweep_index_key(k: &[u8]) -> Option<(u64, &[u8])> {
     if k.len() < 24 {
         return None;
     }
-    let exp = u64::from_be_bytes(k[..8].try_into().ok()?) as i64;
-    Some((exp, &k[8..]))
+    Some((u64::from_be_bytes(k[..8].try_into().ok()?), &k[8..]))
 }
 
 /// The smallest key greater than every key starting with `prefix` (None: no upper bound).
@@ -141,7 +159,7 @@ mod tests {
         let ns = NamespaceId([7; 16]);
         assert!(expiry_key(100, &ns, b"z") < expiry_key(101, &ns, b"a"));
         let k = expiry_key(12345, &ns, b"key");
-        let (exp, rest) = split_expiry_key(&k).unwrap();
+        let (exp, rest) = split_sweep_index_key(&k).unwrap();
         assert_eq!(exp, 12345);
         assert_eq!(rest, entry_key(&ns, b"key"));
     }

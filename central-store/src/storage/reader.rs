@@ -215,16 +215,16 @@ impl Reader {
             .map_or(0, |l| l.index)
     }
 
-    /// Whether the expiry index holds an entry due at `now_secs` (the sweep's trigger).
-    pub fn has_due_expirations(&self, now_secs: i64) -> StoreResult<bool> {
-        let mut it = self.db.iterator_cf(cf(&self.db, CF_EXPIRY), IteratorMode::Start);
-        match it.next() {
-            None => Ok(false),
-            Some(item) => {
-                let (k, _) = item?;
-                Ok(split_expiry_key(&k).is_some_and(|(exp, _)| exp <= now_secs))
+    /// Whether a sweep would find work: an expiration at or before `now_secs`, or a
+    /// tombstone older than `tombstones_before`.
+    pub fn has_sweep_work(&self, now_secs: i64, tombstones_before: u64) -> StoreResult<bool> {
+        let first_below = |cf_name: &str, bound: u64| -> StoreResult<bool> {
+            match self.db.iterator_cf(cf(&self.db, cf_name), IteratorMode::Start).next() {
+                None => Ok(false),
+                Some(item) => Ok(split_sweep_index_key(&item?.0).is_some_and(|(at, _)| at < bound)),
             }
-        }
+        };
+        Ok(first_below(CF_EXPIRY, now_secs.max(0) as u64 + 1)? || first_below(CF_TOMBSTONES, tombstones_before)?)
     }
 }
 

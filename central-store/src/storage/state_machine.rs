@@ -150,7 +150,15 @@ impl StateMachine {
                 wb.put_cf(self.cf(CF_CHANGES), index_key(index), bincode::serialize(&vec![change])?);
                 CommandResult::NamespaceDeleted
             }
-            Command::Sweep { now_ms, budget } => CommandResult::Swept { removed: self.sweep(wb, now_ms, budget)? },
+            Command::Sweep { now_ms, budget, tombstones_before } => {
+                let due = (now_ms / 1000).saturating_add(1);
+                let expired = self
+                    .sweep_index(wb, CF_EXPIRY, due, budget, |m, t| !m.tombstone && m.expiration == Some(t as i64))?;
+                let tombs = self
+                    .sweep_index(wb, CF_TOMBSTONES, tombstones_before, budget, |m, t| m.tombstone && m.version == t)?;
+                self.metrics.swept.inc_by(expired + tombs);
+                CommandResult::Swept { removed: expired + tombs }
+            }
         })
     }
 
@@ -187,33 +195,40 @@ impl StateMachine {
             OpKind::Delete => {
                 let meta = EntryMeta { version: index, expiration: None, metadata: None, tombstone: true };
                 wb.put_cf(self.cf(CF_ENTRIES), &ek, bincode::serialize(&meta)?);
+                wb.put_cf(self.cf(CF_TOMBSTONES), sweep_index_key(index, ns, op.key.as_bytes()), []);
                 wb.delete_cf(self.cf(CF_VALUES), &ek);
             }
         }
         Ok(change)
     }
 
-    /// Removes what is due in the expiry index, at most `budget` index entries.
-    fn sweep(&self, wb: &mut WriteBatch, now_ms: u64, budget: u32) -> anyhow::Result<u64> {
-        let now_secs = (now_ms / 1000) as i64;
+    /// Walks a sweep index (`expiry` or `tombstones`) in order while its numbers are below
+    /// `before`, at most `budget` index entries, dropping each index entry and removing the
+    /// entry it names if `still_due` (the entry may have been rewritten since it was indexed).
+    fn sweep_index(
+        &self,
+        wb: &mut WriteBatch,
+        index_cf: &str,
+        before: u64,
+        budget: u32,
+        still_due: impl Fn(&EntryMeta, u64) -> bool,
+    ) -> anyhow::Result<u64> {
         let mut removed = 0;
-        let it = self.db.iterator_cf(self.cf(CF_EXPIRY), IteratorMode::Start).take(budget as usize);
-        for item in it {
+        for item in self.db.iterator_cf(self.cf(index_cf), IteratorMode::Start).take(budget as usize) {
             let (k, _) = item?;
-            let Some((exp, ek)) = split_expiry_key(&k) else { continue };
-            if exp > now_secs {
+            let Some((at, ek)) = split_sweep_index_key(&k) else { continue };
+            if at >= before {
                 break;
             }
-            wb.delete_cf(self.cf(CF_EXPIRY), &k);
+            wb.delete_cf(self.cf(index_cf), &k);
             if let Some(meta) = read_bincode::<EntryMeta>(&self.db, CF_ENTRIES, ek)? {
-                if !meta.tombstone && meta.expiration == Some(exp) {
+                if still_due(&meta, at) {
                     wb.delete_cf(self.cf(CF_ENTRIES), ek);
                     wb.delete_cf(self.cf(CF_VALUES), ek);
                     removed += 1;
                 }
             }
         }
-        self.metrics.expired_removed.inc_by(removed);
         Ok(removed)
     }
 }
