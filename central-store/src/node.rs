@@ -68,6 +68,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     health.set_serving::<CentralStoreServer<StoreService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(kv_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
     tokio::spawn(metrics::serve_http(http, metrics, raft.clone()));

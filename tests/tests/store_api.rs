@@ -309,6 +309,27 @@ async fn every_node_serves_metrics_and_health() {
         assert_eq!(status, ServingStatus::Serving as i32);
     }
     assert_eq!(leaders, 1.0, "exactly one node reports itself leader");
+
+    // Reflection lists the services, so generic gRPC tools can call them.
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+        server_reflection_response::MessageResponse, ServerReflectionRequest,
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.nodes[0].grpc)).unwrap();
+    let mut reflection = ServerReflectionClient::new(channel.connect().await.unwrap());
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = reflection.server_reflection_info(futures::stream::iter([ask])).await.unwrap().into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = replies.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a list of services");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for svc in ["kv.store.v1.CentralStore", "kv.admin.v1.ClusterAdmin", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == svc), "{svc} missing from {names:?}");
+    }
     let leader = c.scrape(c.leader().await.unwrap()).await.unwrap();
     assert!(leader.contains("kv_central_proposals_total{kind=\"write\"} "), "{leader}");
     assert!(metric_value(&leader, "kv_central_write_seconds_count").unwrap() >= 1.0);
