@@ -270,13 +270,7 @@ impl Cluster {
 
     /// Creates a namespace through node `i`, retrying while no leader is known.
     pub async fn create_namespace(&self, i: usize, title: &str) -> anyhow::Result<String> {
-        let req = pb::CreateNamespaceRequest { title: title.into() };
-        let ns = retry_unavailable(|| {
-            let mut c = self.store(i);
-            let r = req.clone();
-            async move { c.create_namespace(r).await }
-        })
-        .await?;
+        let ns = store_call!(self, i, create_namespace, pb::CreateNamespaceRequest { title: title.into() })?;
         Ok(ns.id)
     }
 }
@@ -315,6 +309,21 @@ fn channel(addr: SocketAddr) -> Channel {
         .expect("loopback address is a valid URI")
         .connect_timeout(Duration::from_secs(2))
         .connect_lazy()
+}
+
+/// Calls a `CentralStore` method on node `i` of a cluster, retrying while it answers
+/// UNAVAILABLE (see `retry_unavailable`).
+#[macro_export]
+macro_rules! store_call {
+    ($cluster:expr, $i:expr, $method:ident, $req:expr) => {{
+        let req = $req;
+        $crate::retry_unavailable(|| {
+            let mut client = $cluster.store($i);
+            let req = req.clone();
+            async move { client.$method(req).await }
+        })
+        .await
+    }};
 }
 
 /// Retries a call while it fails with UNAVAILABLE (no leader yet, node down), for up to 30 s.
@@ -389,13 +398,7 @@ pub fn delete_op(key: &str) -> pb::WriteOp {
 
 /// Writes one item through node `i` and returns its result (errors of the item included).
 pub async fn write_one(cluster: &Cluster, i: usize, ns: &str, op: pb::WriteOp) -> anyhow::Result<pb::OpResult> {
-    let req = pb::WriteRequest { namespace_id: ns.into(), ops: vec![op] };
-    let reply = retry_unavailable(|| {
-        let mut c = cluster.store(i);
-        let r = req.clone();
-        async move { c.write(r).await }
-    })
-    .await?;
+    let reply = store_call!(cluster, i, write, pb::WriteRequest { namespace_id: ns.into(), ops: vec![op] })?;
     reply.results.into_iter().next().context("write returned no result")
 }
 
@@ -407,13 +410,7 @@ pub async fn read_at(
     key: &str,
     min_version: u64,
 ) -> anyhow::Result<Option<pb::Entry>> {
-    let req = pb::GetRequest { namespace_id: ns.into(), key: key.into(), min_version };
-    let reply = retry_unavailable(|| {
-        let mut c = cluster.store(i);
-        let r = req.clone();
-        async move { c.get(r).await }
-    })
-    .await?;
+    let reply = store_call!(cluster, i, get, pb::GetRequest { namespace_id: ns.into(), key: key.into(), min_version })?;
     Ok(reply.entry)
 }
 

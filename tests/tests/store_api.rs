@@ -11,13 +11,7 @@ async fn a_second_write_to_one_key_within_a_second_is_rate_limited() {
     let follower = (c.leader().await.unwrap() + 1) % 3;
     // Both through a follower: the leader enforces the limit for forwarded writes too.
     let req = pb::WriteRequest { namespace_id: ns.clone(), ops: vec![put_op("hot", b"1"), put_op("cold", b"1")] };
-    let first = retry_unavailable(|| {
-        let mut s = c.store(follower);
-        let r = req.clone();
-        async move { s.write(r).await }
-    })
-    .await
-    .unwrap();
+    let first = store_call!(c, follower, write, req).unwrap();
     assert!(first.results.iter().all(|r| r.error.is_none() && r.version > 0), "{first:?}");
 
     let second = write_one(&c, follower, &ns, put_op("hot", b"2")).await.unwrap();
