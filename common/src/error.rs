@@ -67,6 +67,9 @@ pub enum KvError {
     NamespaceTitleExists,
     #[error("Namespace titles must be 1 to {max} bytes.")]
     NamespaceTitleInvalid { max: usize },
+    /// A request that is malformed in a way the contract names no message for.
+    #[error("Invalid request: {0}")]
+    InvalidRequest(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]

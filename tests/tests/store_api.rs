@@ -200,6 +200,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         put("c", vec![], Some(format!("\"{}\"", "m".repeat(1100))), None, None),
         put("d", vec![0; 25 * 1024 * 1024 + 1], None, None, None),
         put("e", vec![], Some("{not json".into()), None, None),
+        pb::WriteOp { key: "f".into(), op: None },
     ];
     let reply = s.write(pb::WriteRequest { namespace_id: ns.clone(), ops }).await.unwrap().into_inner();
     let errors: Vec<(u32, String)> = reply
@@ -219,6 +220,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!(errors[3], (413, "Metadata length of 1102 exceeds limit of 1024.".into()));
     assert_eq!(errors[4], (413, "Value length of 26214401 exceeds limit of 26214400.".into()));
     assert_eq!(errors[5], (400, "Metadata must be valid JSON.".into()));
+    assert_eq!(errors[6], (400, "Invalid request: a write item must be a put or a delete".into()));
 
     // A message beyond the server's size limit is refused as a whole.
     let huge = pb::WriteRequest { namespace_id: ns.clone(), ops: vec![put_op("huge", &vec![1u8; 120 << 20])] };

@@ -114,7 +114,7 @@ fn checked_op(op: pb::WriteOp, now_secs: i64, limits: &kv_common::Limits) -> Res
             validate::key(&op.key, limits)?;
             Ok(Op { key: op.key, kind: OpKind::Delete })
         }
-        None => Err(KvError::Internal("write item names neither put nor delete".into())),
+        None => Err(KvError::InvalidRequest("a write item must be a put or a delete".into())),
     }
 }
 
