@@ -1,6 +1,5 @@
 //! The central store's one error enum, and its one mapping to a gRPC status.
 
-use crate::types::NodeId;
 use kv_common::KvError;
 use tonic::Status;
 
@@ -19,8 +18,9 @@ pub enum StoreError {
     /// This node cannot serve the write and knows no leader to forward it to.
     #[error("no leader is known yet; retry shortly")]
     NoLeader,
-    #[error("forwarding to leader {leader}: {reason}")]
-    Forward { leader: NodeId, reason: String },
+    /// Another central node cannot be reached at the address the membership gives.
+    #[error("cannot reach peer {addr}: {reason}")]
+    Peer { addr: String, reason: String },
     /// An admin request that the cluster's current state does not allow.
     #[error("{0}")]
     Precondition(String),
@@ -37,7 +37,7 @@ impl StoreError {
     pub fn to_kv(&self) -> KvError {
         match self {
             StoreError::Kv(e) => e.clone(),
-            StoreError::NoLeader | StoreError::Forward { .. } | StoreError::Raft(_) => {
+            StoreError::NoLeader | StoreError::Peer { .. } | StoreError::Raft(_) => {
                 KvError::Unavailable(self.to_string())
             }
             StoreError::Storage(_) | StoreError::Codec(_) | StoreError::Precondition(_) | StoreError::Other(_) => {

@@ -3,11 +3,12 @@
 use crate::error::{StoreError, StoreResult};
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::raft::lazy_channel;
 use crate::types::{Command, CommandResult, Raft};
 use openraft::error::{ClientWriteError, RaftError};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Metadata set on a forwarded request, so it is never forwarded twice.
 pub const FORWARDED_HEADER: &str = "kv-forwarded";
@@ -25,9 +26,7 @@ impl Peers {
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
-        let ep = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| StoreError::Forward { leader: 0, reason: e.to_string() })?;
-        let ch = ep.tcp_nodelay(true).connect_lazy();
+        let ch = lazy_channel(addr).map_err(|e| StoreError::Peer { addr: addr.to_owned(), reason: e.to_string() })?;
         map.insert(addr.to_owned(), ch.clone());
         Ok(ch)
     }

@@ -184,6 +184,19 @@ async fn versions_are_log_indexes_and_absent_reads_carry_the_applied_version() {
 }
 
 #[tokio::test]
+async fn a_read_waits_for_its_min_version_then_gives_up_with_unavailable() {
+    let mut s = new_sm().await;
+    let v = s.put("k", b"v", None).await;
+    s.reader.wait_applied(v, std::time::Duration::from_millis(10)).await.unwrap();
+    let reader = s.reader.clone();
+    let waiting = tokio::spawn(async move { reader.wait_applied(v + 1, std::time::Duration::from_secs(10)).await });
+    s.put("k2", b"v", None).await;
+    waiting.await.unwrap().expect("the wait ends once the version is applied");
+    let err = s.reader.wait_applied(v + 100, std::time::Duration::from_millis(20)).await.unwrap_err();
+    assert!(matches!(err.to_kv(), kv_common::KvError::Unavailable(_)), "{err}");
+}
+
+#[tokio::test]
 async fn writes_to_a_missing_namespace_are_rejected_at_apply() {
     let mut s = new_sm().await;
     let op = Op { key: "k".into(), kind: OpKind::Delete };

@@ -271,3 +271,36 @@ async fn concurrent_writes_to_one_key_get_distinct_versions_and_the_last_wins() 
         assert_eq!(e.value, format!("v{winner}").into_bytes());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_sweeps_expired_entries_and_old_tombstones_on_every_replica() {
+    let opts = ClusterOptions {
+        extra_toml:
+            "sweep_interval_ms = 200\n[limits]\nmin_expiration_ttl_secs = 1\nkey_write_interval_ms = 0\n[feed]\nretention = 4\ntrim_every = 4\n"
+                .into(),
+    };
+    let c = Cluster::start(3, opts).await.unwrap();
+    let ns = c.create_namespace(0, "sweep").await.unwrap();
+    let short = pb::WriteOp {
+        key: "short".into(),
+        op: Some(pb::write_op::Op::Put(pb::Put {
+            value: b"v".to_vec(),
+            expiration_ttl: Some(1),
+            ..Default::default()
+        })),
+    };
+    assert!(write_one(&c, 0, &ns, short).await.unwrap().error.is_none());
+    put_keys(&c, 0, &ns, "t", 1).await;
+    assert!(write_one(&c, 0, &ns, delete_op("t00000")).await.unwrap().error.is_none());
+    // Later writes move the applied index past the tombstone's retention window.
+    let last = put_keys(&c, 0, &ns, "later", 6).await;
+    let max_version = last.values().map(|(v, _)| *v).max().unwrap();
+    for i in 0..3 {
+        let swept = || async {
+            let text = c.scrape(i).await.ok()?;
+            (metric_value(&text, "kv_central_swept_total")? >= 2.0).then_some(())
+        };
+        eventually(Duration::from_secs(20), "the expired entry and the tombstone to be swept", swept).await.unwrap();
+        assert_eq!(read_at(&c, i, &ns, "short", max_version).await.unwrap(), None);
+    }
+}

@@ -94,6 +94,13 @@ async fn watch_delivers_every_change_in_order_and_resumes_exactly() {
     assert_eq!(got, expected, "feed differs from the writes made");
     let versions: Vec<u64> = seen.iter().map(|s| s.version).collect();
     assert!(versions.windows(2).all(|w| w[0] < w[1]), "versions not strictly increasing: {versions:?}");
+    // Once caught up, an idle feed reports how far it is.
+    let progress = loop {
+        if let Event::Progress(p) = next_event(&mut resumed).await.unwrap() {
+            break p.applied_version;
+        }
+    };
+    assert!(progress >= last, "progress {progress} is behind the last change {last}");
     // Values of puts travel inline.
     let put = seen.iter().flat_map(|s| &s.changes).find(|c| c.kind == pb::ChangeKind::Put as i32).unwrap();
     assert!(!put.value.is_empty() && !put.value_omitted);
@@ -259,6 +266,15 @@ async fn namespaces_are_created_renamed_listed_and_deleted_with_their_keys() {
     let leader = c.leader().await.unwrap();
     let listed = c.store(leader).list_namespaces(pb::ListNamespacesRequest::default()).await.unwrap().into_inner();
     assert_eq!(listed.namespaces, vec![pb::Namespace { id: ns.clone(), title: "second".into() }]);
+    // Paging: namespaces come ordered by title; a page past the end is empty.
+    c.create_namespace(leader, "a-third").await.unwrap();
+    let page = |page, per_page| pb::ListNamespacesRequest { page, per_page };
+    let mut l = c.store(leader);
+    let first = l.list_namespaces(page(1, 1)).await.unwrap().into_inner();
+    assert_eq!((first.namespaces[0].title.as_str(), first.total_count), ("a-third", 2));
+    let second = l.list_namespaces(page(2, 1)).await.unwrap().into_inner();
+    assert_eq!(second.namespaces[0].title, "second");
+    assert!(l.list_namespaces(page(3, 1)).await.unwrap().into_inner().namespaces.is_empty());
 
     s.delete_namespace(pb::NamespaceRef { namespace_id: ns.clone() }).await.unwrap();
     for i in 0..3 {

@@ -4,7 +4,7 @@
 //! batch larger than `APPEND_CHUNK_BYTES` is sent as several consecutive AppendEntries
 //! calls, each a valid Raft request on its own, so big values never make one huge message.
 
-use super::MAX_RAFT_MESSAGE_BYTES;
+use super::{lazy_channel, MAX_RAFT_MESSAGE_BYTES};
 use crate::types::{Node, NodeId, TypeConfig};
 use kv_proto::raft::v1::{raft_transport_client::RaftTransportClient, RaftMessage};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
@@ -14,7 +14,7 @@ use openraft::raft::{
     VoteResponse,
 };
 use serde::{de::DeserializeOwned, Serialize};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Above this many encoded bytes an append batch is split.
 const APPEND_CHUNK_BYTES: u64 = 8 << 20;
@@ -27,8 +27,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Connection {
-        let client = Endpoint::from_shared(format!("http://{}", node.addr)).ok().map(|ep| {
-            RaftTransportClient::new(ep.tcp_nodelay(true).connect_lazy())
+        let client = lazy_channel(&node.addr).ok().map(|ch| {
+            RaftTransportClient::new(ch)
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         });
