@@ -131,13 +131,7 @@ fn parse_members(text: &str) -> anyhow::Result<Vec<MemberConfig>> {
 impl Config {
     /// Reads the config file (if any) and applies the flags on top.
     pub fn load(args: Args) -> anyhow::Result<Config> {
-        let mut c = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
-            }
-            None => Config::default(),
-        };
+        let mut c: Config = kv_common::config::load_toml(args.config.as_deref())?;
         if let Some(v) = args.node_id {
             c.node_id = v;
         }

@@ -7,21 +7,5 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     kv_common::telemetry::init_tracing("central-store");
     let config = Config::load(Args::parse())?;
-    central_store::node::run(config, shutdown_signal()).await
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
+    central_store::node::run(config, kv_common::serve::shutdown_signal()).await
 }

@@ -1,4 +1,4 @@
-//! Prometheus metrics of a central node, and the HTTP endpoint that serves them.
+//! Prometheus metrics of a central node.
 
 use crate::types::Raft;
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
@@ -8,6 +8,7 @@ use std::sync::Arc;
 pub struct Metrics {
     registry: Registry,
     pub proposals: IntCounterVec,
+    pub reads: IntCounterVec,
     pub write_latency: Histogram,
     pub write_batch_size: Histogram,
     pub rate_limited: IntCounter,
@@ -42,6 +43,11 @@ impl Metrics {
                     &["kind"],
                 )
                 .expect("valid metric"),
+            ),
+            reads: reg(
+                &registry,
+                IntCounterVec::new(Opts::new("kv_central_reads_total", "Reads served, by call"), &["call"])
+                    .expect("valid metric"),
             ),
             write_latency: reg(
                 &registry,
@@ -105,23 +111,4 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
-}
-
-/// Serves `/metrics` (Prometheus text) and `/health` (200 while the Raft task runs).
-pub async fn serve_http(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, raft: Raft) -> std::io::Result<()> {
-    use axum::{routing::get, Router};
-    let m = metrics.clone();
-    let r = raft.clone();
-    let app = Router::new().route("/metrics", get(move || async move { m.render(&r) })).route(
-        "/health",
-        get(move || async move {
-            let state = raft.metrics().borrow().state;
-            if state == openraft::ServerState::Shutdown {
-                (axum::http::StatusCode::SERVICE_UNAVAILABLE, "shutdown".to_string())
-            } else {
-                (axum::http::StatusCode::OK, format!("{state:?}"))
-            }
-        }),
-    );
-    axum::serve(listener, app).await
 }

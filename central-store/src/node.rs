@@ -3,13 +3,14 @@
 use crate::api::{admin::AdminService, store::StoreService};
 use crate::batcher::Batcher;
 use crate::config::Config;
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::raft::{network::Network, service::RaftService, MAX_RAFT_MESSAGE_BYTES};
 use crate::rate_limit::RateLimiter;
 use crate::routing::Peers;
 use crate::storage::{log_store::LogStore, open_db, reader::Reader, snapshot::SnapshotDir, state_machine};
 use crate::types::{Command, Node as RaftNode, NodeId, Raft};
 use anyhow::Context;
+use kv_common::serve;
 use kv_proto::admin::v1::cluster_admin_server::ClusterAdminServer;
 use kv_proto::raft::v1::raft_transport_server::RaftTransportServer;
 use kv_proto::store::v1::central_store_server::CentralStoreServer;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest store API message: a bulk write of 100 MB plus framing.
-pub const MAX_STORE_MESSAGE_BYTES: usize = 110 << 20;
+pub const MAX_STORE_MESSAGE_BYTES: usize = kv_common::upstream::MAX_MESSAGE_BYTES;
 
 /// What every request handler of this node shares.
 pub struct Node {
@@ -64,20 +65,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let http = tokio::net::TcpListener::bind(config.http_listen).await.context("binding HTTP listener")?;
     tracing::info!(node = config.node_id, grpc = %config.listen, http = %config.http_listen, "central node listening");
 
-    let (mut health, health_service) = tonic_health::server::health_reporter();
+    let (mut health, health_service, reflection) = serve::health_and_reflection(kv_proto::FILE_DESCRIPTOR_SET)?;
     health.set_serving::<CentralStoreServer<StoreService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kv_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
 
-    tokio::spawn(metrics::serve_http(http, metrics, raft.clone()));
+    tokio::spawn(serve::serve_http(http, render_metrics(metrics, raft.clone()), check_health(raft.clone())));
     tokio::spawn(bootstrap(node.clone()));
     tokio::spawn(sweep_loop(node.clone()));
 
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .trace_fn(request_span)
+        .trace_fn(serve::request_span)
         .add_service(
             RaftTransportServer::new(RaftService::new(raft.clone()))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
@@ -97,10 +94,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     served.context("gRPC server")
 }
 
-/// One span per gRPC call, named by its method and tied to the caller's W3C trace, if any.
-fn request_span(req: &axum::http::Request<()>) -> tracing::Span {
-    let parent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("");
-    tracing::info_span!("grpc", method = %req.uri().path(), traceparent = parent)
+/// The Prometheus text, with Raft gauges read fresh from openraft.
+fn render_metrics(metrics: Arc<Metrics>, raft: Raft) -> serve::RenderMetrics {
+    Arc::new(move || metrics.render(&raft))
+}
+
+/// Healthy while the Raft task runs; the text names the Raft role.
+fn check_health(raft: Raft) -> serve::CheckHealth {
+    Arc::new(move || {
+        let state = raft.metrics().borrow().state;
+        (state != openraft::ServerState::Shutdown, format!("{state:?}"))
+    })
 }
 
 fn raft_config(c: &Config) -> anyhow::Result<openraft::Config> {

@@ -28,5 +28,21 @@ pub mod admin {
     }
 }
 
+/// The client API every edge node serves.
+pub mod client {
+    /// Version 1 of the client API.
+    pub mod v1 {
+        tonic::include_proto!("kv.client.v1");
+    }
+}
+
+/// Pushes from a regional tier to its edges.
+pub mod tier {
+    /// Version 1 of the tier protocol.
+    pub mod v1 {
+        tonic::include_proto!("kv.tier.v1");
+    }
+}
+
 /// The encoded descriptor set of every service, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kv_descriptor.bin"));

@@ -387,7 +387,7 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
 pub fn put_op(key: &str, value: &[u8]) -> pb::WriteOp {
     pb::WriteOp {
         key: key.into(),
-        op: Some(pb::write_op::Op::Put(pb::Put { value: value.to_vec(), ..Default::default() })),
+        op: Some(pb::write_op::Op::Put(pb::Put { value: value.to_vec().into(), ..Default::default() })),
     }
 }
 
@@ -410,7 +410,7 @@ pub async fn read_at(
     key: &str,
     min_version: u64,
 ) -> anyhow::Result<Option<pb::Entry>> {
-    let reply = store_call!(cluster, i, get, pb::GetRequest { namespace_id: ns.into(), key: key.into(), min_version })?;
+    let reply = store_call!(cluster, i, get, pb::GetRequest { namespace_id: ns.into(), key: key.into(), min_version, track: None })?;
     Ok(reply.entry)
 }
 

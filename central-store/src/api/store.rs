@@ -108,7 +108,7 @@ fn checked_op(op: pb::WriteOp, now_secs: i64, limits: &kv_common::Limits) -> Res
                 now_secs,
                 limits,
             )?;
-            Ok(Op { key: op.key, kind: OpKind::Put { value: p.value, metadata: c.metadata, expiration: c.expiration } })
+            Ok(Op { key: op.key, kind: OpKind::Put { value: p.value.to_vec(), metadata: c.metadata, expiration: c.expiration } })
         }
         Some(pb::write_op::Op::Delete(_)) => {
             validate::key(&op.key, limits)?;
@@ -124,7 +124,7 @@ fn op_error(e: &KvError) -> pb::OpError {
 }
 
 fn to_entry(e: StoredEntry) -> pb::Entry {
-    pb::Entry { value: e.value, metadata_json: e.meta.metadata, expiration: e.meta.expiration, version: e.meta.version }
+    pb::Entry { value: e.value.into(), metadata_json: e.meta.metadata, expiration: e.meta.expiration, version: e.meta.version }
 }
 
 fn to_namespace(rec: NamespaceRecord) -> pb::Namespace {
@@ -156,8 +156,9 @@ impl CentralStore for StoreService {
         let ns = NamespaceId::parse(&req.namespace_id)?;
         validate::key(&req.key, &self.node.config.limits)?;
         self.caught_up(req.min_version).await?;
+        self.node.metrics.reads.with_label_values(&["get"]).inc();
         let r = self.node.reader.get(&ns, &req.key, time::now_secs())?;
-        Ok(Response::new(pb::GetResponse { entry: r.entry.map(to_entry), version: r.version }))
+        Ok(Response::new(pb::GetResponse { entry: r.entry.map(to_entry), version: r.version, stale: false }))
     }
 
     async fn batch_get(&self, req: Request<pb::BatchGetRequest>) -> Result<Response<pb::BatchGetResponse>, Status> {
@@ -169,6 +170,7 @@ impl CentralStore for StoreService {
             validate::key(k, limits)?;
         }
         self.caught_up(req.min_version).await?;
+        self.node.metrics.reads.with_label_values(&["batch_get"]).inc();
         let (entries, read_version) = self.node.reader.get_many(&ns, &req.keys, time::now_secs())?;
         let total: usize = entries.iter().flatten().map(|e| e.value.len()).sum();
         if total > limits.max_bulk_get_bytes {
@@ -176,7 +178,7 @@ impl CentralStore for StoreService {
         }
         let results =
             req.keys.into_iter().zip(entries).map(|(key, e)| pb::KeyEntry { key, entry: e.map(to_entry) }).collect();
-        Ok(Response::new(pb::BatchGetResponse { results, read_version }))
+        Ok(Response::new(pb::BatchGetResponse { results, read_version, stale: false }))
     }
 
     async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
@@ -185,6 +187,7 @@ impl CentralStore for StoreService {
         let asked = (req.limit != 0).then_some(i64::from(req.limit));
         let limit = validate::list_limit(asked, &self.node.config.limits)?;
         self.caught_up(req.min_version).await?;
+        self.node.metrics.reads.with_label_values(&["list"]).inc();
         let cursor = (!req.cursor.is_empty()).then_some(req.cursor.as_str());
         let page = self.node.reader.list(&ns, &req.prefix, limit, cursor, time::now_secs())?;
         let keys = page
@@ -260,7 +263,8 @@ impl CentralStore for StoreService {
     type WatchStream = WatchStream;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        let from = req.into_inner().from_version;
-        Ok(Response::new(super::watch::stream(self.node.clone(), from)))
+        let req = req.into_inner();
+        let start = if req.from_now { super::watch::Start::Now } else { super::watch::Start::After(req.from_version) };
+        Ok(Response::new(super::watch::stream(self.node.clone(), start)))
     }
 }

@@ -18,11 +18,32 @@ const STREAM_BUFFER: usize = 64;
 /// An idle stream reports its progress this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
-/// Starts a feed for one subscriber, beginning after `from`.
-pub fn stream(node: Arc<Node>, from: u64) -> ReceiverStream<Result<pb::WatchEvent, Status>> {
+/// Where a feed begins.
+#[derive(Debug, Clone, Copy)]
+pub enum Start {
+    /// After this version.
+    After(u64),
+    /// At the replica's applied version, announced by a first `Progress`.
+    Now,
+}
+
+/// Starts a feed for one subscriber.
+pub fn stream(node: Arc<Node>, start: Start) -> ReceiverStream<Result<pb::WatchEvent, Status>> {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
         node.metrics.watch_subscribers.inc();
+        let from = match start {
+            Start::After(v) => v,
+            Start::Now => {
+                let applied = node.reader.applied();
+                let p = pb::Progress { applied_version: applied };
+                if tx.send(Ok(event(pb::watch_event::Event::Progress(p)))).await.is_err() {
+                    node.metrics.watch_subscribers.dec();
+                    return;
+                }
+                applied
+            }
+        };
         if let Err(e) = feed(&node, from, &tx).await {
             let _ = tx.send(Err(e)).await;
         }
@@ -89,7 +110,7 @@ fn to_change(c: ChangeRecord) -> pb::Change {
         key: c.key,
         kind: kind as i32,
         value_omitted: c.kind == ChangeKind::Put && c.value.is_none(),
-        value: c.value.unwrap_or_default(),
+        value: c.value.unwrap_or_default().into(),
         metadata_json: c.metadata,
         expiration: c.expiration,
     }

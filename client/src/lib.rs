@@ -1,0 +1,116 @@
+//! A client of the KV client API (any edge node): connects, and retries with backoff when
+//! the cluster says "too many requests" (429) or "unavailable", as the KV bindings do.
+
+use kv_proto::client::v1::kv_client::KvClient;
+use std::future::Future;
+use std::time::Duration;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+pub use kv_proto::client::v1 as api;
+
+/// Largest message the client sends or accepts: a bulk write of 100 MB plus framing.
+const MAX_MESSAGE: usize = 110 << 20;
+
+/// Attempts per call, including the first.
+const ATTEMPTS: u32 = 5;
+
+/// Calls `method` with a fresh clone of `req` on every attempt, retrying as `retrying` does.
+macro_rules! call {
+    ($self:ident, $method:ident, $req:expr) => {{
+        let req = $req;
+        $self
+            .retrying(|mut c| {
+                let r = req.clone();
+                async move { c.$method(r).await }
+            })
+            .await
+    }};
+}
+
+/// A connection to one edge node.
+#[derive(Clone)]
+pub struct Client {
+    inner: KvClient<Channel>,
+}
+
+impl Client {
+    /// Connects to `endpoint` (`host:port` or a URL).
+    pub async fn connect(endpoint: &str) -> anyhow::Result<Client> {
+        let url = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
+        let channel = tonic::transport::Endpoint::from_shared(url)?.tcp_nodelay(true).connect().await?;
+        Ok(Client::from_channel(channel))
+    }
+
+    /// A client on an existing channel.
+    pub fn from_channel(channel: Channel) -> Client {
+        Client {
+            inner: KvClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE),
+        }
+    }
+
+    /// The generated client, for calls without retries.
+    pub fn raw(&self) -> KvClient<Channel> {
+        self.inner.clone()
+    }
+
+    /// Runs `call`, retrying with exponential backoff while it fails with 429 or UNAVAILABLE.
+    pub async fn retrying<T, F, Fut>(&self, call: F) -> Result<T, Status>
+    where
+        F: Fn(KvClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            match call(self.inner.clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) if attempt < ATTEMPTS && matches!(s.code(), Code::ResourceExhausted | Code::Unavailable) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                Err(s) => return Err(s),
+            }
+        }
+    }
+
+    pub async fn get(&self, namespace_id: &str, key: &str, cache_ttl: Option<i64>) -> Result<api::GetResponse, Status> {
+        let req =
+            api::GetRequest { namespace_id: namespace_id.into(), key: key.into(), cache_ttl, with_metadata: true };
+        call!(self, get, req)
+    }
+
+    pub async fn put(&self, req: api::PutRequest) -> Result<api::WriteResponse, Status> {
+        call!(self, put, req)
+    }
+
+    pub async fn delete(&self, namespace_id: &str, key: &str) -> Result<api::WriteResponse, Status> {
+        let req = api::DeleteRequest { namespace_id: namespace_id.into(), key: key.into() };
+        call!(self, delete, req)
+    }
+
+    pub async fn list(&self, req: api::ListRequest) -> Result<api::ListResponse, Status> {
+        call!(self, list, req)
+    }
+
+    pub async fn create_namespace(&self, title: &str) -> Result<api::Namespace, Status> {
+        let req = api::CreateNamespaceRequest { title: title.into() };
+        call!(self, create_namespace, req)
+    }
+
+    /// Every namespace, across pages.
+    pub async fn list_namespaces(&self) -> Result<Vec<api::Namespace>, Status> {
+        let mut all = Vec::new();
+        for page in 1.. {
+            let req = api::ListNamespacesRequest { page, per_page: 100 };
+            let r = call!(self, list_namespaces, req)?;
+            let done = r.namespaces.is_empty() || all.len() + r.namespaces.len() >= r.total_count as usize;
+            all.extend(r.namespaces);
+            if done {
+                break;
+            }
+        }
+        Ok(all)
+    }
+}

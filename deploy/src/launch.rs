@@ -1,0 +1,313 @@
+//! Starts every node of a topology as its own process on loopback, each with its own data
+//! directory and log, with a delay link in front of every inter-tier connection. Used by
+//! the `kv-local-cluster` command and by the cluster tests.
+
+use crate::link::DelayLink;
+use crate::topology::Topology;
+use anyhow::{bail, Context};
+use kv_proto::admin::v1::{cluster_admin_client::ClusterAdminClient, MetricsRequest};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the whole cluster may take to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One node process: its ports, directory, and how to start it again.
+pub struct NodeProc {
+    pub name: String,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub dir: PathBuf,
+    bin: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("node.toml")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("node.log")
+    }
+
+    /// Starts the process (again) from its config file; it dies with this process.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--config")
+            .arg(self.config_path())
+            .env("RUST_LOG", std::env::var("KV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child when
+        // the launching process exits.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        self.child = Some(cmd.spawn().with_context(|| format!("starting {} ({})", self.name, self.bin.display()))?);
+        Ok(())
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        let Some(mut c) = self.child.take() else { return };
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + grace;
+        while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+/// A region's processes and links.
+pub struct Region {
+    pub name: String,
+    pub regional: NodeProc,
+    /// One link per central node, in central order: what the regional tier dials.
+    pub central_links: Vec<DelayLink>,
+    pub edges: Vec<Edge>,
+}
+
+/// An edge and the link to its regional tier.
+pub struct Edge {
+    pub node: NodeProc,
+    pub link: DelayLink,
+}
+
+/// A running local cluster; every process is stopped when it is dropped.
+pub struct LocalCluster {
+    pub central: Vec<NodeProc>,
+    pub regions: Vec<Region>,
+}
+
+/// Where binaries are: `$KV_BIN_DIR`, or beside the running executable (its parent when
+/// that is a cargo `deps` directory, as for tests).
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    if let Some(d) = std::env::var_os("KV_BIN_DIR") {
+        return Ok(PathBuf::from(d));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("executable has no directory")?.to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    Ok(dir)
+}
+
+fn binary(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let p = dir.join(name);
+    if !p.exists() {
+        bail!("{} is missing: build it with `cargo build --bins`", p.display());
+    }
+    Ok(p)
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// Ports of the n-th node of a tier: fixed from `base`, or free ones when `base` is 0.
+fn ports(base: u16, tier_offset: u16, n: usize) -> (SocketAddr, SocketAddr) {
+    let (g, h) = if base == 0 {
+        (free_port(), free_port())
+    } else {
+        let g = base + tier_offset + n as u16 + 1;
+        (g, g + 100)
+    };
+    (SocketAddr::from(([127, 0, 0, 1], g)), SocketAddr::from(([127, 0, 0, 1], h)))
+}
+
+fn node(name: &str, dir: &Path, bin: PathBuf, (grpc, http): (SocketAddr, SocketAddr)) -> anyhow::Result<NodeProc> {
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir)?;
+    Ok(NodeProc { name: name.into(), grpc, http, dir, bin, child: None })
+}
+
+fn quoted_list<T: ToString>(items: impl IntoIterator<Item = T>) -> String {
+    items.into_iter().map(|i| format!("\"{}\"", i.to_string())).collect::<Vec<_>>().join(", ")
+}
+
+impl LocalCluster {
+    /// Starts `topology` with data under `root` and waits until it serves.
+    pub async fn start(topology: &Topology, root: &Path) -> anyhow::Result<LocalCluster> {
+        let bins = bin_dir()?;
+        let base = topology.base_port;
+        let mut central = Vec::new();
+        for i in 0..topology.central.voters {
+            central.push(node(&format!("central-{}", i + 1), root, binary(&bins, "central-store")?, ports(base, 0, i))?);
+        }
+        let members = central
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("{{ id = {}, addr = \"{}\" }}", i + 1, n.grpc))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for (i, n) in central.iter_mut().enumerate() {
+            let text = format!(
+                "node_id = {}\nlisten = \"{}\"\nhttp_listen = \"{}\"\ndata_dir = \"{}\"\ninitial_members = [{members}]\n{}\n",
+                i + 1,
+                n.grpc,
+                n.http,
+                n.dir.join("data").display(),
+                topology.central.config
+            );
+            std::fs::write(n.config_path(), text)?;
+            n.start()?;
+        }
+        let mut cluster = LocalCluster { central, regions: Vec::new() };
+        cluster.wait_for_leader().await?;
+
+        let mut edge_no = 0;
+        for (r, spec) in topology.regions.iter().enumerate() {
+            let delay = Duration::from_millis(spec.central_delay_ms);
+            let mut central_links = Vec::new();
+            for c in &cluster.central {
+                central_links.push(DelayLink::start(c.grpc, delay).await?);
+            }
+            let mut regional =
+                node(&format!("regional-{}", spec.name), root, binary(&bins, "regional-tier")?, ports(base, 200, r))?;
+            let text = format!(
+                "region = \"{}\"\nlisten = \"{}\"\nhttp_listen = \"{}\"\ncentral = [{}]\n{}\n",
+                spec.name,
+                regional.grpc,
+                regional.http,
+                quoted_list(central_links.iter().map(|l| l.listen)),
+                topology.regional_config
+            );
+            std::fs::write(regional.config_path(), text)?;
+            regional.start()?;
+            let mut edges = Vec::new();
+            for e in &spec.edges {
+                let link = DelayLink::start(regional.grpc, Duration::from_millis(e.delay_ms)).await?;
+                let mut node = node(&e.name, root, binary(&bins, "edge-node")?, ports(base, 400, edge_no))?;
+                edge_no += 1;
+                let mode = e.mode.as_ref().map(|m| format!("mode = \"{m}\"\n")).unwrap_or_default();
+                let text = format!(
+                    "id = \"{}\"\nlisten = \"{}\"\nhttp_listen = \"{}\"\nupstream = [\"{}\"]\n{mode}{}\n",
+                    e.name, node.grpc, node.http, link.listen, topology.edge_config
+                );
+                std::fs::write(node.config_path(), text)?;
+                node.start()?;
+                edges.push(Edge { node, link });
+            }
+            cluster.regions.push(Region { name: spec.name.clone(), regional, central_links, edges });
+        }
+        cluster.wait_until_serving().await?;
+        Ok(cluster)
+    }
+
+    /// Waits until every central node names the same leader.
+    async fn wait_for_leader(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let mut leaders = Vec::new();
+            for n in &mut self.central {
+                if !n.is_running() {
+                    bail!("{} exited at start-up; see {}", n.name, n.log_path().display());
+                }
+                leaders.push(central_leader(n.grpc).await);
+            }
+            if leaders[0].is_some() && leaders.iter().all(|l| *l == leaders[0]) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the central group elected no leader within {START_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every regional tier follows the central feed and every edge answers HTTP.
+    async fn wait_until_serving(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        for region in &mut self.regions {
+            let mut nodes: Vec<&mut NodeProc> = vec![&mut region.regional];
+            nodes.extend(region.edges.iter_mut().map(|e| &mut e.node));
+            for n in nodes {
+                loop {
+                    if !n.is_running() {
+                        bail!("{} exited at start-up; see {}", n.name, n.log_path().display());
+                    }
+                    let ready = match http_get(n.http, "/health").await {
+                        Ok((200, body)) => !n.name.starts_with("regional-") || body.contains("following"),
+                        _ => false,
+                    };
+                    if ready {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        bail!("{} did not become ready within {START_TIMEOUT:?}", n.name);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every edge, in topology order.
+    pub fn edges(&self) -> impl Iterator<Item = &Edge> {
+        self.regions.iter().flat_map(|r| r.edges.iter())
+    }
+
+    /// Stops every process (SIGTERM, then SIGKILL after a grace period).
+    pub fn stop(&mut self) {
+        for r in &mut self.regions {
+            for e in &mut r.edges {
+                e.node.stop(Duration::from_secs(5));
+            }
+            r.regional.stop(Duration::from_secs(5));
+        }
+        for c in &mut self.central {
+            c.stop(Duration::from_secs(10));
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The leader a central node names, if any.
+async fn central_leader(addr: SocketAddr) -> Option<u64> {
+    let mut c = ClusterAdminClient::connect(format!("http://{addr}")).await.ok()?;
+    c.metrics(MetricsRequest {}).await.ok()?.into_inner().leader_id
+}
+
+/// A plain HTTP/1.0 GET on loopback: the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).await?;
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}

@@ -1,0 +1,96 @@
+//! The topology file: which nodes run where, and the one-way delay of each inter-tier link.
+
+use serde::Deserialize;
+
+/// The embedded default: 3 central voters, 3 regions each with 1 regional tier and 2 edges.
+pub const DEFAULT: &str = include_str!("../topologies/default.toml");
+
+/// A whole cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    /// Ports are laid out from here (central base+1.., regional base+201.., edges base+401..,
+    /// each HTTP port 100 above its gRPC port); 0 picks free ports (tests).
+    #[serde(default)]
+    pub base_port: u16,
+    pub central: CentralSpec,
+    pub regions: Vec<RegionSpec>,
+    /// TOML appended to every regional tier's config (e.g. a `[limits]` section).
+    #[serde(default)]
+    pub regional_config: String,
+    /// TOML appended to every edge's config.
+    #[serde(default)]
+    pub edge_config: String,
+}
+
+/// The central Raft group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CentralSpec {
+    pub voters: usize,
+    /// TOML appended to every central node's config.
+    #[serde(default)]
+    pub config: String,
+}
+
+/// One region: a regional tier and its edges.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionSpec {
+    pub name: String,
+    /// One-way delay between the regional tier and every central node.
+    #[serde(default)]
+    pub central_delay_ms: u64,
+    pub edges: Vec<EdgeSpec>,
+}
+
+/// One edge node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeSpec {
+    pub name: String,
+    /// One-way delay between the edge and its regional tier.
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// `push` (default) or `ttl`.
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+impl Topology {
+    pub fn parse(text: &str) -> anyhow::Result<Topology> {
+        let t: Topology = toml::from_str(text)?;
+        anyhow::ensure!(t.central.voters >= 1, "the central group needs at least one voter");
+        anyhow::ensure!(!t.regions.is_empty(), "a topology needs at least one region");
+        for r in &t.regions {
+            for e in &r.edges {
+                if let Some(m) = &e.mode {
+                    anyhow::ensure!(m == "push" || m == "ttl", "edge {}: mode must be push or ttl, not {m:?}", e.name);
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    /// The largest round trip on any path from an edge to the central group and back down.
+    pub fn largest_link_round_trip_ms(&self) -> u64 {
+        self.regions.iter().map(|r| 2 * r.central_delay_ms).max().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_topology_parses() {
+        let t = Topology::parse(DEFAULT).unwrap();
+        assert_eq!(t.central.voters, 3);
+        assert_eq!(t.regions.len(), 3);
+        assert!(t.regions.iter().all(|r| r.edges.len() == 2));
+        assert_eq!(t.largest_link_round_trip_ms(), 150);
+        assert!(Topology::parse("[central]\nvoters = 3\nregions = []\n").is_err());
+        let bad = DEFAULT.replace("{ name = \"us-east-1\", delay_ms = 1 }", "{ name = \"x\", mode = \"sometimes\" }");
+        assert!(Topology::parse(&bad).is_err());
+    }
+}

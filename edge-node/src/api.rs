@@ -1,0 +1,342 @@
+//! The client API (kv.client.v1.Kv): every input is checked against the contract here,
+//! before anything goes upstream; then the edge's read and write paths do the work.
+
+use crate::edge::{Edge, Source};
+use crate::error::{EdgeError, EdgeResult};
+use crate::upstream_call;
+use bytes::{Bytes, BytesMut};
+use kv_common::cache::Cached;
+use kv_common::serve::carry_trace;
+use kv_common::{namespace::validate_title, time, validate, KvError, NamespaceId, HTTP_STATUS_TRAILER};
+use kv_proto::client::v1::{self as api, kv_server::Kv};
+use kv_proto::store::v1 as pb;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+/// Size of the value chunks GetStream sends.
+const STREAM_CHUNK: usize = 256 << 10;
+
+/// The client API of one edge.
+pub struct KvApi(pub Arc<Edge>);
+
+impl KvApi {
+    /// Counts a request refused by validation.
+    fn check<T>(&self, r: Result<T, KvError>) -> EdgeResult<T> {
+        r.inspect_err(|_| self.0.metrics.rejected.inc()).map_err(EdgeError::from)
+    }
+
+    /// Refuses a request the contract names no specific check for.
+    fn refuse(&self, why: &str) -> Status {
+        self.0.metrics.rejected.inc();
+        KvError::InvalidRequest(why.into()).to_status()
+    }
+
+    fn namespace(&self, id: &str) -> EdgeResult<NamespaceId> {
+        self.check(NamespaceId::parse(id))
+    }
+
+    fn cache_ttl(&self, asked: Option<i64>) -> EdgeResult<Duration> {
+        let secs = self.check(validate::cache_ttl(asked, &self.0.config.limits))?;
+        Ok(Duration::from_secs(u64::try_from(secs).unwrap_or(u64::MAX)))
+    }
+
+    async fn read(&self, req: &api::GetRequest) -> EdgeResult<(Arc<Cached>, Source)> {
+        let ns = self.namespace(&req.namespace_id)?;
+        self.check(validate::key(&req.key, &self.0.config.limits))?;
+        let ttl = self.cache_ttl(req.cache_ttl)?;
+        self.0.get(&ns, &req.key, ttl).await
+    }
+
+    /// Validates one put and turns it into a write op.
+    fn put_op(
+        &self,
+        key: String,
+        value: Bytes,
+        expiration: Option<i64>,
+        expiration_ttl: Option<i64>,
+        metadata_json: Option<String>,
+    ) -> Result<pb::WriteOp, KvError> {
+        let limits = &self.0.config.limits;
+        let now = time::now_secs();
+        let checked = validate::put(&key, expiration, expiration_ttl, metadata_json.as_deref(), value.len(), now, limits)?;
+        let put = pb::Put { value, metadata_json: checked.metadata, expiration, expiration_ttl };
+        Ok(pb::WriteOp { key, op: Some(pb::write_op::Op::Put(put)) })
+    }
+
+    /// Writes one op; its own failure becomes the call's error.
+    async fn write_one(&self, ns: &NamespaceId, op: pb::WriteOp) -> EdgeResult<api::WriteResponse> {
+        let resp = self.0.write(pb::WriteRequest { namespace_id: ns.to_string(), ops: vec![op] }).await?;
+        let r = resp.results.into_iter().next().ok_or_else(|| Status::internal("upstream returned no result"))?;
+        match r.error {
+            Some(e) => Err(op_status(&e).into()),
+            None => Ok(api::WriteResponse { version: r.version, expiration: r.expiration }),
+        }
+    }
+
+    /// Validates each item alone, writes the valid ones in one batch, and reports per key.
+    async fn bulk(&self, ns: &NamespaceId, items: Vec<(String, Result<pb::WriteOp, KvError>)>) -> EdgeResult<api::BulkWriteResponse> {
+        let mut out = api::BulkWriteResponse::default();
+        let mut ops = Vec::new();
+        for (key, op) in items {
+            match op {
+                Ok(op) => ops.push(op),
+                Err(e) => {
+                    self.0.metrics.rejected.inc();
+                    out.errors.push(key_error(key, u32::from(e.http_status()), e.to_string()));
+                }
+            }
+        }
+        if !ops.is_empty() {
+            let resp = self.0.write(pb::WriteRequest { namespace_id: ns.to_string(), ops }).await?;
+            for r in resp.results {
+                match r.error {
+                    None => out.successful_key_count += 1,
+                    Some(e) => out.errors.push(key_error(r.key, e.http_status, e.message)),
+                }
+            }
+        }
+        out.unsuccessful_keys = out.errors.iter().map(|e| e.key.clone()).collect();
+        Ok(out)
+    }
+}
+
+fn key_error(key: String, http_status: u32, message: String) -> api::KeyError {
+    api::KeyError { key, http_status, message }
+}
+
+/// The status a failed write item stands for, with the same code, message and HTTP trailer.
+fn op_status(e: &pb::OpError) -> Status {
+    let mut s = Status::new(tonic::Code::from(e.grpc_code), e.message.clone());
+    s.metadata_mut().insert(HTTP_STATUS_TRAILER, e.http_status.into());
+    s
+}
+
+fn cache_status(s: Source) -> i32 {
+    (match s {
+        Source::Hit => api::CacheStatus::Hit,
+        Source::Miss => api::CacheStatus::Miss,
+        Source::Stale => api::CacheStatus::Stale,
+    }) as i32
+}
+
+fn to_namespace(n: pb::Namespace) -> api::Namespace {
+    api::Namespace { id: n.id, title: n.title }
+}
+
+type GetStreamOut = Pin<Box<dyn Stream<Item = Result<api::GetStreamChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Kv for KvApi {
+    async fn create_namespace(&self, req: Request<api::CreateNamespaceRequest>) -> Result<Response<api::Namespace>, Status> {
+        let md = req.metadata().clone();
+        let title = req.into_inner().title;
+        self.check(validate_title(&title))?;
+        let r = pb::CreateNamespaceRequest { title };
+        let n = upstream_call!(self.0.upstream, create_namespace, carry_trace(&md, Request::new(r.clone()))).await?;
+        Ok(Response::new(to_namespace(n.into_inner())))
+    }
+
+    async fn list_namespaces(
+        &self,
+        req: Request<api::ListNamespacesRequest>,
+    ) -> Result<Response<api::ListNamespacesResponse>, Status> {
+        let req = req.into_inner();
+        let r = pb::ListNamespacesRequest { page: req.page, per_page: req.per_page };
+        let out = upstream_call!(self.0.upstream, list_namespaces, r.clone()).await?.into_inner();
+        Ok(Response::new(api::ListNamespacesResponse {
+            namespaces: out.namespaces.into_iter().map(to_namespace).collect(),
+            total_count: out.total_count,
+        }))
+    }
+
+    async fn get_namespace(&self, req: Request<api::NamespaceRef>) -> Result<Response<api::Namespace>, Status> {
+        let ns = self.namespace(&req.into_inner().namespace_id)?;
+        let r = pb::NamespaceRef { namespace_id: ns.to_string() };
+        Ok(Response::new(to_namespace(upstream_call!(self.0.upstream, get_namespace, r.clone()).await?.into_inner())))
+    }
+
+    async fn rename_namespace(&self, req: Request<api::RenameNamespaceRequest>) -> Result<Response<api::Namespace>, Status> {
+        let req = req.into_inner();
+        let ns = self.namespace(&req.namespace_id)?;
+        self.check(validate_title(&req.title))?;
+        let r = pb::RenameNamespaceRequest { namespace_id: ns.to_string(), title: req.title };
+        Ok(Response::new(to_namespace(upstream_call!(self.0.upstream, rename_namespace, r.clone()).await?.into_inner())))
+    }
+
+    async fn delete_namespace(
+        &self,
+        req: Request<api::NamespaceRef>,
+    ) -> Result<Response<api::DeleteNamespaceResponse>, Status> {
+        let ns = self.namespace(&req.into_inner().namespace_id)?;
+        let r = pb::NamespaceRef { namespace_id: ns.to_string() };
+        upstream_call!(self.0.upstream, delete_namespace, r.clone()).await?;
+        self.0.cache.remove_namespace(&ns.to_string());
+        Ok(Response::new(api::DeleteNamespaceResponse {}))
+    }
+
+    async fn get(&self, req: Request<api::GetRequest>) -> Result<Response<api::GetResponse>, Status> {
+        let req = req.into_inner();
+        let (c, source) = self.read(&req).await?;
+        let visible = c.visible(time::now_secs());
+        Ok(Response::new(api::GetResponse {
+            found: visible.is_some(),
+            value: visible.map(|v| v.bytes.clone()).unwrap_or_default(),
+            metadata_json: visible.filter(|_| req.with_metadata).and_then(|v| v.metadata_json.clone()),
+            expiration: visible.and_then(|v| v.expiration),
+            cache_status: cache_status(source),
+            version: c.version,
+        }))
+    }
+
+    async fn get_bulk(&self, req: Request<api::GetBulkRequest>) -> Result<Response<api::GetBulkResponse>, Status> {
+        let req = req.into_inner();
+        let limits = &self.0.config.limits;
+        let ns = self.namespace(&req.namespace_id)?;
+        self.check(validate::bulk_get_count(req.keys.len(), limits))?;
+        let json = match api::ValueType::try_from(req.r#type) {
+            Ok(api::ValueType::Text) => false,
+            Ok(api::ValueType::Json) => true,
+            Err(_) => return Err(self.refuse("type must be text or json")),
+        };
+        for k in &req.keys {
+            self.check(validate::key(k, limits))?;
+        }
+        let ttl = self.cache_ttl(req.cache_ttl)?;
+        let copies = self.0.get_many(&ns, &req.keys, ttl).await?;
+        let now = time::now_secs();
+        let mut total = 0usize;
+        let mut values = Vec::with_capacity(copies.len());
+        for (key, c) in req.keys.into_iter().zip(copies) {
+            let v = c.visible(now);
+            total += v.map_or(0, |v| v.bytes.len());
+            if json && v.is_some_and(|v| serde_json::from_slice::<serde_json::Value>(&v.bytes).is_err()) {
+                return Err(KvError::BulkGetNotJson.into());
+            }
+            values.push(api::BulkValue {
+                key,
+                found: v.is_some(),
+                value: v.map(|v| String::from_utf8_lossy(&v.bytes).into_owned()).unwrap_or_default(),
+                metadata_json: v.filter(|_| req.with_metadata).and_then(|v| v.metadata_json.clone()),
+            });
+        }
+        if total > limits.max_bulk_get_bytes {
+            return Err(KvError::BulkGetTooLarge.into());
+        }
+        Ok(Response::new(api::GetBulkResponse { values }))
+    }
+
+    type GetStreamStream = GetStreamOut;
+
+    async fn get_stream(&self, req: Request<api::GetRequest>) -> Result<Response<GetStreamOut>, Status> {
+        let req = req.into_inner();
+        let (c, source) = self.read(&req).await?;
+        let visible = c.visible(time::now_secs());
+        let value = visible.map(|v| v.bytes.clone()).unwrap_or_default();
+        let header = api::GetStreamHeader {
+            found: visible.is_some(),
+            metadata_json: visible.filter(|_| req.with_metadata).and_then(|v| v.metadata_json.clone()),
+            expiration: visible.and_then(|v| v.expiration),
+            cache_status: cache_status(source),
+            version: c.version,
+            value_length: value.len() as u64,
+        };
+        // Chunks are slices of the one cached buffer: no second copy of the value.
+        let chunks = (0..value.len()).step_by(STREAM_CHUNK).map(move |at| {
+            let end = (at + STREAM_CHUNK).min(value.len());
+            Ok(api::GetStreamChunk { part: Some(api::get_stream_chunk::Part::Chunk(value.slice(at..end))) })
+        });
+        let first = Ok(api::GetStreamChunk { part: Some(api::get_stream_chunk::Part::Header(header)) });
+        Ok(Response::new(Box::pin(tokio_stream::iter(std::iter::once(first).chain(chunks)))))
+    }
+
+    async fn put(&self, req: Request<api::PutRequest>) -> Result<Response<api::WriteResponse>, Status> {
+        let req = req.into_inner();
+        let ns = self.namespace(&req.namespace_id)?;
+        let op = self.check(self.put_op(req.key, req.value, req.expiration, req.expiration_ttl, req.metadata_json))?;
+        Ok(Response::new(self.write_one(&ns, op).await?))
+    }
+
+    async fn put_stream(&self, req: Request<Streaming<api::PutStreamChunk>>) -> Result<Response<api::WriteResponse>, Status> {
+        let mut stream = req.into_inner();
+        let header = match stream.next().await {
+            Some(Ok(api::PutStreamChunk { part: Some(api::put_stream_chunk::Part::Header(h)) })) => h,
+            Some(Err(e)) => return Err(e),
+            _ => return Err(self.refuse("PutStream must start with a header")),
+        };
+        let ns = self.namespace(&header.namespace_id)?;
+        let limits = &self.0.config.limits;
+        // Check everything but the size before taking in the value.
+        self.check(self.put_op(header.key.clone(), Bytes::new(), header.expiration, header.expiration_ttl, header.metadata_json.clone()))?;
+        let mut value = BytesMut::new();
+        while let Some(part) = stream.next().await {
+            match part?.part {
+                Some(api::put_stream_chunk::Part::Chunk(c)) => {
+                    self.check(validate::value_len(value.len() + c.len(), limits))?;
+                    value.extend_from_slice(&c);
+                }
+                _ => return Err(self.refuse("only one header per PutStream")),
+            }
+        }
+        let op = self.check(self.put_op(header.key, value.freeze(), header.expiration, header.expiration_ttl, header.metadata_json))?;
+        Ok(Response::new(self.write_one(&ns, op).await?))
+    }
+
+    async fn delete(&self, req: Request<api::DeleteRequest>) -> Result<Response<api::WriteResponse>, Status> {
+        let req = req.into_inner();
+        let ns = self.namespace(&req.namespace_id)?;
+        self.check(validate::key(&req.key, &self.0.config.limits))?;
+        let op = pb::WriteOp { key: req.key, op: Some(pb::write_op::Op::Delete(pb::Delete {})) };
+        Ok(Response::new(self.write_one(&ns, op).await?))
+    }
+
+    async fn list(&self, req: Request<api::ListRequest>) -> Result<Response<api::ListResponse>, Status> {
+        let req = req.into_inner();
+        let ns = self.namespace(&req.namespace_id)?;
+        let limit = self.check(validate::list_limit(req.limit, &self.0.config.limits))?;
+        let r = pb::ListRequest { namespace_id: ns.to_string(), prefix: req.prefix, limit, cursor: req.cursor, min_version: 0 };
+        let out = upstream_call!(self.0.upstream, list, r.clone()).await?.into_inner();
+        Ok(Response::new(api::ListResponse {
+            keys: out
+                .keys
+                .into_iter()
+                .map(|k| api::ListedKey { name: k.name, expiration: k.expiration, metadata_json: k.metadata_json })
+                .collect(),
+            list_complete: out.list_complete,
+            cursor: out.cursor,
+        }))
+    }
+
+    async fn put_bulk(&self, req: Request<api::PutBulkRequest>) -> Result<Response<api::BulkWriteResponse>, Status> {
+        let req = req.into_inner();
+        let ns = self.namespace(&req.namespace_id)?;
+        let bytes = req.items.iter().map(|i| i.key.len() + i.value.len() + i.metadata_json.as_ref().map_or(0, String::len)).sum();
+        self.check(validate::bulk_write(req.items.len(), bytes, &self.0.config.limits))?;
+        let items = req
+            .items
+            .into_iter()
+            .map(|i| (i.key.clone(), self.put_op(i.key, i.value, i.expiration, i.expiration_ttl, i.metadata_json)))
+            .collect();
+        Ok(Response::new(self.bulk(&ns, items).await?))
+    }
+
+    async fn delete_bulk(&self, req: Request<api::DeleteBulkRequest>) -> Result<Response<api::BulkWriteResponse>, Status> {
+        let req = req.into_inner();
+        let ns = self.namespace(&req.namespace_id)?;
+        let bytes = req.keys.iter().map(String::len).sum();
+        self.check(validate::bulk_write(req.keys.len(), bytes, &self.0.config.limits))?;
+        let limits = &self.0.config.limits;
+        let items = req
+            .keys
+            .into_iter()
+            .map(|k| {
+                let op = validate::key(&k, limits)
+                    .map(|()| pb::WriteOp { key: k.clone(), op: Some(pb::write_op::Op::Delete(pb::Delete {})) });
+                (k, op)
+            })
+            .collect();
+        Ok(Response::new(self.bulk(&ns, items).await?))
+    }
+}

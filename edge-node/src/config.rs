@@ -1,0 +1,119 @@
+//! Edge node configuration: a TOML file, overridden by flags and `KV_*` variables.
+
+use clap::{Parser, ValueEnum};
+use kv_common::Limits;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// How an edge keeps cached copies fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Copies are replaced by pushed newer versions (ours; the default).
+    Push,
+    /// Pushes are ignored: a copy lives until its cacheTtl ends, exactly like Workers KV.
+    Ttl,
+}
+
+/// Everything an edge node needs to run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The edge's name; its regional tier tracks and pushes by it. Unique per region.
+    pub id: String,
+    /// gRPC: the client API, health, reflection.
+    pub listen: SocketAddr,
+    /// HTTP: `/metrics` and `/health`.
+    pub http_listen: SocketAddr,
+    /// The regional tier (first) and any fallbacks, tried in turn.
+    pub upstream: Vec<String>,
+    pub mode: Mode,
+    /// Memory bound of the cache (keys, values and metadata).
+    pub cache_bytes: u64,
+    /// How long past its cacheTtl a copy may be served STALE while no upstream answers.
+    pub max_stale_secs: u64,
+    /// A hit past this fraction of its cacheTtl refreshes the key in the background.
+    pub refresh_ahead: f64,
+    /// Deadline of one upstream call before trying the next endpoint.
+    pub upstream_timeout_ms: u64,
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            id: "edge-1".into(),
+            listen: ([127, 0, 0, 1], 7501).into(),
+            http_listen: ([127, 0, 0, 1], 7601).into(),
+            upstream: vec!["127.0.0.1:7301".into()],
+            mode: Mode::Push,
+            cache_bytes: 128 << 20,
+            max_stale_secs: 300,
+            refresh_ahead: 0.75,
+            upstream_timeout_ms: 2000,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Command-line flags; each one overrides the config file.
+#[derive(Debug, Parser)]
+#[command(name = "edge-node", about = "A KV edge node: the client API and a cacheTtl cache")]
+pub struct Args {
+    /// TOML config file.
+    #[arg(long, env = "KV_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "KV_EDGE_ID")]
+    pub id: Option<String>,
+    #[arg(long, env = "KV_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    #[arg(long, env = "KV_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Upstream endpoints as `host:port,host:port,...` (the regional tier first).
+    #[arg(long, env = "KV_UPSTREAM")]
+    pub upstream: Option<String>,
+    #[arg(long, env = "KV_MODE", value_enum)]
+    pub mode: Option<Mode>,
+}
+
+impl Config {
+    /// Reads the config file (if any) and applies the flags on top.
+    pub fn load(args: Args) -> anyhow::Result<Config> {
+        let mut c: Config = kv_common::config::load_toml(args.config.as_deref())?;
+        if let Some(v) = args.id {
+            c.id = v;
+        }
+        if let Some(v) = args.listen {
+            c.listen = v;
+        }
+        if let Some(v) = args.http_listen {
+            c.http_listen = v;
+        }
+        if let Some(v) = args.upstream {
+            c.upstream = kv_common::config::split_list(&v);
+        }
+        if let Some(v) = args.mode {
+            c.mode = v;
+        }
+        anyhow::ensure!(!c.upstream.is_empty(), "no upstream configured (--upstream)");
+        anyhow::ensure!(!c.id.is_empty(), "the edge id must not be empty");
+        anyhow::ensure!((0.0..=1.0).contains(&c.refresh_ahead), "refresh_ahead must be within 0..=1");
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_and_upstreams_from_flags_or_file() {
+        let args = Args::try_parse_from(["edge-node", "--mode", "ttl", "--upstream", "127.0.0.1:1"]).unwrap();
+        let c = Config::load(args).unwrap();
+        assert_eq!((c.mode, c.upstream.len()), (Mode::Ttl, 1));
+        let c: Config = toml::from_str("mode = \"push\"\nmax_stale_secs = 5\n[limits]\nmin_cache_ttl_secs = 1\n").unwrap();
+        assert_eq!((c.mode, c.max_stale_secs, c.limits.min_cache_ttl_secs), (Mode::Push, 5, 1));
+        assert!(toml::from_str::<Config>("mode = \"sometimes\"").is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! An edge node: the server clients talk to.
+//!
+//! Read in this order: `api` (the client API and its validation), `edge` (the read and
+//! write paths over the cache), `pushes` (how copies stay fresh), then `node`.
+
+pub mod api;
+pub mod config;
+pub mod edge;
+pub mod error;
+pub mod metrics;
+pub mod node;
+pub mod pushes;

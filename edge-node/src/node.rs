@@ -1,0 +1,40 @@
+//! A running edge node: the push follower and the gRPC and HTTP servers.
+
+use crate::api::KvApi;
+use crate::config::Config;
+use crate::edge::Edge;
+use anyhow::Context;
+use kv_common::serve;
+use kv_common::upstream::MAX_MESSAGE_BYTES;
+use kv_proto::client::v1::kv_server::KvServer;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Runs the edge until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let grpc = tokio::net::TcpListener::bind(config.listen).await.context("binding gRPC listener")?;
+    let http = tokio::net::TcpListener::bind(config.http_listen).await.context("binding HTTP listener")?;
+    let edge = Edge::new(config)?;
+    tracing::info!(id = %edge.config.id, grpc = %edge.config.listen, http = %edge.config.http_listen,
+        upstream = ?edge.config.upstream, mode = ?edge.config.mode, "edge node listening");
+
+    let (mut health, health_service, reflection) = serve::health_and_reflection(kv_proto::FILE_DESCRIPTOR_SET)?;
+    health.set_serving::<KvServer<KvApi>>().await;
+    let e = edge.clone();
+    tokio::spawn(serve::serve_http(http, Arc::new(move || e.render_metrics()), Arc::new(|| (true, "serving".into()))));
+    tokio::spawn(crate::pushes::follow(edge.clone()));
+
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .trace_fn(serve::request_span)
+        .add_service(
+            KvServer::new(KvApi(edge))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(health_service)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), shutdown)
+        .await
+        .context("gRPC server")
+}

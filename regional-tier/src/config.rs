@@ -1,0 +1,110 @@
+//! Regional tier configuration: a TOML file, overridden by flags and `KV_*` variables.
+
+use clap::Parser;
+use kv_common::Limits;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything a regional tier needs to run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The region's name, for logs.
+    pub region: String,
+    /// gRPC: the store API for edges, pushes, health, reflection.
+    pub listen: SocketAddr,
+    /// HTTP: `/metrics` and `/health`.
+    pub http_listen: SocketAddr,
+    /// Central store nodes, tried in turn.
+    pub central: Vec<String>,
+    /// Memory bound of the cache (keys, values and metadata).
+    pub cache_bytes: u64,
+    /// How long an entry stays; the change feed keeps it fresh meanwhile.
+    pub entry_ttl_secs: u64,
+    /// Deadline of one call to a central node before trying the next.
+    pub upstream_timeout_ms: u64,
+    /// How long a read that needs a newer feed position waits for the feed before reading centrally.
+    pub catch_up_wait_ms: u64,
+    /// Extra time an edge stays tracked after its copy's cacheTtl.
+    pub tracking_slack_secs: u64,
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            region: "local".into(),
+            listen: ([127, 0, 0, 1], 7301).into(),
+            http_listen: ([127, 0, 0, 1], 7401).into(),
+            central: vec!["127.0.0.1:7101".into()],
+            cache_bytes: 256 << 20,
+            entry_ttl_secs: 3600,
+            upstream_timeout_ms: 2000,
+            catch_up_wait_ms: 50,
+            tracking_slack_secs: 5,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Command-line flags; each one overrides the config file.
+#[derive(Debug, Parser)]
+#[command(name = "regional-tier", about = "A regional cache tier between edges and the central store")]
+pub struct Args {
+    /// TOML config file.
+    #[arg(long, env = "KV_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "KV_REGION")]
+    pub region: Option<String>,
+    #[arg(long, env = "KV_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    #[arg(long, env = "KV_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Central nodes as `host:port,host:port,...`.
+    #[arg(long, env = "KV_CENTRAL")]
+    pub central: Option<String>,
+    #[arg(long, env = "KV_CACHE_BYTES")]
+    pub cache_bytes: Option<u64>,
+}
+
+impl Config {
+    /// Reads the config file (if any) and applies the flags on top.
+    pub fn load(args: Args) -> anyhow::Result<Config> {
+        let mut c: Config = kv_common::config::load_toml(args.config.as_deref())?;
+        if let Some(v) = args.region {
+            c.region = v;
+        }
+        if let Some(v) = args.listen {
+            c.listen = v;
+        }
+        if let Some(v) = args.http_listen {
+            c.http_listen = v;
+        }
+        if let Some(v) = args.central {
+            c.central = kv_common::config::split_list(&v);
+        }
+        if let Some(v) = args.cache_bytes {
+            c.cache_bytes = v;
+        }
+        anyhow::ensure!(!c.central.is_empty(), "no central node configured (--central)");
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_defaults() {
+        let args =
+            Args::try_parse_from(["regional-tier", "--central", "127.0.0.1:1, 127.0.0.1:2", "--region", "eu"]).unwrap();
+        let c = Config::load(args).unwrap();
+        assert_eq!(c.central, vec!["127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(c.region, "eu");
+        assert!(toml::from_str::<Config>("bogus = 1").is_err());
+        let bad = Args::try_parse_from(["regional-tier", "--central", ""]).unwrap();
+        assert!(Config::load(bad).is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! A regional tier: one region's cache between its edge nodes and the central store.
+//!
+//! Read in this order: `service` (what edges call), `regional` (the read and write paths),
+//! `feed` (how the cache stays fresh), `tracking` (who gets pushed what), then `node`.
+
+pub mod config;
+pub mod error;
+pub mod feed;
+pub mod metrics;
+pub mod node;
+pub mod regional;
+pub mod service;
+pub mod tracking;

@@ -1,0 +1,62 @@
+//! A running regional tier: the feed follower, the gRPC and HTTP servers, housekeeping.
+
+use crate::config::Config;
+use crate::regional::Regional;
+use crate::service::{RegionalPushes, RegionalStore};
+use anyhow::Context;
+use kv_common::serve;
+use kv_common::upstream::MAX_MESSAGE_BYTES;
+use kv_proto::store::v1::central_store_server::CentralStoreServer;
+use kv_proto::tier::v1::pushes_server::PushesServer;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often lapsed tracking and closed push streams are forgotten.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs the tier until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let grpc = tokio::net::TcpListener::bind(config.listen).await.context("binding gRPC listener")?;
+    let http = tokio::net::TcpListener::bind(config.http_listen).await.context("binding HTTP listener")?;
+    let regional = Regional::new(config)?;
+    tracing::info!(region = %regional.config.region, grpc = %regional.config.listen, http = %regional.config.http_listen,
+        central = ?regional.config.central, "regional tier listening");
+
+    let (mut health, health_service, reflection) = serve::health_and_reflection(kv_proto::FILE_DESCRIPTOR_SET)?;
+    health.set_serving::<CentralStoreServer<RegionalStore>>().await;
+    let r = regional.clone();
+    let h = regional.clone();
+    tokio::spawn(serve::serve_http(
+        http,
+        Arc::new(move || r.render_metrics()),
+        Arc::new(move || {
+            let live = h.feed.is_live();
+            (true, if live { "following the feed".into() } else { "feed down: serving from central or stale".into() })
+        }),
+    ));
+    tokio::spawn(crate::feed::follow(regional.clone()));
+    let sweeper = regional.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tick.tick().await;
+            sweeper.tracker.sweep();
+        }
+    });
+
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .trace_fn(serve::request_span)
+        .add_service(
+            CentralStoreServer::new(RegionalStore(regional.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(PushesServer::new(RegionalPushes(regional)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), shutdown)
+        .await
+        .context("gRPC server")
+}
