@@ -88,8 +88,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .add_service(ClusterAdminServer::new(AdminService::new(node.clone())))
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), shutdown);
-    let served = server.await;
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc));
+    // Watch streams never end on their own, so a graceful drain would wait for ever: stop
+    // serving at once, then shut Raft down cleanly.
+    let served = tokio::select! {
+        served = server => served,
+        () = shutdown => Ok(()),
+    };
     let _ = raft.shutdown().await;
     served.context("gRPC server")
 }

@@ -153,7 +153,13 @@ impl moka::Expiry<CacheKey, Arc<Cached>> for HoldUntil {
         Some(c.hold_until.saturating_duration_since(now))
     }
 
-    fn expire_after_update(&self, _: &CacheKey, c: &Arc<Cached>, now: Instant, _: Option<Duration>) -> Option<Duration> {
+    fn expire_after_update(
+        &self,
+        _: &CacheKey,
+        c: &Arc<Cached>,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
         Some(c.hold_until.saturating_duration_since(now))
     }
 }

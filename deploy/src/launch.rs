@@ -64,11 +64,18 @@ impl NodeProc {
         }
     }
 
+    /// Asks the process to stop (SIGTERM).
+    fn terminate(&self) {
+        if let Some(c) = &self.child {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+    }
+
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.
     pub fn stop(&mut self, grace: Duration) {
+        self.terminate();
         let Some(mut c) = self.child.take() else { return };
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + grace;
         while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -158,7 +165,12 @@ impl LocalCluster {
         let base = topology.base_port;
         let mut central = Vec::new();
         for i in 0..topology.central.voters {
-            central.push(node(&format!("central-{}", i + 1), root, binary(&bins, "central-store")?, ports(base, 0, i))?);
+            central.push(node(
+                &format!("central-{}", i + 1),
+                root,
+                binary(&bins, "central-store")?,
+                ports(base, 0, i),
+            )?);
         }
         let members = central
             .iter()
@@ -241,7 +253,8 @@ impl LocalCluster {
         }
     }
 
-    /// Waits until every regional tier follows the central feed and every edge answers HTTP.
+    /// Waits until every regional tier follows the central feed and every edge is ready
+    /// (in mode `push`: subscribed to its regional tier).
     async fn wait_until_serving(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         for region in &mut self.regions {
@@ -253,7 +266,7 @@ impl LocalCluster {
                         bail!("{} exited at start-up; see {}", n.name, n.log_path().display());
                     }
                     let ready = match http_get(n.http, "/health").await {
-                        Ok((200, body)) => !n.name.starts_with("regional-") || body.contains("following"),
+                        Ok((200, body)) => body.contains("following") || body.contains("ready"),
                         _ => false,
                     };
                     if ready {
@@ -274,16 +287,18 @@ impl LocalCluster {
         self.regions.iter().flat_map(|r| r.edges.iter())
     }
 
-    /// Stops every process (SIGTERM, then SIGKILL after a grace period).
+    /// Stops every process: SIGTERM to all at once, then SIGKILL to any still running after a grace period.
     pub fn stop(&mut self) {
+        let mut all: Vec<&mut NodeProc> = self.central.iter_mut().collect();
         for r in &mut self.regions {
-            for e in &mut r.edges {
-                e.node.stop(Duration::from_secs(5));
-            }
-            r.regional.stop(Duration::from_secs(5));
+            all.push(&mut r.regional);
+            all.extend(r.edges.iter_mut().map(|e| &mut e.node));
         }
-        for c in &mut self.central {
-            c.stop(Duration::from_secs(10));
+        for n in &all {
+            n.terminate();
+        }
+        for n in all {
+            n.stop(Duration::from_secs(10));
         }
     }
 }

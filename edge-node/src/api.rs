@@ -61,7 +61,8 @@ impl KvApi {
     ) -> Result<pb::WriteOp, KvError> {
         let limits = &self.0.config.limits;
         let now = time::now_secs();
-        let checked = validate::put(&key, expiration, expiration_ttl, metadata_json.as_deref(), value.len(), now, limits)?;
+        let checked =
+            validate::put(&key, expiration, expiration_ttl, metadata_json.as_deref(), value.len(), now, limits)?;
         let put = pb::Put { value, metadata_json: checked.metadata, expiration, expiration_ttl };
         Ok(pb::WriteOp { key, op: Some(pb::write_op::Op::Put(put)) })
     }
@@ -77,7 +78,11 @@ impl KvApi {
     }
 
     /// Validates each item alone, writes the valid ones in one batch, and reports per key.
-    async fn bulk(&self, ns: &NamespaceId, items: Vec<(String, Result<pb::WriteOp, KvError>)>) -> EdgeResult<api::BulkWriteResponse> {
+    async fn bulk(
+        &self,
+        ns: &NamespaceId,
+        items: Vec<(String, Result<pb::WriteOp, KvError>)>,
+    ) -> EdgeResult<api::BulkWriteResponse> {
         let mut out = api::BulkWriteResponse::default();
         let mut ops = Vec::new();
         for (key, op) in items {
@@ -130,7 +135,10 @@ type GetStreamOut = Pin<Box<dyn Stream<Item = Result<api::GetStreamChunk, Status
 
 #[tonic::async_trait]
 impl Kv for KvApi {
-    async fn create_namespace(&self, req: Request<api::CreateNamespaceRequest>) -> Result<Response<api::Namespace>, Status> {
+    async fn create_namespace(
+        &self,
+        req: Request<api::CreateNamespaceRequest>,
+    ) -> Result<Response<api::Namespace>, Status> {
         let md = req.metadata().clone();
         let title = req.into_inner().title;
         self.check(validate_title(&title))?;
@@ -145,7 +153,7 @@ impl Kv for KvApi {
     ) -> Result<Response<api::ListNamespacesResponse>, Status> {
         let req = req.into_inner();
         let r = pb::ListNamespacesRequest { page: req.page, per_page: req.per_page };
-        let out = upstream_call!(self.0.upstream, list_namespaces, r.clone()).await?.into_inner();
+        let out = upstream_call!(self.0.upstream, list_namespaces, r).await?.into_inner();
         Ok(Response::new(api::ListNamespacesResponse {
             namespaces: out.namespaces.into_iter().map(to_namespace).collect(),
             total_count: out.total_count,
@@ -158,12 +166,17 @@ impl Kv for KvApi {
         Ok(Response::new(to_namespace(upstream_call!(self.0.upstream, get_namespace, r.clone()).await?.into_inner())))
     }
 
-    async fn rename_namespace(&self, req: Request<api::RenameNamespaceRequest>) -> Result<Response<api::Namespace>, Status> {
+    async fn rename_namespace(
+        &self,
+        req: Request<api::RenameNamespaceRequest>,
+    ) -> Result<Response<api::Namespace>, Status> {
         let req = req.into_inner();
         let ns = self.namespace(&req.namespace_id)?;
         self.check(validate_title(&req.title))?;
         let r = pb::RenameNamespaceRequest { namespace_id: ns.to_string(), title: req.title };
-        Ok(Response::new(to_namespace(upstream_call!(self.0.upstream, rename_namespace, r.clone()).await?.into_inner())))
+        Ok(Response::new(to_namespace(
+            upstream_call!(self.0.upstream, rename_namespace, r.clone()).await?.into_inner(),
+        )))
     }
 
     async fn delete_namespace(
@@ -259,7 +272,10 @@ impl Kv for KvApi {
         Ok(Response::new(self.write_one(&ns, op).await?))
     }
 
-    async fn put_stream(&self, req: Request<Streaming<api::PutStreamChunk>>) -> Result<Response<api::WriteResponse>, Status> {
+    async fn put_stream(
+        &self,
+        req: Request<Streaming<api::PutStreamChunk>>,
+    ) -> Result<Response<api::WriteResponse>, Status> {
         let mut stream = req.into_inner();
         let header = match stream.next().await {
             Some(Ok(api::PutStreamChunk { part: Some(api::put_stream_chunk::Part::Header(h)) })) => h,
@@ -269,7 +285,13 @@ impl Kv for KvApi {
         let ns = self.namespace(&header.namespace_id)?;
         let limits = &self.0.config.limits;
         // Check everything but the size before taking in the value.
-        self.check(self.put_op(header.key.clone(), Bytes::new(), header.expiration, header.expiration_ttl, header.metadata_json.clone()))?;
+        self.check(self.put_op(
+            header.key.clone(),
+            Bytes::new(),
+            header.expiration,
+            header.expiration_ttl,
+            header.metadata_json.clone(),
+        ))?;
         let mut value = BytesMut::new();
         while let Some(part) = stream.next().await {
             match part?.part {
@@ -280,7 +302,13 @@ impl Kv for KvApi {
                 _ => return Err(self.refuse("only one header per PutStream")),
             }
         }
-        let op = self.check(self.put_op(header.key, value.freeze(), header.expiration, header.expiration_ttl, header.metadata_json))?;
+        let op = self.check(self.put_op(
+            header.key,
+            value.freeze(),
+            header.expiration,
+            header.expiration_ttl,
+            header.metadata_json,
+        ))?;
         Ok(Response::new(self.write_one(&ns, op).await?))
     }
 
@@ -296,7 +324,13 @@ impl Kv for KvApi {
         let req = req.into_inner();
         let ns = self.namespace(&req.namespace_id)?;
         let limit = self.check(validate::list_limit(req.limit, &self.0.config.limits))?;
-        let r = pb::ListRequest { namespace_id: ns.to_string(), prefix: req.prefix, limit, cursor: req.cursor, min_version: 0 };
+        let r = pb::ListRequest {
+            namespace_id: ns.to_string(),
+            prefix: req.prefix,
+            limit,
+            cursor: req.cursor,
+            min_version: 0,
+        };
         let out = upstream_call!(self.0.upstream, list, r.clone()).await?.into_inner();
         Ok(Response::new(api::ListResponse {
             keys: out
@@ -312,7 +346,11 @@ impl Kv for KvApi {
     async fn put_bulk(&self, req: Request<api::PutBulkRequest>) -> Result<Response<api::BulkWriteResponse>, Status> {
         let req = req.into_inner();
         let ns = self.namespace(&req.namespace_id)?;
-        let bytes = req.items.iter().map(|i| i.key.len() + i.value.len() + i.metadata_json.as_ref().map_or(0, String::len)).sum();
+        let bytes = req
+            .items
+            .iter()
+            .map(|i| i.key.len() + i.value.len() + i.metadata_json.as_ref().map_or(0, String::len))
+            .sum();
         self.check(validate::bulk_write(req.items.len(), bytes, &self.0.config.limits))?;
         let items = req
             .items
@@ -322,7 +360,10 @@ impl Kv for KvApi {
         Ok(Response::new(self.bulk(&ns, items).await?))
     }
 
-    async fn delete_bulk(&self, req: Request<api::DeleteBulkRequest>) -> Result<Response<api::BulkWriteResponse>, Status> {
+    async fn delete_bulk(
+        &self,
+        req: Request<api::DeleteBulkRequest>,
+    ) -> Result<Response<api::BulkWriteResponse>, Status> {
         let req = req.into_inner();
         let ns = self.namespace(&req.namespace_id)?;
         let bytes = req.keys.iter().map(String::len).sum();

@@ -112,7 +112,8 @@ mod tests {
         let args = Args::try_parse_from(["edge-node", "--mode", "ttl", "--upstream", "127.0.0.1:1"]).unwrap();
         let c = Config::load(args).unwrap();
         assert_eq!((c.mode, c.upstream.len()), (Mode::Ttl, 1));
-        let c: Config = toml::from_str("mode = \"push\"\nmax_stale_secs = 5\n[limits]\nmin_cache_ttl_secs = 1\n").unwrap();
+        let c: Config =
+            toml::from_str("mode = \"push\"\nmax_stale_secs = 5\n[limits]\nmin_cache_ttl_secs = 1\n").unwrap();
         assert_eq!((c.mode, c.max_stale_secs, c.limits.min_cache_ttl_secs), (Mode::Push, 5, 1));
         assert!(toml::from_str::<Config>("mode = \"sometimes\"").is_err());
     }

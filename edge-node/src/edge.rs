@@ -18,7 +18,7 @@ use kv_common::upstream::{is_unreachable, Upstream, MAX_MESSAGE_BYTES};
 use kv_common::wire::value_of;
 use kv_common::{time, NamespaceId};
 use kv_proto::store::v1::{self as pb, central_store_client::CentralStoreClient};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -39,16 +39,23 @@ pub enum Source {
 pub struct Edge {
     pub config: Config,
     pub cache: VersionedCache,
+    /// Mode `ttl` only: copies refreshed ahead of time, served once the held copy runs out.
+    refreshed: VersionedCache,
     pub flights: Flights<CacheKey, Fetched>,
     pub upstream: Upstream,
     pub metrics: Metrics,
     /// The newest version this edge has seen (read, written or pushed).
     observed: AtomicU64,
+    /// Whether the push stream is open (mode `push`); copies filled while it is down are
+    /// revalidated when it comes back.
+    pub subscribed: AtomicBool,
 }
 
 /// A store API client of the regional tier on `ch`.
 pub fn regional(ch: Channel) -> CentralStoreClient<Channel> {
-    CentralStoreClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+    CentralStoreClient::new(ch)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 /// Calls `method` with the request `make` builds (again for each attempt) on the first
@@ -68,10 +75,12 @@ impl Edge {
         let upstream = Upstream::new(&config.upstream, Duration::from_millis(config.upstream_timeout_ms))?;
         Ok(Arc::new(Edge {
             cache: VersionedCache::new(config.cache_bytes),
+            refreshed: VersionedCache::new(config.cache_bytes / 8),
             flights: Flights::default(),
             upstream,
             metrics: Metrics::new(),
             observed: AtomicU64::new(0),
+            subscribed: AtomicBool::new(false),
             config,
         }))
     }
@@ -107,31 +116,36 @@ impl Edge {
     }
 
     /// One key, as a client reads it.
-    pub async fn get(self: &Arc<Self>, ns: &NamespaceId, key: &str, cache_ttl: Duration) -> EdgeResult<(Arc<Cached>, Source)> {
+    pub async fn get(
+        self: &Arc<Self>,
+        ns: &NamespaceId,
+        key: &str,
+        cache_ttl: Duration,
+    ) -> EdgeResult<(Arc<Cached>, Source)> {
         let ck: CacheKey = (ns.to_string(), key.to_string());
         let now = Instant::now();
-        let held = self.cache.get(&ck);
+        let held = self.cache.get(&ck).or_else(|| self.promote_refreshed(&ck));
         if let Some(c) = &held {
-            if c.fresh_for_read(now, cache_ttl, self.cache.generation()) && !c.is_expired(time::now_secs()) {
+            if self.is_fresh(c, now, cache_ttl) {
                 self.count_hit(c);
                 if self.refresh_due(c, now) && !self.flights.in_flight(&ck) {
-                    self.metrics.refreshes.inc();
-                    let me = self.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = me.fetch(ck, cache_ttl).await {
-                            tracing::debug!(error = %e, "background refresh failed");
-                        }
-                    });
+                    self.refresh(ck, cache_ttl);
                 }
                 return Ok((c.clone(), Source::Hit));
+            }
+            if let Some(next) = self.promote_refreshed(&ck).filter(|n| self.is_fresh(n, now, cache_ttl)) {
+                self.count_hit(&next);
+                return Ok((next, Source::Hit));
             }
         }
         self.metrics.misses.inc();
         match self.fetch(ck.clone(), cache_ttl).await {
-            Ok((c, false)) => Ok((c, Source::Miss)),
+            Ok((c, false)) => Ok((self.keep(ck, c), Source::Miss)),
             Ok((c, true)) => {
+                // Upstream could not reach the store either: answer, but do not keep it as fresh.
                 self.metrics.stale_serves.inc();
-                Ok((c, Source::Stale))
+                let newest = self.cache.get(&ck).filter(|h| h.version > c.version).unwrap_or(c);
+                Ok((newest, Source::Stale))
             }
             Err(e) if is_unreachable(&e) => match self.stale_copy(&ck, held) {
                 Some(c) => Ok((c, Source::Stale)),
@@ -139,6 +153,37 @@ impl Edge {
             },
             Err(e) => Err(e.into()),
         }
+    }
+
+    fn is_fresh(&self, c: &Cached, now: Instant, cache_ttl: Duration) -> bool {
+        c.fresh_for_read(now, cache_ttl, self.cache.generation()) && !c.is_expired(time::now_secs())
+    }
+
+    /// Refetches a hot key in the background. In mode `push` the new copy replaces the held
+    /// one at once, as a push would; in mode `ttl` it waits aside until the held copy's
+    /// cacheTtl ends, so a copy still lives exactly its cacheTtl, as in KV.
+    fn refresh(self: &Arc<Self>, ck: CacheKey, cache_ttl: Duration) {
+        self.metrics.refreshes.inc();
+        let me = self.clone();
+        tokio::spawn(async move {
+            match me.fetch(ck.clone(), cache_ttl).await {
+                Ok((c, false)) if me.config.mode == Mode::Ttl => {
+                    me.refreshed.offer(ck, c);
+                }
+                Ok((c, false)) => {
+                    me.keep(ck, c);
+                }
+                Ok((_, true)) => {}
+                Err(e) => tracing::debug!(error = %e, "background refresh failed"),
+            }
+        });
+    }
+
+    /// Moves a copy refreshed ahead of time into the cache, once the held one has run out.
+    fn promote_refreshed(&self, ck: &CacheKey) -> Option<Arc<Cached>> {
+        let next = self.refreshed.get(ck)?;
+        self.refreshed.remove(ck);
+        Some(self.keep(ck.clone(), next))
     }
 
     fn count_hit(&self, c: &Cached) {
@@ -164,14 +209,17 @@ impl Edge {
         now.saturating_duration_since(c.filled_at) >= life.mul_f64(self.config.refresh_ahead)
     }
 
-    /// Reads a key upstream, sharing the fetch with concurrent misses and refreshes of it.
+    /// Reads a key upstream, sharing the fetch with concurrent misses and refreshes of it;
+    /// the caller decides where the copy goes.
     async fn fetch(self: &Arc<Self>, ck: CacheKey, cache_ttl: Duration) -> Result<(Arc<Cached>, bool), Status> {
         loop {
             let min_version = self.observed.load(Ordering::Acquire);
             let me = self.clone();
             let key = ck.clone();
-            let (out, role) =
-                self.flights.run(ck.clone(), move || async move { me.fetch_upstream(key, cache_ttl, min_version).await }).await;
+            let (out, role) = self
+                .flights
+                .run(ck.clone(), move || async move { me.fetch_upstream(key, cache_ttl, min_version).await })
+                .await;
             match role {
                 Role::Leader => self.metrics.upstream_fetches.inc(),
                 Role::Waiter => self.metrics.coalesced_waiters.inc(),
@@ -194,13 +242,10 @@ impl Edge {
         let r = upstream_call!(self.upstream, get, req.clone()).await?.into_inner();
         let version = r.entry.as_ref().map_or(r.version, |e| e.version);
         let fetched = Arc::new(self.fill(r.entry.as_ref().map(value_of), version, cache_ttl, generation));
-        if r.stale {
-            // Not fresh anywhere: answer with it (or a newer held copy), but do not keep it.
-            let newest = self.cache.get(&ck).filter(|h| h.version > fetched.version).unwrap_or(fetched);
-            return Ok((newest, min_version, true));
+        if !r.stale {
+            self.observe(version);
         }
-        self.observe(version);
-        Ok((self.keep(ck, fetched), min_version, false))
+        Ok((fetched, min_version, r.stale))
     }
 
     /// Stores a copy and returns the newest one held (a push may have overtaken it).
@@ -213,7 +258,12 @@ impl Edge {
     }
 
     /// Several keys of one namespace: held fresh copies, the rest in one upstream call.
-    pub async fn get_many(&self, ns: &NamespaceId, keys: &[String], cache_ttl: Duration) -> EdgeResult<Vec<Arc<Cached>>> {
+    pub async fn get_many(
+        &self,
+        ns: &NamespaceId,
+        keys: &[String],
+        cache_ttl: Duration,
+    ) -> EdgeResult<Vec<Arc<Cached>>> {
         let now = Instant::now();
         let generation = self.cache.generation();
         let mut out: Vec<Option<Arc<Cached>>> = Vec::with_capacity(keys.len());
@@ -284,6 +334,16 @@ impl Edge {
             self.cache.offer((req.namespace_id.clone(), op.key), Arc::new(c));
         }
         Ok(resp)
+    }
+
+    /// What `/health` says: always serving (from cache at worst), and whether pushes flow.
+    pub fn health(&self) -> (bool, String) {
+        let text = match self.config.mode {
+            Mode::Ttl => "ready (mode ttl)",
+            Mode::Push if self.subscribed.load(Ordering::Acquire) => "ready (push stream up)",
+            Mode::Push => "serving from cache (push stream down)",
+        };
+        (true, text.into())
     }
 
     /// Refreshes the gauges before a scrape.

@@ -5,6 +5,7 @@ use tonic::Status;
 
 /// Everything an edge can answer with instead of a result.
 #[derive(Debug, thiserror::Error)]
+
 pub enum EdgeError {
     /// The request broke the contract; nothing went upstream.
     #[error(transparent)]

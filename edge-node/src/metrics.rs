@@ -36,7 +36,8 @@ impl Metrics {
             refreshes: r.counter("kv_edge_refreshes_total", "Background refreshes of hot keys"),
             pushes_received: r.counter("kv_edge_pushes_received_total", "Changes pushed by the regional tier"),
             pushes_applied: r.counter("kv_edge_pushes_applied_total", "Pushed changes that replaced a copy"),
-            pushes_ignored: r.counter("kv_edge_pushes_ignored_total", "Pushed changes older than the copy, or for keys not held"),
+            pushes_ignored: r
+                .counter("kv_edge_pushes_ignored_total", "Pushed changes older than the copy, or for keys not held"),
             resets: r.counter("kv_edge_resets_total", "Times every copy was marked for revalidation"),
             writes: r.counter("kv_edge_writes_total", "Writes acknowledged by the central store"),
             rejected: r.counter("kv_edge_rejected_total", "Requests refused by validation before going upstream"),

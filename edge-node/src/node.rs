@@ -20,11 +20,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     let (mut health, health_service, reflection) = serve::health_and_reflection(kv_proto::FILE_DESCRIPTOR_SET)?;
     health.set_serving::<KvServer<KvApi>>().await;
-    let e = edge.clone();
-    tokio::spawn(serve::serve_http(http, Arc::new(move || e.render_metrics()), Arc::new(|| (true, "serving".into()))));
+    let (e, h) = (edge.clone(), edge.clone());
+    tokio::spawn(serve::serve_http(http, Arc::new(move || e.render_metrics()), Arc::new(move || h.health())));
     tokio::spawn(crate::pushes::follow(edge.clone()));
 
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .trace_fn(serve::request_span)
         .add_service(
@@ -34,7 +34,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         )
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), shutdown)
-        .await
-        .context("gRPC server")
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc));
+    // No graceful drain: push and feed streams never end on their own, and a cache loses
+    // nothing by stopping at once.
+    tokio::select! {
+        served = server => served.context("gRPC server"),
+        () = shutdown => Ok(()),
+    }
 }

@@ -41,6 +41,7 @@ pub async fn follow(edge: Arc<Edge>) {
             }
             Err(e) => tracing::debug!(regional = addr, error = %e, "cannot subscribe to pushes"),
         }
+        edge.subscribed.store(false, std::sync::atomic::Ordering::Release);
         failures += 1;
         tokio::time::sleep(RECONNECT_DELAY).await;
     }
@@ -50,6 +51,7 @@ fn apply(edge: &Edge, event: Option<Event>) {
     match event {
         Some(Event::Reset(r)) => {
             edge.cache.bump_generation();
+            edge.subscribed.store(true, std::sync::atomic::Ordering::Release);
             edge.metrics.resets.inc();
             tracing::debug!(version = r.version, "reset: every copy will be revalidated");
         }

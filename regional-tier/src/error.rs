@@ -5,6 +5,7 @@ use tonic::Status;
 
 /// Everything a regional tier can answer with instead of a result.
 #[derive(Debug, thiserror::Error)]
+
 pub enum RegionalError {
     /// The request broke the contract; it never went upstream.
     #[error(transparent)]

@@ -77,19 +77,16 @@ pub async fn follow(regional: Arc<Regional>) {
             Some(v) => WatchRequest { from_version: v, from_now: false },
             None => WatchRequest { from_version: 0, from_now: true },
         };
-        let mut stream = match CentralStoreClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .watch(request)
-            .await
-        {
-            Ok(s) => s.into_inner(),
-            Err(e) => {
-                tracing::debug!(central = addr, error = %e, "cannot open the change feed");
-                failures += 1;
-                tokio::time::sleep(RECONNECT_DELAY).await;
-                continue;
-            }
-        };
+        let mut stream =
+            match CentralStoreClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).watch(request).await {
+                Ok(s) => s.into_inner(),
+                Err(e) => {
+                    tracing::debug!(central = addr, error = %e, "cannot open the change feed");
+                    failures += 1;
+                    tokio::time::sleep(RECONNECT_DELAY).await;
+                    continue;
+                }
+            };
         regional.metrics.feed_reconnects.inc();
         loop {
             let event = match stream.message().await {

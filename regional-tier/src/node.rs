@@ -45,7 +45,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         }
     });
 
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .trace_fn(serve::request_span)
         .add_service(
@@ -56,7 +56,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .add_service(PushesServer::new(RegionalPushes(regional)))
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), shutdown)
-        .await
-        .context("gRPC server")
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc));
+    // No graceful drain: push and feed streams never end on their own, and a cache loses
+    // nothing by stopping at once.
+    tokio::select! {
+        served = server => served.context("gRPC server"),
+        () = shutdown => Ok(()),
+    }
 }

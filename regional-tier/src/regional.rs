@@ -37,7 +37,9 @@ pub struct Regional {
 
 /// A client of the central store on `ch`, taking messages as large as the contract allows.
 pub fn central(ch: Channel) -> CentralStoreClient<Channel> {
-    CentralStoreClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+    CentralStoreClient::new(ch)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 /// Calls `method` with the request `make` builds (again for each attempt) on the first
@@ -135,7 +137,8 @@ impl Regional {
             let epoch = self.feed.epoch();
             let me = self.clone();
             let key = ck.clone();
-            let (out, role) = self.flights.run(ck.clone(), move || async move { me.fetch_central(key, want, epoch).await }).await;
+            let (out, role) =
+                self.flights.run(ck.clone(), move || async move { me.fetch_central(key, want, epoch).await }).await;
             match role {
                 Role::Leader => self.metrics.upstream_fetches.inc(),
                 Role::Waiter => self.metrics.coalesced_waiters.inc(),
@@ -170,7 +173,12 @@ impl Regional {
     }
 
     /// Several keys of one namespace; misses are read centrally in one call.
-    pub async fn batch_get(&self, ns: &NamespaceId, keys: &[String], min_version: u64) -> RegionalResult<pb::BatchGetResponse> {
+    pub async fn batch_get(
+        &self,
+        ns: &NamespaceId,
+        keys: &[String],
+        min_version: u64,
+    ) -> RegionalResult<pb::BatchGetResponse> {
         let now = time::now_secs();
         let mut results: Vec<Option<Arc<Cached>>> = Vec::with_capacity(keys.len());
         let mut missing = Vec::new();
@@ -245,11 +253,9 @@ impl Regional {
                 continue;
             }
             let value = match op.op {
-                Some(pb::write_op::Op::Put(p)) => Some(Value {
-                    bytes: p.value,
-                    metadata_json: p.metadata_json,
-                    expiration: result.expiration,
-                }),
+                Some(pb::write_op::Op::Put(p)) => {
+                    Some(Value { bytes: p.value, metadata_json: p.metadata_json, expiration: result.expiration })
+                }
                 _ => None,
             };
             self.keep((req.namespace_id.clone(), op.key), self.fill(value, result.version), epoch);

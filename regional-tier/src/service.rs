@@ -4,8 +4,8 @@
 use crate::error::RegionalError;
 use crate::regional::Regional;
 use kv_common::serve::carry_trace;
-use kv_common::wire::entry_of;
 use kv_common::time;
+use kv_common::wire::entry_of;
 use kv_proto::store::v1::{self as pb, central_store_server::CentralStore};
 use kv_proto::tier::v1::{pushes_server::Pushes, PushEvent, SubscribeRequest};
 use std::sync::Arc;
@@ -52,7 +52,10 @@ impl CentralStore for RegionalStore {
         Ok(Response::new(self.0.write(req.into_inner()).await?))
     }
 
-    async fn create_namespace(&self, req: Request<pb::CreateNamespaceRequest>) -> Result<Response<pb::Namespace>, Status> {
+    async fn create_namespace(
+        &self,
+        req: Request<pb::CreateNamespaceRequest>,
+    ) -> Result<Response<pb::Namespace>, Status> {
         forward!(self, req, create_namespace)
     }
 
@@ -67,7 +70,10 @@ impl CentralStore for RegionalStore {
         forward!(self, req, get_namespace)
     }
 
-    async fn rename_namespace(&self, req: Request<pb::RenameNamespaceRequest>) -> Result<Response<pb::Namespace>, Status> {
+    async fn rename_namespace(
+        &self,
+        req: Request<pb::RenameNamespaceRequest>,
+    ) -> Result<Response<pb::Namespace>, Status> {
         forward!(self, req, rename_namespace)
     }
 

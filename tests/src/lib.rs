@@ -1,6 +1,9 @@
 //! Test harness: a central cluster of real `central-store` processes on loopback ports,
 //! each with its own RocksDB directory. Every process is killed when the harness is dropped
 //! (also on panic) and, through `PR_SET_PDEATHSIG`, if the test process itself dies.
+//! `tiers` starts whole clusters (central, regional tiers, edges) through the launcher.
+
+pub mod tiers;
 
 use anyhow::{bail, Context};
 use kv_proto::admin::v1::{cluster_admin_client::ClusterAdminClient, AddLearnerRequest, Member, MetricsRequest};
@@ -367,13 +370,7 @@ where
 
 /// A plain HTTP/1.0 GET, enough for `/metrics` and `/health`.
 pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Ok(body)
+    Ok(kv_deploy::launch::http_get(addr, path).await?.1)
 }
 
 /// The value of a Prometheus sample without labels, from exposition text.
@@ -410,7 +407,12 @@ pub async fn read_at(
     key: &str,
     min_version: u64,
 ) -> anyhow::Result<Option<pb::Entry>> {
-    let reply = store_call!(cluster, i, get, pb::GetRequest { namespace_id: ns.into(), key: key.into(), min_version, track: None })?;
+    let reply = store_call!(
+        cluster,
+        i,
+        get,
+        pb::GetRequest { namespace_id: ns.into(), key: key.into(), min_version, track: None }
+    )?;
     Ok(reply.entry)
 }
 

@@ -232,7 +232,8 @@ async fn a_value_of_the_maximum_size_round_trips_through_raft() {
         assert!(e.value == value, "node {i} returned a different value");
     }
     // The change feed announces it without carrying 25 MiB inline.
-    let mut feed = c.store(2).watch(pb::WatchRequest { from_version: r.version - 1, from_now: false }).await.unwrap().into_inner();
+    let mut feed =
+        c.store(2).watch(pb::WatchRequest { from_version: r.version - 1, from_now: false }).await.unwrap().into_inner();
     let event = feed.message().await.unwrap().unwrap().event.unwrap();
     match event {
         pb::watch_event::Event::Changes(set) => {

@@ -25,7 +25,12 @@ async fn a_second_write_to_one_key_within_a_second_is_rate_limited() {
     // The refused write changed nothing.
     let got = c
         .store(0)
-        .get(pb::GetRequest { namespace_id: ns.clone(), key: "hot".into(), min_version: first.results[0].version, track: None })
+        .get(pb::GetRequest {
+            namespace_id: ns.clone(),
+            key: "hot".into(),
+            min_version: first.results[0].version,
+            track: None,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -61,7 +66,8 @@ async fn watch_delivers_every_change_in_order_and_resumes_exactly() {
     let c = Cluster::start(3, ClusterOptions::without_rate_limit()).await.unwrap();
     let ns = c.create_namespace(0, "watch").await.unwrap();
     let follower = (c.leader().await.unwrap() + 1) % 3;
-    let mut feed = c.store(follower).watch(pb::WatchRequest { from_version: 0, from_now: false }).await.unwrap().into_inner();
+    let mut feed =
+        c.store(follower).watch(pb::WatchRequest { from_version: 0, from_now: false }).await.unwrap().into_inner();
 
     let mut expected = Vec::new();
     for i in 0..40 {
@@ -86,7 +92,8 @@ async fn watch_delivers_every_change_in_order_and_resumes_exactly() {
     }
     drop(feed);
     let resume_from = seen.last().unwrap().version;
-    let mut resumed = c.store(2).watch(pb::WatchRequest { from_version: resume_from, from_now: false }).await.unwrap().into_inner();
+    let mut resumed =
+        c.store(2).watch(pb::WatchRequest { from_version: resume_from, from_now: false }).await.unwrap().into_inner();
     seen.extend(collect_until(&mut resumed, last).await);
 
     let got = flatten(&seen);
@@ -116,15 +123,22 @@ async fn watch_says_resync_when_history_was_dropped() {
         last = write_one(&c, 0, &ns, put_op(&format!("r{i}"), b"x")).await.unwrap().version;
     }
     // Wait until node 1 has applied everything (a read with min_version does that).
-    c.store(1).get(pb::GetRequest { namespace_id: ns.clone(), key: "r0".into(), min_version: last, track: None }).await.unwrap();
+    c.store(1)
+        .get(pb::GetRequest { namespace_id: ns.clone(), key: "r0".into(), min_version: last, track: None })
+        .await
+        .unwrap();
     let mut feed = c.store(1).watch(pb::WatchRequest { from_version: 1, from_now: false }).await.unwrap().into_inner();
     match next_event(&mut feed).await.unwrap() {
         Event::Resync(r) => {
             assert!(r.oldest_retained > 1, "{r:?}");
             assert!(r.current_version >= last, "{r:?}");
             // Watching again from the version it names works.
-            let mut again =
-                c.store(1).watch(pb::WatchRequest { from_version: r.current_version, from_now: false }).await.unwrap().into_inner();
+            let mut again = c
+                .store(1)
+                .watch(pb::WatchRequest { from_version: r.current_version, from_now: false })
+                .await
+                .unwrap()
+                .into_inner();
             let v = write_one(&c, 0, &ns, put_op("after", b"y")).await.unwrap().version;
             let sets = collect_until(&mut again, v).await;
             assert_eq!(flatten(&sets).last().unwrap().1, "after");
@@ -148,7 +162,8 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let leader = c.leader().await.unwrap();
     let before = c.metrics(leader).await.unwrap().last_log_index;
     let mut s = c.store(1);
-    let get = |key: &str| pb::GetRequest { namespace_id: ns.clone(), key: key.into(), min_version: ok.version, track: None };
+    let get =
+        |key: &str| pb::GetRequest { namespace_id: ns.clone(), key: key.into(), min_version: ok.version, track: None };
     use tonic::Code::*;
 
     // Keys.
@@ -199,7 +214,12 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let put = |key: &str, value: Vec<u8>, meta: Option<String>, exp: Option<i64>, ttl: Option<i64>| pb::WriteOp {
         key: key.into(),
-        op: Some(pb::write_op::Op::Put(pb::Put { value: value.into(), metadata_json: meta, expiration: exp, expiration_ttl: ttl })),
+        op: Some(pb::write_op::Op::Put(pb::Put {
+            value: value.into(),
+            metadata_json: meta,
+            expiration: exp,
+            expiration_ttl: ttl,
+        })),
     };
     let ops = vec![
         put("..", vec![], None, None, None),

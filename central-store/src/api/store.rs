@@ -108,7 +108,10 @@ fn checked_op(op: pb::WriteOp, now_secs: i64, limits: &kv_common::Limits) -> Res
                 now_secs,
                 limits,
             )?;
-            Ok(Op { key: op.key, kind: OpKind::Put { value: p.value.to_vec(), metadata: c.metadata, expiration: c.expiration } })
+            Ok(Op {
+                key: op.key,
+                kind: OpKind::Put { value: p.value.to_vec(), metadata: c.metadata, expiration: c.expiration },
+            })
         }
         Some(pb::write_op::Op::Delete(_)) => {
             validate::key(&op.key, limits)?;
@@ -124,7 +127,12 @@ fn op_error(e: &KvError) -> pb::OpError {
 }
 
 fn to_entry(e: StoredEntry) -> pb::Entry {
-    pb::Entry { value: e.value.into(), metadata_json: e.meta.metadata, expiration: e.meta.expiration, version: e.meta.version }
+    pb::Entry {
+        value: e.value.into(),
+        metadata_json: e.meta.metadata,
+        expiration: e.meta.expiration,
+        version: e.meta.version,
+    }
 }
 
 fn to_namespace(rec: NamespaceRecord) -> pb::Namespace {

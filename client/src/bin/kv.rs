@@ -135,11 +135,25 @@ async fn namespace(client: &Client, cmd: NamespaceCmd, json_out: bool) -> anyhow
         NamespaceCmd::Rename { namespace_id, title } => {
             let req = api::RenameNamespaceRequest { namespace_id, title };
             let ns = client.raw().rename_namespace(req).await.map_err(status)?.into_inner();
-            println!("{}", if json_out { json!({"id": ns.id, "title": ns.title}).to_string() } else { format!("renamed to {:?}", ns.title) });
+            println!(
+                "{}",
+                if json_out {
+                    json!({"id": ns.id, "title": ns.title}).to_string()
+                } else {
+                    format!("renamed to {:?}", ns.title)
+                }
+            );
         }
         NamespaceCmd::Delete { namespace_id } => {
-            client.raw().delete_namespace(api::NamespaceRef { namespace_id: namespace_id.clone() }).await.map_err(status)?;
-            println!("{}", if json_out { json!({"deleted": namespace_id}).to_string() } else { format!("deleted {namespace_id}") });
+            client
+                .raw()
+                .delete_namespace(api::NamespaceRef { namespace_id: namespace_id.clone() })
+                .await
+                .map_err(status)?;
+            println!(
+                "{}",
+                if json_out { json!({"deleted": namespace_id}).to_string() } else { format!("deleted {namespace_id}") }
+            );
         }
     }
     Ok(())
@@ -171,7 +185,8 @@ async fn key(client: &Client, cmd: KeyCmd, json_out: bool) -> anyhow::Result<()>
         KeyCmd::Get { key, namespace_id, cache_ttl } => {
             let r = client.get(&namespace_id, &key, cache_ttl).await.map_err(status)?;
             if json_out {
-                let status = api::CacheStatus::try_from(r.cache_status).map_or("UNKNOWN", |s| s.as_str_name().trim_start_matches("CACHE_STATUS_"));
+                let status = api::CacheStatus::try_from(r.cache_status)
+                    .map_or("UNKNOWN", |s| s.as_str_name().trim_start_matches("CACHE_STATUS_"));
                 println!(
                     "{}",
                     json!({"key": key, "found": r.found, "value": String::from_utf8_lossy(&r.value),
@@ -190,7 +205,8 @@ async fn key(client: &Client, cmd: KeyCmd, json_out: bool) -> anyhow::Result<()>
             let mut cursor = String::new();
             let mut keys = Vec::new();
             loop {
-                let req = api::ListRequest { namespace_id: namespace_id.clone(), prefix: prefix.clone(), limit, cursor };
+                let req =
+                    api::ListRequest { namespace_id: namespace_id.clone(), prefix: prefix.clone(), limit, cursor };
                 let page = client.list(req).await.map_err(status)?;
                 keys.extend(page.keys);
                 if page.list_complete || limit.is_some() {
@@ -213,7 +229,14 @@ async fn key(client: &Client, cmd: KeyCmd, json_out: bool) -> anyhow::Result<()>
         }
         KeyCmd::Delete { key, namespace_id } => {
             let r = client.delete(&namespace_id, &key).await.map_err(status)?;
-            println!("{}", if json_out { json!({"key": key, "version": r.version}).to_string() } else { format!("deleted {key:?}") });
+            println!(
+                "{}",
+                if json_out {
+                    json!({"key": key, "version": r.version}).to_string()
+                } else {
+                    format!("deleted {key:?}")
+                }
+            );
         }
     }
     Ok(())

@@ -1,0 +1,143 @@
+//! Whole clusters for tier tests: central voters, regional tiers and edges as real
+//! processes, started through the launcher with free ports in a temporary directory.
+
+use crate::{eventually, http_get, metric_value};
+use kv_client::{api, Client};
+use kv_deploy::launch::LocalCluster;
+use kv_deploy::topology::Topology;
+use std::time::Duration;
+
+/// Limits small enough for tests: cacheTtl and expirations of a second or two, no per-key rate limit.
+const TEST_LIMITS: &str = "[limits]\nkey_write_interval_ms = 0\nmin_expiration_ttl_secs = 1\nmin_cache_ttl_secs = 1\n";
+
+/// Two regions, each with a push-mode edge and a ttl-mode edge:
+/// edge 0 = a-push, 1 = a-ttl (region a), 2 = b-push, 3 = b-ttl (region b).
+fn two_regions(delay_ms: u64) -> Topology {
+    let text = format!(
+        r#"
+[central]
+voters = 1
+config = """{TEST_LIMITS}"""
+
+[[regions]]
+name = "a"
+central_delay_ms = {delay_ms}
+edges = [{{ name = "a-push", delay_ms = 1 }}, {{ name = "a-ttl", delay_ms = 1, mode = "ttl" }}]
+
+[[regions]]
+name = "b"
+central_delay_ms = {delay_ms}
+edges = [{{ name = "b-push", delay_ms = 1 }}, {{ name = "b-ttl", delay_ms = 1, mode = "ttl" }}]
+"#
+    );
+    let mut t = Topology::parse(&text).expect("the test topology parses");
+    t.regional_config = "catch_up_wait_ms = 50\n".into();
+    t.edge_config = format!("max_stale_secs = 120\n{TEST_LIMITS}");
+    t
+}
+
+/// Edge indexes of `two_regions`.
+pub const A_PUSH: usize = 0;
+pub const A_TTL: usize = 1;
+pub const B_PUSH: usize = 2;
+pub const B_TTL: usize = 3;
+
+/// A running cluster and its data directory, both gone when dropped.
+pub struct Tiers {
+    pub cluster: LocalCluster,
+    _root: tempfile::TempDir,
+}
+
+impl Tiers {
+    /// The two-region cluster with `delay_ms` one-way between each regional tier and the central group.
+    pub async fn start(delay_ms: u64) -> anyhow::Result<Tiers> {
+        let root = tempfile::tempdir()?;
+        let cluster = LocalCluster::start(&two_regions(delay_ms), root.path()).await?;
+        Ok(Tiers { cluster, _root: root })
+    }
+
+    /// A client of edge `i`.
+    pub async fn edge(&self, i: usize) -> anyhow::Result<Client> {
+        let e = self.cluster.edges().nth(i).ok_or_else(|| anyhow::anyhow!("no edge {i}"))?;
+        Client::connect(&e.node.grpc.to_string()).await
+    }
+
+    /// A metric of edge `i`.
+    pub async fn edge_metric(&self, i: usize, name: &str) -> f64 {
+        let e = self.cluster.edges().nth(i).expect("edge index");
+        scrape(e.node.http, name).await
+    }
+
+    /// A metric of regional tier `r`.
+    pub async fn regional_metric(&self, r: usize, name: &str) -> f64 {
+        scrape(self.cluster.regions[r].regional.http, name).await
+    }
+
+    /// A metric summed over the central nodes (`name` may carry labels).
+    pub async fn central_metric(&self, name: &str) -> f64 {
+        let mut sum = 0.0;
+        for c in &self.cluster.central {
+            sum += scrape(c.http, name).await;
+        }
+        sum
+    }
+
+    /// Creates a namespace through edge 0.
+    pub async fn namespace(&self) -> anyhow::Result<String> {
+        Ok(self.edge(A_PUSH).await?.create_namespace("test").await?.id)
+    }
+}
+
+async fn scrape(addr: std::net::SocketAddr, name: &str) -> f64 {
+    let text = http_get(addr, "/metrics").await.unwrap_or_default();
+    metric_value(&text, name).unwrap_or(0.0)
+}
+
+impl Drop for Tiers {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for n in self.cluster.central.iter().chain(self.cluster.regions.iter().map(|r| &r.regional)) {
+                dump_log(&n.name, &n.log_path());
+            }
+            for e in self.cluster.edges() {
+                dump_log(&e.node.name, &e.node.log_path());
+            }
+        }
+    }
+}
+
+fn dump_log(name: &str, path: &std::path::Path) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(40).collect();
+    eprintln!("---- {name} (last lines) ----");
+    for l in tail.iter().rev() {
+        eprintln!("{l}");
+    }
+}
+
+/// A put of `value` to `key` with no options.
+pub fn put(ns: &str, key: &str, value: &str) -> api::PutRequest {
+    api::PutRequest { namespace_id: ns.into(), key: key.into(), value: value.to_string().into(), ..Default::default() }
+}
+
+/// The value text and cache status of a get.
+pub fn seen(r: &api::GetResponse) -> (Option<String>, api::CacheStatus) {
+    let status = api::CacheStatus::try_from(r.cache_status).unwrap_or(api::CacheStatus::Unspecified);
+    (r.found.then(|| String::from_utf8_lossy(&r.value).into_owned()), status)
+}
+
+/// Waits until edge `client` answers `key` with `want`, returning that answer.
+pub async fn until_value(
+    client: &Client,
+    ns: &str,
+    key: &str,
+    cache_ttl: i64,
+    want: Option<&str>,
+    within: Duration,
+) -> anyhow::Result<api::GetResponse> {
+    eventually(within, &format!("{key} to read {want:?}"), || async {
+        let r = client.get(ns, key, Some(cache_ttl)).await.ok()?;
+        (seen(&r).0.as_deref() == want).then_some(r)
+    })
+    .await
+}
