@@ -89,12 +89,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .add_service(health_service)
         .add_service(reflection)
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc));
-    // Watch streams never end on their own, so a graceful drain would wait for ever: stop
-    // serving at once, then shut Raft down cleanly.
-    let served = tokio::select! {
-        served = server => served,
-        () = shutdown => Ok(()),
-    };
+    // Stop serving at once, then shut Raft down cleanly.
+    let served = serve::serve_until(server, shutdown).await;
     let _ = raft.shutdown().await;
     served.context("gRPC server")
 }

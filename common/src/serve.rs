@@ -42,6 +42,19 @@ pub fn carry_trace<T>(from: &tonic::metadata::MetadataMap, mut to: tonic::Reques
     to
 }
 
+/// Runs a gRPC server until it fails or `shutdown` resolves. There is no graceful drain:
+/// Watch and push streams never end on their own, so a drain would wait for ever, and
+/// every node loses nothing by stopping at once.
+pub async fn serve_until<E>(
+    server: impl std::future::Future<Output = Result<(), E>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), E> {
+    tokio::select! {
+        served = server => served,
+        () = shutdown => Ok(()),
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -36,23 +36,9 @@ impl NodeProc {
 
     /// Starts the process (again) from its config file; it dies with this process.
     pub fn start(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
-        let mut cmd = Command::new(&self.bin);
-        cmd.arg("--config")
-            .arg(self.config_path())
-            .env("RUST_LOG", std::env::var("KV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child when
-        // the launching process exits.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        self.child = Some(cmd.spawn().with_context(|| format!("starting {} ({})", self.name, self.bin.display()))?);
+        let child = spawn_node(&self.bin, &self.config_path(), &self.log_path())
+            .with_context(|| format!("starting {} ({})", self.name, self.bin.display()))?;
+        self.child = Some(child);
         Ok(())
     }
 
@@ -87,6 +73,28 @@ impl NodeProc {
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
+}
+
+/// Runs `bin --config config`, appending its output to `log`, with `RUST_LOG` from
+/// `$KV_TEST_LOG` (default `info`). The child is killed when the launching process exits.
+pub fn spawn_node(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config")
+        .arg(config)
+        .env("RUST_LOG", std::env::var("KV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child when the
+    // launching process exits.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    Ok(cmd.spawn()?)
 }
 
 /// A region's processes and links.

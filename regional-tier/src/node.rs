@@ -57,10 +57,5 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .add_service(health_service)
         .add_service(reflection)
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc));
-    // No graceful drain: push and feed streams never end on their own, and a cache loses
-    // nothing by stopping at once.
-    tokio::select! {
-        served = server => served.context("gRPC server"),
-        () = shutdown => Ok(()),
-    }
+    serve::serve_until(server, shutdown).await.context("gRPC server")
 }

@@ -11,9 +11,8 @@ use kv_proto::store::v1::{self as pb, central_store_client::CentralStoreClient};
 use std::fs;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
@@ -162,23 +161,9 @@ impl Cluster {
 
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let n = &mut self.nodes[i];
-        let log = fs::OpenOptions::new().create(true).append(true).open(n.log_path())?;
-        let mut cmd = Command::new(central_store_bin());
-        cmd.arg("--config")
-            .arg(n.config_path())
-            .env("RUST_LOG", std::env::var("KV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child
-        // when this process exits.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        n.child = Some(cmd.spawn().context("spawning central-store")?);
+        let child = kv_deploy::launch::spawn_node(&central_store_bin(), &n.config_path(), &n.log_path())
+            .context("spawning central-store")?;
+        n.child = Some(child);
         Ok(())
     }
 
