@@ -4,7 +4,7 @@
 //! `cargo run --release -p kv-benches --bin put-throughput -- --seconds 10`
 
 use clap::Parser;
-use hdrhistogram::Histogram;
+use kv_benches::{print_table, Latency, LATENCY_HEADERS};
 use kv_proto::store::v1::WriteRequest;
 use kv_tests::{metric_value, put_op, Cluster, ClusterOptions};
 use std::time::{Duration, Instant};
@@ -27,7 +27,7 @@ struct Run {
     ops: u64,
     errors: u64,
     secs: f64,
-    hist: Histogram<u64>,
+    latency: Latency,
     fsyncs: f64,
 }
 
@@ -50,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", to_json(&run, args.value_bytes));
         runs.push(run);
     }
-    print_table(&runs);
+    print_runs(&runs);
     Ok(())
 }
 
@@ -77,7 +77,7 @@ async fn measure(
         let value = value.to_vec();
         let tag = format!("{tag}{w}-");
         tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let mut latency = Latency::default();
             let (mut ops, mut errors) = (0u64, 0u64);
             let mut n = 0u64;
             while Instant::now() < end {
@@ -86,62 +86,62 @@ async fn measure(
                 let t = Instant::now();
                 match client.write(req).await {
                     Ok(r) if r.get_ref().results.iter().all(|x| x.error.is_none()) => {
-                        hist.record(t.elapsed().as_micros() as u64).ok();
+                        latency.record(t.elapsed());
                         ops += 1;
                     }
                     _ => errors += 1,
                 }
             }
-            (hist, ops, errors)
+            (latency, ops, errors)
         }));
     }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut latency = Latency::default();
     let (mut ops, mut errors) = (0, 0);
     for t in tasks {
-        let (h, o, e) = t.await?;
-        hist.add(h)?;
+        let (l, o, e) = t.await?;
+        latency.merge(&l);
         ops += o;
         errors += e;
     }
-    Ok(Run { writers, ops, errors, secs: started.elapsed().as_secs_f64(), hist, fsyncs: 0.0 })
+    Ok(Run { writers, ops, errors, secs: started.elapsed().as_secs_f64(), latency, fsyncs: 0.0 })
 }
 
 fn to_json(r: &Run, value_bytes: usize) -> serde_json::Value {
-    serde_json::json!({
+    r.latency.json(serde_json::json!({
         "bench": "put_throughput",
         "writers": r.writers,
         "value_bytes": value_bytes,
         "ops": r.ops,
         "errors": r.errors,
         "seconds": r.secs,
-        "ops_per_sec": r.ops as f64 / r.secs,
-        "p50_us": r.hist.value_at_quantile(0.50),
-        "p99_us": r.hist.value_at_quantile(0.99),
-        "max_us": r.hist.max(),
+        "ops_per_sec": (r.ops as f64 / r.secs).round(),
         "leader_fsyncs": r.fsyncs,
-        "puts_per_fsync": if r.fsyncs > 0.0 { r.ops as f64 / r.fsyncs } else { 0.0 },
-    })
+        "puts_per_fsync": puts_per_fsync(r),
+    }))
 }
 
-fn print_table(runs: &[Run]) {
-    println!();
-    println!(
-        "{:>8} {:>12} {:>10} {:>10} {:>10} {:>14} {:>8}",
-        "writers", "puts/s", "p50 ms", "p99 ms", "max ms", "puts/fsync", "errors"
-    );
-    let base = runs.first().map_or(1.0, |r| r.ops as f64 / r.secs);
-    for r in runs {
-        let tput = r.ops as f64 / r.secs;
-        println!(
-            "{:>8} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>14.1} {:>8}   ({:.1}x the first row)",
-            r.writers,
-            tput,
-            r.hist.value_at_quantile(0.5) as f64 / 1000.0,
-            r.hist.value_at_quantile(0.99) as f64 / 1000.0,
-            r.hist.max() as f64 / 1000.0,
-            if r.fsyncs > 0.0 { r.ops as f64 / r.fsyncs } else { 0.0 },
-            r.errors,
-            tput / base,
-        );
+fn puts_per_fsync(r: &Run) -> f64 {
+    if r.fsyncs > 0.0 {
+        r.ops as f64 / r.fsyncs
+    } else {
+        0.0
     }
+}
+
+fn print_runs(runs: &[Run]) {
+    let mut headers = vec!["writers", "puts/s"];
+    headers.extend(LATENCY_HEADERS);
+    headers.extend(["puts per fsync", "errors", "vs first row"]);
+    let base = runs.first().map_or(1.0, |r| r.ops as f64 / r.secs);
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            let tput = r.ops as f64 / r.secs;
+            let mut row = vec![r.writers.to_string(), format!("{tput:.0}")];
+            row.extend(r.latency.cells());
+            row.extend([format!("{:.1}", puts_per_fsync(r)), r.errors.to_string(), format!("{:.1}x", tput / base)]);
+            row
+        })
+        .collect();
+    print_table(&headers, &rows);
 }

@@ -73,8 +73,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     tokio::spawn(sweep_loop(node.clone()));
 
     let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .trace_fn(serve::request_span)
+        .layer(kv_common::trace::TraceLayer)
         .add_service(
             RaftTransportServer::new(RaftService::new(raft.clone()))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
@@ -88,7 +87,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .add_service(ClusterAdminServer::new(AdminService::new(node.clone())))
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc));
+        .serve_with_incoming(serve::grpc_incoming(grpc)?);
     // Stop serving at once, then shut Raft down cleanly.
     let served = serve::serve_until(server, shutdown).await;
     let _ = raft.shutdown().await;

@@ -85,6 +85,11 @@ impl Client {
         call!(self, put, req)
     }
 
+    /// Up to 10,000 puts in one write; items that fail are listed in the answer, the rest land.
+    pub async fn put_bulk(&self, req: api::PutBulkRequest) -> Result<api::BulkWriteResponse, Status> {
+        call!(self, put_bulk, req)
+    }
+
     pub async fn delete(&self, namespace_id: &str, key: &str) -> Result<api::WriteResponse, Status> {
         let req = api::DeleteRequest { namespace_id: namespace_id.into(), key: key.into() };
         call!(self, delete, req)

@@ -1,5 +1,5 @@
-//! What every server process repeats: the `/metrics` + `/health` HTTP endpoint, one span
-//! per gRPC call tied to the caller's trace, and waiting for SIGINT/SIGTERM.
+//! What every server process repeats: the `/metrics` + `/health` HTTP endpoint, gRPC
+//! listeners, health and reflection, and waiting for SIGINT/SIGTERM.
 
 use axum::{http::StatusCode, routing::get, Router};
 use std::sync::Arc;
@@ -25,23 +25,6 @@ pub async fn serve_http(
     axum::serve(listener, app).await
 }
 
-/// The W3C trace context header, carried from tier to tier.
-pub const TRACEPARENT: &str = "traceparent";
-
-/// One span per gRPC call, named by its method and tied to the caller's W3C trace, if any.
-pub fn request_span(req: &axum::http::Request<()>) -> tracing::Span {
-    let parent = req.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    tracing::info_span!("grpc", method = %req.uri().path(), traceparent = parent)
-}
-
-/// Copies the caller's trace context onto a request sent to the next tier.
-pub fn carry_trace<T>(from: &tonic::metadata::MetadataMap, mut to: tonic::Request<T>) -> tonic::Request<T> {
-    if let Some(v) = from.get(TRACEPARENT) {
-        to.metadata_mut().insert(TRACEPARENT, v.clone());
-    }
-    to
-}
-
 /// Runs a gRPC server until it fails or `shutdown` resolves. There is no graceful drain:
 /// Watch and push streams never end on their own, so a drain would wait for ever, and
 /// every node loses nothing by stopping at once.
@@ -53,6 +36,15 @@ pub async fn serve_until<E>(
         served = server => served,
         () = shutdown => Ok(()),
     }
+}
+
+/// The connections a gRPC server accepts on `listener`, with Nagle's algorithm off.
+///
+/// `Server::tcp_nodelay` applies only to listeners tonic binds itself; without this, a
+/// small answer can wait for the client's delayed ACK (about 40 ms on Linux).
+pub fn grpc_incoming(listener: tokio::net::TcpListener) -> anyhow::Result<tonic::transport::server::TcpIncoming> {
+    tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
+        .map_err(|e| anyhow::anyhow!("gRPC listener: {e}"))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,14 +1,39 @@
 //! The next tier up, as a list of endpoints tried in turn: a call that finds one endpoint
 //! unreachable moves on to the next, and the one that answered is tried first next time.
 
+use crate::trace;
+use kv_proto::store::v1::central_store_client::CentralStoreClient;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 /// Largest message between tiers: a bulk write of 100 MB plus framing.
 pub const MAX_MESSAGE_BYTES: usize = 110 << 20;
+
+/// A store API client of the tier above that hands on the trace of the call being served.
+pub type StoreClient = CentralStoreClient<InterceptedService<Channel, trace::Outgoing>>;
+
+/// A store API client on `ch`, taking messages as large as the contract allows.
+pub fn store_client(ch: Channel) -> StoreClient {
+    CentralStoreClient::with_interceptor(ch, trace::outgoing as trace::Outgoing)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// Calls store API `method` with the request `make` builds (again for each attempt) on the
+/// first endpoint of `upstream` that answers.
+#[macro_export]
+macro_rules! store_call {
+    ($upstream:expr, $method:ident, $make:expr) => {
+        $upstream.call(|ch| {
+            let request = $make;
+            async move { $crate::upstream::store_client(ch).$method(request).await }
+        })
+    };
+}
 
 /// Endpoints of one upstream tier.
 pub struct Upstream {

@@ -22,6 +22,7 @@ pub struct NodeProc {
     pub http: SocketAddr,
     pub dir: PathBuf,
     bin: PathBuf,
+    log_filter: Option<String>,
     child: Option<Child>,
 }
 
@@ -36,7 +37,7 @@ impl NodeProc {
 
     /// Starts the process (again) from its config file; it dies with this process.
     pub fn start(&mut self) -> anyhow::Result<()> {
-        let child = spawn_node(&self.bin, &self.config_path(), &self.log_path())
+        let child = spawn_node(&self.bin, &self.config_path(), &self.log_path(), self.log_filter.as_deref())
             .with_context(|| format!("starting {} ({})", self.name, self.bin.display()))?;
         self.child = Some(child);
         Ok(())
@@ -75,14 +76,20 @@ impl NodeProc {
     }
 }
 
-/// Runs `bin --config config`, appending its output to `log`, with `RUST_LOG` from
-/// `$KV_TEST_LOG` (default `info`). The child is killed when the launching process exits.
-pub fn spawn_node(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
+/// Runs `bin --config config`, appending its output to `log`, with `RUST_LOG` from `filter`,
+/// else `$KV_TEST_LOG`, else `info`. The child is killed when the launching process exits.
+pub fn spawn_node(bin: &Path, config: &Path, log: &Path, filter: Option<&str>) -> anyhow::Result<Child> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     let mut cmd = Command::new(bin);
     cmd.arg("--config")
         .arg(config)
-        .env("RUST_LOG", std::env::var("KV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+        .env(
+            "RUST_LOG",
+            filter
+                .map(str::to_string)
+                .or_else(|| std::env::var("KV_TEST_LOG").ok())
+                .unwrap_or_else(|| "info,openraft=warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -156,10 +163,16 @@ fn ports(base: u16, tier_offset: u16, n: usize) -> (SocketAddr, SocketAddr) {
     (SocketAddr::from(([127, 0, 0, 1], g)), SocketAddr::from(([127, 0, 0, 1], h)))
 }
 
-fn node(name: &str, dir: &Path, bin: PathBuf, (grpc, http): (SocketAddr, SocketAddr)) -> anyhow::Result<NodeProc> {
+fn node(
+    name: &str,
+    topology: &Topology,
+    dir: &Path,
+    bin: PathBuf,
+    (grpc, http): (SocketAddr, SocketAddr),
+) -> anyhow::Result<NodeProc> {
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir)?;
-    Ok(NodeProc { name: name.into(), grpc, http, dir, bin, child: None })
+    Ok(NodeProc { name: name.into(), grpc, http, dir, bin, log_filter: topology.log.clone(), child: None })
 }
 
 fn quoted_list<T: ToString>(items: impl IntoIterator<Item = T>) -> String {
@@ -175,6 +188,7 @@ impl LocalCluster {
         for i in 0..topology.central.voters {
             central.push(node(
                 &format!("central-{}", i + 1),
+                topology,
                 root,
                 binary(&bins, "central-store")?,
                 ports(base, 0, i),
@@ -206,10 +220,15 @@ impl LocalCluster {
             let delay = Duration::from_millis(spec.central_delay_ms);
             let mut central_links = Vec::new();
             for c in &cluster.central {
-                central_links.push(DelayLink::start(c.grpc, delay).await?);
+                central_links.push(DelayLink::start(c.grpc, delay)?);
             }
-            let mut regional =
-                node(&format!("regional-{}", spec.name), root, binary(&bins, "regional-tier")?, ports(base, 200, r))?;
+            let mut regional = node(
+                &format!("regional-{}", spec.name),
+                topology,
+                root,
+                binary(&bins, "regional-tier")?,
+                ports(base, 200, r),
+            )?;
             let text = format!(
                 "region = \"{}\"\nlisten = \"{}\"\nhttp_listen = \"{}\"\ncentral = [{}]\n{}\n",
                 spec.name,
@@ -222,8 +241,8 @@ impl LocalCluster {
             regional.start()?;
             let mut edges = Vec::new();
             for e in &spec.edges {
-                let link = DelayLink::start(regional.grpc, Duration::from_millis(e.delay_ms)).await?;
-                let mut node = node(&e.name, root, binary(&bins, "edge-node")?, ports(base, 400, edge_no))?;
+                let link = DelayLink::start(regional.grpc, Duration::from_millis(e.delay_ms))?;
+                let mut node = node(&e.name, topology, root, binary(&bins, "edge-node")?, ports(base, 400, edge_no))?;
                 edge_no += 1;
                 let mode = e.mode.as_ref().map(|m| format!("mode = \"{m}\"\n")).unwrap_or_default();
                 let text = format!(

@@ -1,84 +1,142 @@
 //! A simulated network link: a loopback TCP proxy that delays every byte by a one-way
 //! delay in each direction (so a round trip costs twice that), and can be cut.
 //!
-//! `tc netem` is not available here, so inter-tier latency is injected in software.
+//! `tc netem` is not available here, so inter-tier latency is injected in software. The
+//! proxy runs on its own OS threads and waits with `std::thread::sleep`, which is precise
+//! to tens of microseconds; tokio's timer rounds every wait up to the next millisecond
+//! tick, which would add about a millisecond to each crossing of a 1 ms link.
 
-use std::net::SocketAddr;
-use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Bytes read per step; each chunk is delivered `delay` after it was read.
 const CHUNK: usize = 64 << 10;
+
+/// How long the proxy waits to reach the target before dropping the inbound connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One proxy from `listen` to a target.
 pub struct DelayLink {
     pub listen: SocketAddr,
     pub target: SocketAddr,
     pub delay: Duration,
-    cut: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    state: Arc<LinkState>,
+}
+
+/// What the proxy threads share.
+#[derive(Default)]
+struct LinkState {
+    cut: AtomicBool,
+    closed: AtomicBool,
+    next_id: AtomicU64,
+    /// Both sockets of every open connection, so a cut can close them.
+    open: Mutex<HashMap<u64, [TcpStream; 2]>>,
+}
+
+impl LinkState {
+    fn close_all(&self) {
+        let open = std::mem::take(&mut *self.open.lock().unwrap_or_else(|p| p.into_inner()));
+        for s in open.values().flatten() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
 }
 
 impl DelayLink {
     /// Starts proxying a fresh loopback port to `target` with `delay` each way.
-    pub async fn start(target: SocketAddr, delay: Duration) -> std::io::Result<DelayLink> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+    pub fn start(target: SocketAddr, delay: Duration) -> std::io::Result<DelayLink> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
         let listen = listener.local_addr()?;
-        let (cut, cut_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, target, delay, cut_rx));
-        Ok(DelayLink { listen, target, delay, cut, task })
+        let state = Arc::new(LinkState::default());
+        let s = state.clone();
+        std::thread::Builder::new()
+            .name(format!("link-{}", listen.port()))
+            .spawn(move || accept_loop(listener, target, delay, s))?;
+        Ok(DelayLink { listen, target, delay, state })
     }
 
     /// Drops every open connection and refuses new ones, as a network partition would.
     pub fn cut(&self) {
-        self.cut.send_replace(true);
+        self.state.cut.store(true, Ordering::SeqCst);
+        self.state.close_all();
     }
 
     /// Lets connections through again.
     pub fn restore(&self) {
-        self.cut.send_replace(false);
+        self.state.cut.store(false, Ordering::SeqCst);
     }
 }
 
 impl Drop for DelayLink {
     fn drop(&mut self) {
-        self.cut.send_replace(true);
-        self.task.abort();
+        self.state.closed.store(true, Ordering::SeqCst);
+        self.cut();
+        // Wakes the accept loop so it sees `closed` and ends.
+        let _ = TcpStream::connect_timeout(&self.listen, CONNECT_TIMEOUT);
     }
 }
 
-async fn accept_loop(listener: TcpListener, target: SocketAddr, delay: Duration, cut: watch::Receiver<bool>) {
-    loop {
-        let Ok((inbound, _)) = listener.accept().await else { continue };
-        if *cut.borrow() {
+fn accept_loop(listener: TcpListener, target: SocketAddr, delay: Duration, state: Arc<LinkState>) {
+    for inbound in listener.incoming() {
+        if state.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(inbound) = inbound else { continue };
+        if state.cut.load(Ordering::SeqCst) {
             continue;
         }
-        let cut = cut.clone();
-        tokio::spawn(async move {
-            let Ok(outbound) = TcpStream::connect(target).await else { return };
-            let _ = inbound.set_nodelay(true);
-            let _ = outbound.set_nodelay(true);
-            let (ir, iw) = inbound.into_split();
-            let (or, ow) = outbound.into_split();
-            let mut cut_wait = cut.clone();
-            tokio::select! {
-                _ = async { tokio::join!(pump(ir, ow, delay), pump(or, iw, delay)) } => {}
-                _ = cut_wait.wait_for(|c| *c) => {}
-            }
-        });
+        let state = state.clone();
+        let _ =
+            std::thread::Builder::new().name("link-conn".into()).spawn(move || proxy(inbound, target, delay, &state));
     }
+}
+
+/// Carries one connection both ways until either side closes or the link is cut.
+fn proxy(inbound: TcpStream, target: SocketAddr, delay: Duration, state: &LinkState) {
+    let Ok(outbound) = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) else { return };
+    let (Ok(in2), Ok(out2), Ok(in3), Ok(out3)) =
+        (inbound.try_clone(), outbound.try_clone(), inbound.try_clone(), outbound.try_clone())
+    else {
+        return;
+    };
+    for s in [&inbound, &outbound] {
+        let _ = s.set_nodelay(true);
+    }
+    let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+    state.open.lock().unwrap_or_else(|p| p.into_inner()).insert(id, [in3, out3]);
+    if state.cut.load(Ordering::SeqCst) {
+        state.close_all();
+    }
+    std::thread::scope(|s| {
+        s.spawn(move || pump(inbound, out2, delay));
+        s.spawn(move || pump(outbound, in2, delay));
+    });
+    state.open.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
 }
 
 /// Copies one direction, each chunk released `delay` after it arrived, in order.
-async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, delay: Duration) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-    let reader = async move {
+fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            for (due, bytes) in rx {
+                let wait = due.saturating_duration_since(Instant::now());
+                if !wait.is_zero() {
+                    std::thread::sleep(wait);
+                }
+                if to.write_all(&bytes).is_err() {
+                    break;
+                }
+            }
+            let _ = to.shutdown(Shutdown::Write);
+        });
         let mut buf = vec![0u8; CHUNK];
         loop {
-            match from.read(&mut buf).await {
+            match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
@@ -87,51 +145,52 @@ async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp:
                 }
             }
         }
-    };
-    let writer = async move {
-        while let Some((due, bytes)) = rx.recv().await {
-            tokio::time::sleep_until(due).await;
-            if to.write_all(&bytes).await.is_err() {
-                break;
-            }
-        }
-        let _ = to.shutdown().await;
-    };
-    tokio::join!(reader, writer);
+        drop(tx);
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn delays_each_direction_and_can_be_cut() {
-        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    #[test]
+    fn delays_each_direction_and_can_be_cut() {
+        let echo = TcpListener::bind("127.0.0.1:0").unwrap();
         let target = echo.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = echo.accept().await {
-                tokio::spawn(async move {
+        std::thread::spawn(move || {
+            for mut s in echo.incoming().flatten() {
+                std::thread::spawn(move || {
                     let mut b = [0u8; 16];
-                    while let Ok(n) = s.read(&mut b).await {
-                        if n == 0 || s.write_all(&b[..n]).await.is_err() {
+                    while let Ok(n) = s.read(&mut b) {
+                        if n == 0 || s.write_all(&b[..n]).is_err() {
                             break;
                         }
                     }
                 });
             }
         });
-        let link = DelayLink::start(target, Duration::from_millis(40)).await.unwrap();
-        let mut s = TcpStream::connect(link.listen).await.unwrap();
-        let started = std::time::Instant::now();
-        s.write_all(b"ping").await.unwrap();
+        let link = DelayLink::start(target, Duration::from_millis(40)).unwrap();
+        let mut s = TcpStream::connect(link.listen).unwrap();
+        let started = Instant::now();
+        s.write_all(b"ping").unwrap();
         let mut b = [0u8; 4];
-        s.read_exact(&mut b).await.unwrap();
+        s.read_exact(&mut b).unwrap();
         assert_eq!(&b, b"ping");
-        assert!(started.elapsed() >= Duration::from_millis(80), "a round trip costs two one-way delays");
+        let rtt = started.elapsed();
+        assert!(rtt >= Duration::from_millis(80), "a round trip costs two one-way delays, took {rtt:?}");
 
         link.cut();
         let mut rest = Vec::new();
-        let n = s.read_to_end(&mut rest).await.unwrap_or(0);
+        let n = s.read_to_end(&mut rest).unwrap_or(0);
         assert_eq!(n, 0, "a cut link closes open connections");
+        let mut refused = TcpStream::connect(link.listen).unwrap();
+        refused.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(refused.read(&mut b).unwrap_or(0), 0, "a cut link refuses new connections");
+
+        link.restore();
+        let mut again = TcpStream::connect(link.listen).unwrap();
+        again.write_all(b"pong").unwrap();
+        again.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"pong", "a restored link carries traffic again");
     }
 }

@@ -21,6 +21,9 @@ pub struct Topology {
     /// TOML appended to every edge's config.
     #[serde(default)]
     pub edge_config: String,
+    /// Every node's log filter (`RUST_LOG` syntax); when absent, `$KV_TEST_LOG` or `info`.
+    #[serde(default)]
+    pub log: Option<String>,
 }
 
 /// The central Raft group.

@@ -3,10 +3,9 @@
 
 use crate::edge::{Edge, Source};
 use crate::error::{EdgeError, EdgeResult};
-use crate::upstream_call;
 use bytes::{Bytes, BytesMut};
 use kv_common::cache::Cached;
-use kv_common::serve::carry_trace;
+use kv_common::store_call;
 use kv_common::{namespace::validate_title, time, validate, KvError, NamespaceId, HTTP_STATUS_TRAILER};
 use kv_proto::client::v1::{self as api, kv_server::Kv};
 use kv_proto::store::v1 as pb;
@@ -139,11 +138,10 @@ impl Kv for KvApi {
         &self,
         req: Request<api::CreateNamespaceRequest>,
     ) -> Result<Response<api::Namespace>, Status> {
-        let md = req.metadata().clone();
         let title = req.into_inner().title;
         self.check(validate_title(&title))?;
         let r = pb::CreateNamespaceRequest { title };
-        let n = upstream_call!(self.0.upstream, create_namespace, carry_trace(&md, Request::new(r.clone()))).await?;
+        let n = store_call!(self.0.upstream, create_namespace, r.clone()).await?;
         Ok(Response::new(to_namespace(n.into_inner())))
     }
 
@@ -153,7 +151,7 @@ impl Kv for KvApi {
     ) -> Result<Response<api::ListNamespacesResponse>, Status> {
         let req = req.into_inner();
         let r = pb::ListNamespacesRequest { page: req.page, per_page: req.per_page };
-        let out = upstream_call!(self.0.upstream, list_namespaces, r).await?.into_inner();
+        let out = store_call!(self.0.upstream, list_namespaces, r).await?.into_inner();
         Ok(Response::new(api::ListNamespacesResponse {
             namespaces: out.namespaces.into_iter().map(to_namespace).collect(),
             total_count: out.total_count,
@@ -163,7 +161,7 @@ impl Kv for KvApi {
     async fn get_namespace(&self, req: Request<api::NamespaceRef>) -> Result<Response<api::Namespace>, Status> {
         let ns = self.namespace(&req.into_inner().namespace_id)?;
         let r = pb::NamespaceRef { namespace_id: ns.to_string() };
-        Ok(Response::new(to_namespace(upstream_call!(self.0.upstream, get_namespace, r.clone()).await?.into_inner())))
+        Ok(Response::new(to_namespace(store_call!(self.0.upstream, get_namespace, r.clone()).await?.into_inner())))
     }
 
     async fn rename_namespace(
@@ -174,9 +172,7 @@ impl Kv for KvApi {
         let ns = self.namespace(&req.namespace_id)?;
         self.check(validate_title(&req.title))?;
         let r = pb::RenameNamespaceRequest { namespace_id: ns.to_string(), title: req.title };
-        Ok(Response::new(to_namespace(
-            upstream_call!(self.0.upstream, rename_namespace, r.clone()).await?.into_inner(),
-        )))
+        Ok(Response::new(to_namespace(store_call!(self.0.upstream, rename_namespace, r.clone()).await?.into_inner())))
     }
 
     async fn delete_namespace(
@@ -185,7 +181,7 @@ impl Kv for KvApi {
     ) -> Result<Response<api::DeleteNamespaceResponse>, Status> {
         let ns = self.namespace(&req.into_inner().namespace_id)?;
         let r = pb::NamespaceRef { namespace_id: ns.to_string() };
-        upstream_call!(self.0.upstream, delete_namespace, r.clone()).await?;
+        store_call!(self.0.upstream, delete_namespace, r.clone()).await?;
         self.0.cache.remove_namespace(&ns.to_string());
         Ok(Response::new(api::DeleteNamespaceResponse {}))
     }
@@ -331,7 +327,7 @@ impl Kv for KvApi {
             cursor: req.cursor,
             min_version: 0,
         };
-        let out = upstream_call!(self.0.upstream, list, r.clone()).await?.into_inner();
+        let out = store_call!(self.0.upstream, list, r.clone()).await?.into_inner();
         Ok(Response::new(api::ListResponse {
             keys: out
                 .keys

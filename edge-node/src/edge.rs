@@ -14,14 +14,14 @@ use crate::error::EdgeResult;
 use crate::metrics::Metrics;
 use kv_common::cache::{CacheKey, Cached, Value, VersionedCache};
 use kv_common::flight::{Flights, Role};
-use kv_common::upstream::{is_unreachable, Upstream, MAX_MESSAGE_BYTES};
+use kv_common::store_call;
+use kv_common::upstream::{is_unreachable, Upstream};
 use kv_common::wire::value_of;
 use kv_common::{time, NamespaceId};
-use kv_proto::store::v1::{self as pb, central_store_client::CentralStoreClient};
+use kv_proto::store::v1 as pb;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 use tonic::Status;
 
 /// A fetch's answer: the copy, the `min_version` it was asked at, and whether upstream served it stale.
@@ -49,25 +49,6 @@ pub struct Edge {
     /// Whether the push stream is open (mode `push`); copies filled while it is down are
     /// revalidated when it comes back.
     pub subscribed: AtomicBool,
-}
-
-/// A store API client of the regional tier on `ch`.
-pub fn regional(ch: Channel) -> CentralStoreClient<Channel> {
-    CentralStoreClient::new(ch)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
-}
-
-/// Calls `method` with the request `make` builds (again for each attempt) on the first
-/// upstream endpoint that answers.
-#[macro_export]
-macro_rules! upstream_call {
-    ($upstream:expr, $method:ident, $make:expr) => {
-        $upstream.call(|ch| {
-            let request = $make;
-            async move { $crate::edge::regional(ch).$method(request).await }
-        })
-    };
 }
 
 impl Edge {
@@ -239,7 +220,7 @@ impl Edge {
             min_version,
             track: self.tracking(cache_ttl),
         };
-        let r = upstream_call!(self.upstream, get, req.clone()).await?.into_inner();
+        let r = store_call!(self.upstream, get, req.clone()).await?.into_inner();
         let version = r.entry.as_ref().map_or(r.version, |e| e.version);
         let fetched = Arc::new(self.fill(r.entry.as_ref().map(value_of), version, cache_ttl, generation));
         if !r.stale {
@@ -289,7 +270,7 @@ impl Edge {
                 track: self.tracking(cache_ttl),
             };
             self.metrics.upstream_fetches.inc();
-            match upstream_call!(self.upstream, batch_get, req.clone()).await {
+            match store_call!(self.upstream, batch_get, req.clone()).await {
                 Ok(r) => {
                     let r = r.into_inner();
                     for (&i, ke) in missing.iter().zip(r.results) {
@@ -316,7 +297,7 @@ impl Edge {
     /// Sends a write batch upstream; acknowledged items go into this edge's cache at once,
     /// so every later read here sees them (read-your-writes).
     pub async fn write(&self, req: pb::WriteRequest) -> EdgeResult<pb::WriteResponse> {
-        let resp = upstream_call!(self.upstream, write, req.clone()).await?.into_inner();
+        let resp = store_call!(self.upstream, write, req.clone()).await?.into_inner();
         let generation = self.cache.generation();
         for (op, result) in req.ops.into_iter().zip(&resp.results) {
             if result.error.is_some() || result.version == 0 {

@@ -6,8 +6,8 @@
 //! edges are told to revalidate, and the feed starts again from the central's present.
 
 use crate::regional::Regional;
-use kv_common::upstream::MAX_MESSAGE_BYTES;
-use kv_proto::store::v1::{central_store_client::CentralStoreClient, watch_event::Event, WatchRequest};
+use kv_common::upstream::store_client;
+use kv_proto::store::v1::{watch_event::Event, WatchRequest};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,16 +77,15 @@ pub async fn follow(regional: Arc<Regional>) {
             Some(v) => WatchRequest { from_version: v, from_now: false },
             None => WatchRequest { from_version: 0, from_now: true },
         };
-        let mut stream =
-            match CentralStoreClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).watch(request).await {
-                Ok(s) => s.into_inner(),
-                Err(e) => {
-                    tracing::debug!(central = addr, error = %e, "cannot open the change feed");
-                    failures += 1;
-                    tokio::time::sleep(RECONNECT_DELAY).await;
-                    continue;
-                }
-            };
+        let mut stream = match store_client(channel).watch(request).await {
+            Ok(s) => s.into_inner(),
+            Err(e) => {
+                tracing::debug!(central = addr, error = %e, "cannot open the change feed");
+                failures += 1;
+                tokio::time::sleep(RECONNECT_DELAY).await;
+                continue;
+            }
+        };
         regional.metrics.feed_reconnects.inc();
         loop {
             let event = match stream.message().await {

@@ -46,8 +46,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     });
 
     let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .trace_fn(serve::request_span)
+        .layer(kv_common::trace::TraceLayer)
         .add_service(
             CentralStoreServer::new(RegionalStore(regional.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -56,6 +55,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .add_service(PushesServer::new(RegionalPushes(regional)))
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc));
+        .serve_with_incoming(serve::grpc_incoming(grpc)?);
     serve::serve_until(server, shutdown).await.context("gRPC server")
 }

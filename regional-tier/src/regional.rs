@@ -12,13 +12,13 @@ use crate::metrics::Metrics;
 use crate::tracking::Tracker;
 use kv_common::cache::{Applied, CacheKey, Cached, Value, VersionedCache};
 use kv_common::flight::{Flights, Role};
-use kv_common::upstream::{is_unreachable, Upstream, MAX_MESSAGE_BYTES};
+use kv_common::store_call;
+use kv_common::upstream::{is_unreachable, Upstream};
 use kv_common::wire::{effect_of, entry_of, value_of};
 use kv_common::{time, validate, NamespaceId};
-use kv_proto::store::v1::{self as pb, central_store_client::CentralStoreClient};
+use kv_proto::store::v1 as pb;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::Channel;
 use tonic::Status;
 
 /// A fetch's answer, with the feed position it was asked to be at least as new as.
@@ -33,25 +33,6 @@ pub struct Regional {
     pub feed: FeedState,
     pub tracker: Tracker,
     pub metrics: Metrics,
-}
-
-/// A client of the central store on `ch`, taking messages as large as the contract allows.
-pub fn central(ch: Channel) -> CentralStoreClient<Channel> {
-    CentralStoreClient::new(ch)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
-}
-
-/// Calls `method` with the request `make` builds (again for each attempt) on the first
-/// central node that answers.
-#[macro_export]
-macro_rules! central_call {
-    ($upstream:expr, $method:ident, $make:expr) => {
-        $upstream.call(|ch| {
-            let request = $make;
-            async move { $crate::regional::central(ch).$method(request).await }
-        })
-    };
 }
 
 /// One key's answer at this tier.
@@ -153,7 +134,7 @@ impl Regional {
 
     async fn fetch_central(self: Arc<Self>, ck: CacheKey, want: u64, epoch: u64) -> Fetched {
         let req = pb::GetRequest { namespace_id: ck.0.clone(), key: ck.1.clone(), min_version: want, track: None };
-        let r = central_call!(self.upstream, get, req.clone()).await?.into_inner();
+        let r = store_call!(self.upstream, get, req.clone()).await?.into_inner();
         let fetched = self.fill(r.entry.as_ref().map(value_of), r.entry.as_ref().map_or(r.version, |e| e.version));
         Ok((self.keep(ck, fetched, epoch), want))
     }
@@ -207,7 +188,7 @@ impl Regional {
                 track: None,
             };
             self.metrics.upstream_fetches.inc();
-            match central_call!(self.upstream, batch_get, req.clone()).await {
+            match store_call!(self.upstream, batch_get, req.clone()).await {
                 Ok(r) => {
                     let r = r.into_inner();
                     for (&i, ke) in missing.iter().zip(r.results) {
@@ -247,7 +228,7 @@ impl Regional {
     pub async fn write(&self, req: pb::WriteRequest) -> RegionalResult<pb::WriteResponse> {
         NamespaceId::parse(&req.namespace_id)?;
         let epoch = self.feed.epoch();
-        let resp = central_call!(self.upstream, write, req.clone()).await?.into_inner();
+        let resp = store_call!(self.upstream, write, req.clone()).await?.into_inner();
         for (op, result) in req.ops.into_iter().zip(&resp.results) {
             if result.error.is_some() || result.version == 0 {
                 continue;

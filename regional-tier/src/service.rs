@@ -3,7 +3,6 @@
 
 use crate::error::RegionalError;
 use crate::regional::Regional;
-use kv_common::serve::carry_trace;
 use kv_common::time;
 use kv_common::wire::entry_of;
 use kv_proto::store::v1::{self as pb, central_store_server::CentralStore};
@@ -16,12 +15,11 @@ use tonic::{Request, Response, Status};
 /// The store API as a regional tier serves it.
 pub struct RegionalStore(pub Arc<Regional>);
 
-/// Forwards a call unchanged to the central store, keeping the caller's trace.
+/// Forwards a call unchanged to the central store (the trace goes on with it).
 macro_rules! forward {
     ($self:ident, $req:ident, $method:ident) => {{
-        let md = $req.metadata().clone();
         let inner = $req.into_inner();
-        $crate::central_call!($self.0.upstream, $method, carry_trace(&md, Request::new(inner.clone()))).await
+        kv_common::store_call!($self.0.upstream, $method, inner.clone()).await
     }};
 }
 

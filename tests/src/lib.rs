@@ -161,7 +161,7 @@ impl Cluster {
 
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let n = &mut self.nodes[i];
-        let child = kv_deploy::launch::spawn_node(&central_store_bin(), &n.config_path(), &n.log_path())
+        let child = kv_deploy::launch::spawn_node(&central_store_bin(), &n.config_path(), &n.log_path(), None)
             .context("spawning central-store")?;
         n.child = Some(child);
         Ok(())

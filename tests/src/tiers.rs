@@ -12,7 +12,7 @@ const TEST_LIMITS: &str = "[limits]\nkey_write_interval_ms = 0\nmin_expiration_t
 
 /// Two regions, each with a push-mode edge and a ttl-mode edge:
 /// edge 0 = a-push, 1 = a-ttl (region a), 2 = b-push, 3 = b-ttl (region b).
-fn two_regions(delay_ms: u64) -> Topology {
+pub fn two_regions(delay_ms: u64) -> Topology {
     let text = format!(
         r#"
 [central]
@@ -51,9 +51,21 @@ pub struct Tiers {
 impl Tiers {
     /// The two-region cluster with `delay_ms` one-way between each regional tier and the central group.
     pub async fn start(delay_ms: u64) -> anyhow::Result<Tiers> {
+        Tiers::start_topology(&two_regions(delay_ms)).await
+    }
+
+    /// A cluster of `topology` (a variant of `two_regions`, so the edge indexes hold).
+    pub async fn start_topology(topology: &Topology) -> anyhow::Result<Tiers> {
         let root = tempfile::tempdir()?;
-        let cluster = LocalCluster::start(&two_regions(delay_ms), root.path()).await?;
+        let cluster = LocalCluster::start(topology, root.path()).await?;
         Ok(Tiers { cluster, _root: root })
+    }
+
+    /// The log of every node so far, by node name: central nodes, regional tiers, edges.
+    pub fn logs(&self) -> Vec<(String, String)> {
+        let c = &self.cluster;
+        let nodes = c.central.iter().chain(c.regions.iter().map(|r| &r.regional)).chain(c.edges().map(|e| &e.node));
+        nodes.map(|n| (n.name.clone(), std::fs::read_to_string(n.log_path()).unwrap_or_default())).collect()
     }
 
     /// A client of edge `i`.

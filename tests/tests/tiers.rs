@@ -324,3 +324,44 @@ async fn bad_input_at_the_edge_gets_its_exact_error_and_nothing_goes_upstream() 
     assert_eq!(t.central_metric(central_log).await, log_before + 1.0, "one log entry: the valid bulk item");
     assert!(t.edge_metric(B_PUSH, "kv_edge_rejected_total").await >= 14.0);
 }
+
+/// A request in the caller's trace `trace`, sent from its span `parent`.
+fn traced<T>(trace: &str, parent: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert("traceparent", format!("00-{trace}-{parent}-01").parse().unwrap());
+    r
+}
+
+/// The span fields a node logged for the call it served in `trace`, from `node`'s log.
+fn span_of(logs: &[(String, String)], node: &str, trace: &str) -> Option<(String, String)> {
+    let log = &logs.iter().find(|(n, _)| n == node)?.1;
+    let line = log.lines().find(|l| l.contains(&format!("trace_id={trace}")))?;
+    let field = |name: &str| line.split(&format!("{name}=")).nth(1).map(|r| r.chars().take(16).collect::<String>());
+    Some((field("span_id")?, field("parent_id")?))
+}
+
+#[tokio::test]
+async fn trace_context_goes_from_the_edge_to_the_central_store() {
+    let mut topology = kv_tests::tiers::two_regions(5);
+    topology.log = Some("info,openraft=warn,kv_common::trace=debug".into());
+    let t = Tiers::start_topology(&topology).await.unwrap();
+    let ns = t.namespace().await.unwrap();
+    let mut edge = t.edge(A_PUSH).await.unwrap().raw();
+    let (read_trace, write_trace) = ("4bf92f3577b34da6a3ce929d0e0e4736", "0af7651916cd43dd8448eb211c80319c");
+    let get = api::GetRequest { namespace_id: ns.clone(), key: "absent".into(), ..Default::default() };
+    let r = edge.get(traced(read_trace, "00f067aa0ba902b7", get)).await.unwrap().into_inner();
+    assert_eq!(seen(&r), (None, CacheStatus::Miss), "a miss goes up to the central store");
+    edge.put(traced(write_trace, "b7ad6b7169203331", put(&ns, "k", "v"))).await.unwrap();
+
+    // Each tier's span is the child of the one below it, all in the caller's trace.
+    let regional = &t.cluster.regions[0].regional.name;
+    for (trace, caller) in [(read_trace, "00f067aa0ba902b7"), (write_trace, "b7ad6b7169203331")] {
+        let logs = t.logs();
+        let (edge_span, edge_parent) = span_of(&logs, "a-push", trace).expect("the edge logged the trace");
+        assert_eq!(edge_parent, caller, "the edge's span is the caller's child");
+        let (regional_span, regional_parent) = span_of(&logs, regional, trace).expect("the regional tier logged it");
+        assert_eq!(regional_parent, edge_span, "the regional tier's span is the edge's child");
+        let (_, central_parent) = span_of(&logs, "central-1", trace).expect("the central store logged it");
+        assert_eq!(central_parent, regional_span, "the central store's span is the regional tier's child");
+    }
+}

@@ -7,7 +7,7 @@ use crate::routing::{forwarded, propose, route, Route};
 use crate::storage::reader::StoredEntry;
 use crate::types::{Command, CommandResult, NamespaceRecord, NamespaceWrite, Op, OpKind};
 use kv_common::{namespace::validate_title, time, validate, KvError, NamespaceId};
-use kv_proto::store::v1::{self as pb, central_store_client::CentralStoreClient, central_store_server::CentralStore};
+use kv_proto::store::v1::{self as pb, central_store_server::CentralStore};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
@@ -143,13 +143,7 @@ fn to_namespace(rec: NamespaceRecord) -> pb::Namespace {
 macro_rules! leader_or_forward {
     ($self:ident, $req:ident, $method:ident, $local:expr) => {
         match route(&$self.node, &$req)? {
-            Route::Leader(ch) => {
-                CentralStoreClient::new(ch)
-                    .max_decoding_message_size(crate::node::MAX_STORE_MESSAGE_BYTES)
-                    .max_encoding_message_size(crate::node::MAX_STORE_MESSAGE_BYTES)
-                    .$method(forwarded($req.into_inner()))
-                    .await
-            }
+            Route::Leader(ch) => kv_common::upstream::store_client(ch).$method(forwarded($req.into_inner())).await,
             Route::Local => Ok(Response::new($local($req.into_inner()).await?)),
         }
     };
