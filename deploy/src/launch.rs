@@ -6,7 +6,7 @@ use crate::link::DelayLink;
 use crate::topology::Topology;
 use anyhow::{bail, Context};
 use kv_proto::admin::v1::{cluster_admin_client::ClusterAdminClient, MetricsRequest};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -147,20 +147,17 @@ fn binary(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
-}
+pub use crate::ports::free_port;
 
 /// Ports of the n-th node of a tier: fixed from `base`, or free ones when `base` is 0.
-fn ports(base: u16, tier_offset: u16, n: usize) -> (SocketAddr, SocketAddr) {
+fn ports(base: u16, tier_offset: u16, n: usize) -> std::io::Result<(SocketAddr, SocketAddr)> {
     let (g, h) = if base == 0 {
-        (free_port(), free_port())
+        (free_port()?, free_port()?)
     } else {
         let g = base + tier_offset + n as u16 + 1;
         (g, g + 100)
     };
-    (SocketAddr::from(([127, 0, 0, 1], g)), SocketAddr::from(([127, 0, 0, 1], h)))
+    Ok((SocketAddr::from(([127, 0, 0, 1], g)), SocketAddr::from(([127, 0, 0, 1], h))))
 }
 
 fn node(
@@ -191,7 +188,7 @@ impl LocalCluster {
                 topology,
                 root,
                 binary(&bins, "central-store")?,
-                ports(base, 0, i),
+                ports(base, 0, i)?,
             )?);
         }
         let members = central
@@ -227,7 +224,7 @@ impl LocalCluster {
                 topology,
                 root,
                 binary(&bins, "regional-tier")?,
-                ports(base, 200, r),
+                ports(base, 200, r)?,
             )?;
             let text = format!(
                 "region = \"{}\"\nlisten = \"{}\"\nhttp_listen = \"{}\"\ncentral = [{}]\n{}\n",
@@ -242,7 +239,7 @@ impl LocalCluster {
             let mut edges = Vec::new();
             for e in &spec.edges {
                 let link = DelayLink::start(regional.grpc, Duration::from_millis(e.delay_ms))?;
-                let mut node = node(&e.name, topology, root, binary(&bins, "edge-node")?, ports(base, 400, edge_no))?;
+                let mut node = node(&e.name, topology, root, binary(&bins, "edge-node")?, ports(base, 400, edge_no)?)?;
                 edge_no += 1;
                 let mode = e.mode.as_ref().map(|m| format!("mode = \"{m}\"\n")).unwrap_or_default();
                 let text = format!(

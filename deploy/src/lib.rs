@@ -3,4 +3,5 @@
 
 pub mod launch;
 pub mod link;
+pub mod ports;
 pub mod topology;

@@ -10,7 +10,7 @@ use kv_proto::admin::v1::{cluster_admin_client::ClusterAdminClient, AddLearnerRe
 use kv_proto::store::v1::{self as pb, central_store_client::CentralStoreClient};
 use std::fs;
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -63,13 +63,7 @@ pub struct Cluster {
     _root: tempfile::TempDir,
 }
 
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral loopback port")
-}
+pub use kv_deploy::launch::free_port;
 
 /// The `central-store` binary: `$KV_CENTRAL_STORE_BIN`, or beside the test executable.
 pub fn central_store_bin() -> PathBuf {
@@ -285,8 +279,8 @@ fn new_node(root: &Path, id: u64) -> anyhow::Result<NodeProc> {
     fs::create_dir_all(&dir)?;
     Ok(NodeProc {
         id,
-        grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        grpc: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+        http: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
         dir,
         child: None,
     })
