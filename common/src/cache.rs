@@ -38,14 +38,42 @@ pub struct Cached {
     pub hold_until: Instant,
     /// The cache generation it was filled in; older generations must be revalidated.
     pub generation: u64,
+    /// A marker, never served: the key changed at `version` to a value the feed left out.
+    /// It only turns away fetches answered with older versions.
+    outdated: bool,
 }
+
+/// How long an outdated marker outlives any fetch that was under way when it was set.
+const OUTDATED_MARKER_LIFE: Duration = Duration::from_secs(120);
 
 impl Cached {
     /// The value (or absence) read at `version`, fresh for `fresh_for`, then kept `hold_extra` longer.
     pub fn new(value: Option<Value>, version: u64, fresh_for: Duration, hold_extra: Duration, generation: u64) -> Self {
         let filled_at = Instant::now();
         let hold_until = cap_by_expiration(filled_at, fresh_for + hold_extra, value.as_ref());
-        Cached { value, version, filled_at, fresh_ms: AtomicU64::new(millis(fresh_for)), hold_until, generation }
+        Cached {
+            value,
+            version,
+            filled_at,
+            fresh_ms: AtomicU64::new(millis(fresh_for)),
+            hold_until,
+            generation,
+            outdated: false,
+        }
+    }
+
+    /// The marker of a change at `version` whose value is unknown here.
+    fn outdated(version: u64) -> Self {
+        let filled_at = Instant::now();
+        Cached {
+            value: None,
+            version,
+            filled_at,
+            fresh_ms: AtomicU64::new(0),
+            hold_until: filled_at + OUTDATED_MARKER_LIFE,
+            generation: 0,
+            outdated: true,
+        }
     }
 
     /// A newer version replacing this copy in place (a push): same deadlines, new contents.
@@ -58,6 +86,7 @@ impl Cached {
             filled_at: self.filled_at,
             fresh_ms: AtomicU64::new(self.fresh_ms.load(Ordering::Relaxed)),
             generation: self.generation,
+            outdated: self.outdated,
         }
     }
 
@@ -111,6 +140,7 @@ pub enum Effect {
     /// The key now holds this (a put) or nothing (`None`, a delete).
     Set(CacheKey, Option<Value>),
     /// The key changed but the feed left the value out: drop the copy, read again on demand.
+    /// A fetch of the key under way may return the older version; it is not kept.
     Drop(CacheKey),
     /// The whole namespace is gone.
     DropNamespace(String),
@@ -176,8 +206,9 @@ impl VersionedCache {
         VersionedCache { inner, generation: AtomicU64::new(0) }
     }
 
+    /// The copy held for `key`; an outdated marker counts as none.
     pub fn get(&self, key: &CacheKey) -> Option<Arc<Cached>> {
-        self.inner.get(key)
+        self.inner.get(key).filter(|c| !c.outdated)
     }
 
     /// Stores `c` unless a newer version is already held.
@@ -229,6 +260,10 @@ impl VersionedCache {
                 },
                 None => Applied::NotHeld,
             },
+            Effect::Drop(key) if in_flight(&key) => {
+                self.offer(key, Arc::new(Cached::outdated(version)));
+                Applied::Dropped
+            }
             Effect::Drop(key) => {
                 self.remove(&key);
                 Applied::Dropped
@@ -292,6 +327,25 @@ mod tests {
     }
 
     const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_change_without_its_value_turns_away_older_fetches_under_way() {
+        let c = VersionedCache::new(1 << 20);
+        let fill = |v: Option<Value>| Cached::new(v, 0, MIN, MIN, 0);
+        c.offer(key("a"), Arc::new(Cached::new(val("v1"), 1, MIN, MIN, 0)));
+        assert_eq!(c.apply(Effect::Drop(key("a")), 5, |_| true, fill), Applied::Dropped);
+        assert!(c.get(&key("a")).is_none(), "the held copy is gone");
+        let late = Arc::new(Cached::new(val("v3"), 3, MIN, MIN, 0));
+        assert_eq!(c.offer(key("a"), late), Offer::Older, "a fetch answered before the change is not kept");
+        assert!(c.get(&key("a")).is_none(), "and the marker is never served");
+        assert_eq!(c.offer(key("a"), Arc::new(Cached::new(val("v5"), 5, MIN, MIN, 0))), Offer::Stored);
+        assert_eq!(c.get(&key("a")).map(|h| h.version), Some(5));
+
+        // Nothing under way: the copy just goes, and the next fetch (asked at >= 7) is kept.
+        assert_eq!(c.apply(Effect::Drop(key("a")), 7, |_| false, fill), Applied::Dropped);
+        assert!(c.get(&key("a")).is_none());
+        assert_eq!(c.offer(key("a"), Arc::new(Cached::new(val("v7"), 7, MIN, MIN, 0))), Offer::Stored);
+    }
 
     #[test]
     fn only_newer_versions_replace() {

@@ -365,3 +365,59 @@ async fn trace_context_goes_from_the_edge_to_the_central_store() {
         assert_eq!(central_parent, regional_span, "the central store's span is the regional tier's child");
     }
 }
+
+/// A PutStream of `value` in `chunk`-byte pieces after its header.
+fn put_stream(ns: &str, key: &str, value: &[u8], chunk: usize) -> impl futures::Stream<Item = api::PutStreamChunk> {
+    use api::put_stream_chunk::Part;
+    let header = api::PutStreamHeader {
+        namespace_id: ns.into(),
+        key: key.into(),
+        metadata_json: Some(r#"{"kind":"blob"}"#.into()),
+        ..Default::default()
+    };
+    let mut parts = vec![api::PutStreamChunk { part: Some(Part::Header(header)) }];
+    parts.extend(value.chunks(chunk).map(|c| api::PutStreamChunk { part: Some(Part::Chunk(c.to_vec().into())) }));
+    futures::stream::iter(parts)
+}
+
+#[tokio::test]
+async fn large_values_stream_in_at_one_edge_and_out_at_another() {
+    use api::get_stream_chunk::Part;
+    use futures::StreamExt;
+    let t = Tiers::start(5).await.unwrap();
+    let ns = t.namespace().await.unwrap();
+    let (mut a, mut b) = (t.edge(A_PUSH).await.unwrap().raw(), t.edge(B_PUSH).await.unwrap().raw());
+    let value: Vec<u8> = (0..5u32 << 20).map(|i| (i % 251) as u8).collect();
+    let w = a.put_stream(put_stream(&ns, "blob", &value, 1 << 20)).await.unwrap().into_inner();
+    assert!(w.version > 0);
+
+    let read = api::GetRequest { namespace_id: ns.clone(), key: "blob".into(), cache_ttl: None, with_metadata: true };
+    let mut parts = b.get_stream(read).await.unwrap().into_inner();
+    let Some(Ok(api::GetStreamChunk { part: Some(Part::Header(h)) })) = parts.next().await else {
+        panic!("a GetStream starts with its header");
+    };
+    assert!(h.found);
+    assert_eq!((h.value_length, h.version), (value.len() as u64, w.version));
+    assert_eq!(h.metadata_json.as_deref(), Some(r#"{"kind":"blob"}"#));
+    let (mut got, mut chunks) = (Vec::new(), 0);
+    while let Some(part) = parts.next().await {
+        match part.unwrap().part {
+            Some(Part::Chunk(c)) => got.extend_from_slice(&c),
+            other => panic!("only chunks follow the header, got {other:?}"),
+        }
+        chunks += 1;
+    }
+    assert!(chunks > 1, "a 5 MiB value comes in several chunks");
+    assert!(got == value, "the value read in another region is the one written");
+
+    // One byte over 25 MiB: the contract's error, and nothing is stored.
+    let big = vec![7u8; (25 << 20) + 1];
+    expect_error(
+        a.put_stream(put_stream(&ns, "too-big", &big, 1 << 20)).await,
+        tonic::Code::InvalidArgument,
+        413,
+        "Value length of 26214401 exceeds limit of 26214400.",
+    );
+    let r = t.edge(A_PUSH).await.unwrap().get(&ns, "too-big", None).await.unwrap();
+    assert_eq!(seen(&r).0, None);
+}
