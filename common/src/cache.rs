@@ -224,6 +224,16 @@ impl VersionedCache {
         outcome
     }
 
+    /// Stores `c` unless a newer version is held, and returns the newest copy held: a
+    /// fetch that lost a race with a push answers with the push's newer copy.
+    pub fn keep(&self, key: CacheKey, c: Arc<Cached>) -> Arc<Cached> {
+        self.offer(key.clone(), c.clone());
+        match self.get(&key) {
+            Some(held) if held.version >= c.version => held,
+            _ => c,
+        }
+    }
+
     /// Replaces a held copy with a newer version in place; `None` when no copy is held.
     pub fn replace_held(&self, key: CacheKey, value: Option<Value>, version: u64) -> Option<Offer> {
         let mut outcome = None;

@@ -121,7 +121,7 @@ impl Edge {
         }
         self.metrics.misses.inc();
         match self.fetch(ck.clone(), cache_ttl).await {
-            Ok((c, false)) => Ok((self.keep(ck, c), Source::Miss)),
+            Ok((c, false)) => Ok((self.cache.keep(ck, c), Source::Miss)),
             Ok((c, true)) => {
                 // Upstream could not reach the store either: answer, but do not keep it as fresh.
                 self.metrics.stale_serves.inc();
@@ -152,7 +152,7 @@ impl Edge {
                     me.refreshed.offer(ck, c);
                 }
                 Ok((c, false)) => {
-                    me.keep(ck, c);
+                    me.cache.keep(ck, c);
                 }
                 Ok((_, true)) => {}
                 Err(e) => tracing::debug!(error = %e, "background refresh failed"),
@@ -164,7 +164,7 @@ impl Edge {
     fn promote_refreshed(&self, ck: &CacheKey) -> Option<Arc<Cached>> {
         let next = self.refreshed.get(ck)?;
         self.refreshed.remove(ck);
-        Some(self.keep(ck.clone(), next))
+        Some(self.cache.keep(ck.clone(), next))
     }
 
     fn count_hit(&self, c: &Cached) {
@@ -229,15 +229,6 @@ impl Edge {
         Ok((fetched, min_version, r.stale))
     }
 
-    /// Stores a copy and returns the newest one held (a push may have overtaken it).
-    fn keep(&self, ck: CacheKey, c: Arc<Cached>) -> Arc<Cached> {
-        self.cache.offer(ck.clone(), c.clone());
-        match self.cache.get(&ck) {
-            Some(held) if held.version >= c.version => held,
-            _ => c,
-        }
-    }
-
     /// Several keys of one namespace: held fresh copies, the rest in one upstream call.
     pub async fn get_many(
         &self,
@@ -276,7 +267,7 @@ impl Edge {
                     for (&i, ke) in missing.iter().zip(r.results) {
                         let version = ke.entry.as_ref().map_or(r.read_version, |e| e.version);
                         let c = Arc::new(self.fill(ke.entry.as_ref().map(value_of), version, cache_ttl, generation));
-                        out[i] = Some(if r.stale { c } else { self.keep((ns.to_string(), keys[i].clone()), c) });
+                        out[i] = Some(if r.stale { c } else { self.cache.keep((ns.to_string(), keys[i].clone()), c) });
                     }
                     if !r.stale {
                         self.observe(r.read_version);

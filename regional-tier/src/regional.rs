@@ -146,11 +146,7 @@ impl Regional {
         if !self.feed.can_cache(epoch) {
             return fetched;
         }
-        self.cache.offer(ck.clone(), fetched.clone());
-        match self.cache.get(&ck) {
-            Some(c) if c.version >= fetched.version => c,
-            _ => fetched,
-        }
+        self.cache.keep(ck, fetched)
     }
 
     /// Several keys of one namespace; misses are read centrally in one call.
