@@ -1,5 +1,7 @@
-//! A Prometheus registry with terse constructors, for the tiers' metric structs.
+//! A Prometheus registry with terse constructors, for the tiers' metric structs, and the
+//! read metrics both caching tiers export under their own prefix.
 
+use crate::cache::{Cached, VersionedCache};
 use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
 
 /// Registers metrics under one registry and renders them as Prometheus text.
@@ -26,5 +28,77 @@ impl Registrar {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// How a caching tier answers reads, and how much its cache holds: the same figures at the
+/// edge (`kv_edge_*`) and at the regional tier (`kv_regional_*`), so dashboards line up.
+pub struct CacheMetrics {
+    pub hits: IntCounter,
+    pub negative_hits: IntCounter,
+    pub misses: IntCounter,
+    pub stale_serves: IntCounter,
+    pub upstream_fetches: IntCounter,
+    pub coalesced_waiters: IntCounter,
+    cache_bytes: IntGauge,
+    cache_entries: IntGauge,
+}
+
+impl CacheMetrics {
+    /// Registers the set as `<prefix>_hits_total` and so on; `upstream` names the tier above in the help texts.
+    pub fn register(r: &Registrar, prefix: &str, upstream: &str) -> CacheMetrics {
+        let counter = |name: &str, help: &str| r.counter(&format!("{prefix}_{name}_total"), help);
+        let gauge = |name: &str, help: &str| r.gauge(&format!("{prefix}_{name}"), help);
+        CacheMetrics {
+            hits: counter("hits", "Reads answered from the cache"),
+            negative_hits: counter("negative_hits", "Reads answered by a cached absence"),
+            misses: counter("misses", &format!("Reads that needed {upstream}")),
+            stale_serves: counter("stale_serves", &format!("Reads answered stale: {upstream} did not answer")),
+            upstream_fetches: counter("upstream_fetches", &format!("Reads sent to {upstream}")),
+            coalesced_waiters: counter("coalesced_waiters", "Misses that joined a fetch under way"),
+            cache_bytes: gauge("cache_bytes", "Bytes held by the cache"),
+            cache_entries: gauge("cache_entries", "Entries held by the cache"),
+        }
+    }
+
+    /// Counts a read answered by `c`: a hit, or a negative hit when it holds no live value.
+    pub fn hit(&self, c: &Cached) {
+        if c.visible(crate::time::now_secs()).is_some() {
+            self.hits.inc();
+        } else {
+            self.negative_hits.inc();
+        }
+    }
+
+    /// Sets the size gauges from `cache`, before a scrape.
+    pub fn measure(&self, cache: &VersionedCache) {
+        self.cache_bytes.set(i64::try_from(cache.weighted_size()).unwrap_or(i64::MAX));
+        self.cache_entries.set(i64::try_from(cache.entry_count()).unwrap_or(i64::MAX));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Value;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn cache_metrics_count_under_the_tier_prefix() {
+        let r = Registrar::default();
+        let m = CacheMetrics::register(&r, "kv_test", "the tier above");
+        let ttl = Duration::from_secs(60);
+        let value = Value { bytes: "v".into(), metadata_json: None, expiration: None };
+        m.hit(&Cached::new(Some(value), 1, ttl, ttl, 0));
+        m.hit(&Cached::new(None, 2, ttl, ttl, 0));
+        let cache = VersionedCache::new(1 << 20);
+        cache.offer(("ns".into(), "k".into()), Arc::new(Cached::new(None, 3, ttl, ttl, 0)));
+        m.measure(&cache);
+        let text = r.render();
+        for line in ["kv_test_hits_total 1", "kv_test_negative_hits_total 1", "kv_test_cache_entries 1"] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+        assert!(text.contains("# HELP kv_test_upstream_fetches_total Reads sent to the tier above"));
     }
 }

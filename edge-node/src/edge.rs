@@ -108,23 +108,23 @@ impl Edge {
         let held = self.cache.get(&ck).or_else(|| self.promote_refreshed(&ck));
         if let Some(c) = &held {
             if self.is_fresh(c, now, cache_ttl) {
-                self.count_hit(c);
+                self.metrics.reads.hit(c);
                 if self.refresh_due(c, now) && !self.flights.in_flight(&ck) {
                     self.refresh(ck, cache_ttl);
                 }
                 return Ok((c.clone(), Source::Hit));
             }
             if let Some(next) = self.promote_refreshed(&ck).filter(|n| self.is_fresh(n, now, cache_ttl)) {
-                self.count_hit(&next);
+                self.metrics.reads.hit(&next);
                 return Ok((next, Source::Hit));
             }
         }
-        self.metrics.misses.inc();
+        self.metrics.reads.misses.inc();
         match self.fetch(ck.clone(), cache_ttl).await {
             Ok((c, false)) => Ok((self.cache.keep(ck, c), Source::Miss)),
             Ok((c, true)) => {
                 // Upstream could not reach the store either: answer, but do not keep it as fresh.
-                self.metrics.stale_serves.inc();
+                self.metrics.reads.stale_serves.inc();
                 let newest = self.cache.get(&ck).filter(|h| h.version > c.version).unwrap_or(c);
                 Ok((newest, Source::Stale))
             }
@@ -167,19 +167,11 @@ impl Edge {
         Some(self.cache.keep(ck.clone(), next))
     }
 
-    fn count_hit(&self, c: &Cached) {
-        if c.visible(time::now_secs()).is_some() {
-            self.metrics.hits.inc();
-        } else {
-            self.metrics.negative_hits.inc();
-        }
-    }
-
     /// A held copy still within its stale-if-error window, for when no upstream answers.
     fn stale_copy(&self, ck: &CacheKey, held: Option<Arc<Cached>>) -> Option<Arc<Cached>> {
         let c = self.cache.get(ck).or(held)?;
         (Instant::now() < c.hold_until).then(|| {
-            self.metrics.stale_serves.inc();
+            self.metrics.reads.stale_serves.inc();
             c
         })
     }
@@ -202,8 +194,8 @@ impl Edge {
                 .run(ck.clone(), move || async move { me.fetch_upstream(key, cache_ttl, min_version).await })
                 .await;
             match role {
-                Role::Leader => self.metrics.upstream_fetches.inc(),
-                Role::Waiter => self.metrics.coalesced_waiters.inc(),
+                Role::Leader => self.metrics.reads.upstream_fetches.inc(),
+                Role::Waiter => self.metrics.reads.coalesced_waiters.inc(),
             }
             let (c, asked, stale) = out?;
             if asked >= min_version {
@@ -243,11 +235,11 @@ impl Edge {
         for (i, k) in keys.iter().enumerate() {
             match self.cache.get(&(ns.to_string(), k.clone())) {
                 Some(c) if c.fresh_for_read(now, cache_ttl, generation) && !c.is_expired(time::now_secs()) => {
-                    self.count_hit(&c);
+                    self.metrics.reads.hit(&c);
                     out.push(Some(c));
                 }
                 _ => {
-                    self.metrics.misses.inc();
+                    self.metrics.reads.misses.inc();
                     missing.push(i);
                     out.push(None);
                 }
@@ -260,7 +252,7 @@ impl Edge {
                 min_version: self.observed.load(Ordering::Acquire),
                 track: self.tracking(cache_ttl),
             };
-            self.metrics.upstream_fetches.inc();
+            self.metrics.reads.upstream_fetches.inc();
             match store_call!(self.upstream, batch_get, req.clone()).await {
                 Ok(r) => {
                     let r = r.into_inner();
@@ -320,8 +312,7 @@ impl Edge {
 
     /// Refreshes the gauges before a scrape.
     pub fn render_metrics(&self) -> String {
-        self.metrics.cache_bytes.set(self.cache.weighted_size() as i64);
-        self.metrics.cache_entries.set(self.cache.entry_count() as i64);
+        self.metrics.reads.measure(&self.cache);
         self.metrics.render()
     }
 }

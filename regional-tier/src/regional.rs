@@ -85,29 +85,21 @@ impl Regional {
         let held = self.cache.get(&ck);
         if let Some(c) = &held {
             if self.usable(c, min_version).await {
-                self.count_hit(c);
+                self.metrics.reads.hit(c);
                 return Ok(Answer { cached: c.clone(), stale: false });
             }
         }
-        self.metrics.misses.inc();
+        self.metrics.reads.misses.inc();
         match self.fetch(ck.clone(), min_version).await {
             Ok(cached) => Ok(Answer { cached, stale: false }),
             Err(e) if is_unreachable(&e) => match self.cache.get(&ck).or(held) {
                 Some(c) => {
-                    self.metrics.stale_serves.inc();
+                    self.metrics.reads.stale_serves.inc();
                     Ok(Answer { cached: c, stale: true })
                 }
                 None => Err(e.into()),
             },
             Err(e) => Err(e.into()),
-        }
-    }
-
-    fn count_hit(&self, c: &Cached) {
-        if c.visible(time::now_secs()).is_some() {
-            self.metrics.hits.inc();
-        } else {
-            self.metrics.negative_hits.inc();
         }
     }
 
@@ -121,8 +113,8 @@ impl Regional {
             let (out, role) =
                 self.flights.run(ck.clone(), move || async move { me.fetch_central(key, want, epoch).await }).await;
             match role {
-                Role::Leader => self.metrics.upstream_fetches.inc(),
-                Role::Waiter => self.metrics.coalesced_waiters.inc(),
+                Role::Leader => self.metrics.reads.upstream_fetches.inc(),
+                Role::Waiter => self.metrics.reads.coalesced_waiters.inc(),
             }
             let (cached, asked) = out?;
             // A fetch started for an older read may not be new enough for this one.
@@ -163,11 +155,11 @@ impl Regional {
             let held = self.cache.get(&(ns.to_string(), k.clone()));
             match held {
                 Some(c) if self.usable(&c, min_version).await => {
-                    self.count_hit(&c);
+                    self.metrics.reads.hit(&c);
                     results.push(Some(c));
                 }
                 _ => {
-                    self.metrics.misses.inc();
+                    self.metrics.reads.misses.inc();
                     missing.push(i);
                     results.push(None);
                 }
@@ -183,7 +175,7 @@ impl Regional {
                 min_version: want,
                 track: None,
             };
-            self.metrics.upstream_fetches.inc();
+            self.metrics.reads.upstream_fetches.inc();
             match store_call!(self.upstream, batch_get, req.clone()).await {
                 Ok(r) => {
                     let r = r.into_inner();
@@ -196,7 +188,7 @@ impl Regional {
                 Err(e) if is_unreachable(&e) => {
                     for &i in &missing {
                         let c = self.cache.get(&(ns.to_string(), keys[i].clone())).ok_or_else(|| e.clone())?;
-                        self.metrics.stale_serves.inc();
+                        self.metrics.reads.stale_serves.inc();
                         results[i] = Some(c);
                     }
                     stale = true;
@@ -272,8 +264,7 @@ impl Regional {
         m.feed_version.set(self.feed.applied() as i64);
         m.subscribers.set(self.tracker.subscriber_count() as i64);
         m.tracked_keys.set(self.tracker.tracked_keys() as i64);
-        m.cache_bytes.set(self.cache.weighted_size() as i64);
-        m.cache_entries.set(self.cache.entry_count() as i64);
+        m.reads.measure(&self.cache);
         m.render()
     }
 }
