@@ -81,7 +81,11 @@ async fn measure(
             let (mut ops, mut errors) = (0u64, 0u64);
             let mut n = 0u64;
             while Instant::now() < end {
-                let req = WriteRequest { namespace_id: ns.clone(), ops: vec![put_op(&format!("{tag}{n}"), &value)] };
+                let req = WriteRequest {
+                    namespace_id: ns.clone(),
+                    ops: vec![put_op(&format!("{tag}{n}"), &value)],
+                    ..Default::default()
+                };
                 n += 1;
                 let t = Instant::now();
                 match client.write(req).await {

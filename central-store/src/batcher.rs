@@ -6,15 +6,20 @@
 //! fsync on each node and one replication round serve the whole batch. While the maximum
 //! number of entries is in flight, new writes wait in the queue and join the next batch, so
 //! batches grow exactly when the load does.
+//!
+//! The queue is bounded in bytes: a write that finds it full waits for room until its
+//! call's deadline, then is shed with UNAVAILABLE, so a flood of large writes never runs the
+//! leader out of memory.
 
 use crate::error::{StoreError, StoreResult};
 use crate::metrics::Metrics;
-use crate::routing::propose;
-use crate::types::{Command, CommandResult, NamespaceWrite, Raft};
-use kv_common::NamespaceId;
+use crate::propose::propose;
+use crate::types::{Command, CommandResult, NamespaceWrite, Raft, WriteOutcome};
+use kv_common::{call, KvError, NamespaceId};
 use std::collections::HashSet;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Most client writes in one entry.
 const MAX_BATCH_WRITES: usize = 1024;
@@ -22,34 +27,56 @@ const MAX_BATCH_WRITES: usize = 1024;
 const MAX_BATCH_BYTES: usize = 4 << 20;
 /// Entries proposed but not yet applied, at most.
 const MAX_IN_FLIGHT: usize = 2;
-/// Writes waiting for a batch, at most; beyond it submitters wait (back-pressure).
+/// Writes waiting for a batch, at most.
 const QUEUE: usize = 16 * 1024;
+/// The queue's bound in bytes is counted in units of this many bytes.
+const UNIT: usize = 1024;
+/// How long a write waits for queue room when its caller set no deadline.
+const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 
 struct Pending {
     write: NamespaceWrite,
     bytes: usize,
-    done: oneshot::Sender<StoreResult<u64>>,
+    done: oneshot::Sender<StoreResult<WriteOutcome>>,
+    /// Its share of the queue's byte bound, given back once it is applied.
+    _room: OwnedSemaphorePermit,
 }
 
 /// The handle writers submit to.
 pub struct Batcher {
     tx: mpsc::Sender<Pending>,
+    room: Arc<Semaphore>,
+    /// The queue's bound, in units.
+    capacity: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl Batcher {
-    /// Starts the batching task for this node's Raft handle.
-    pub fn start(raft: Raft, metrics: Arc<Metrics>) -> Self {
+    /// Starts the batching task for this node's Raft handle; at most `queue_bytes` of
+    /// writes wait or are in flight at once.
+    pub fn start(raft: Raft, metrics: Arc<Metrics>, queue_bytes: usize) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(rx, raft, metrics));
-        Batcher { tx }
+        tokio::spawn(run(rx, raft, metrics.clone()));
+        let capacity = (queue_bytes / UNIT).clamp(1, u32::MAX as usize);
+        Batcher { tx, room: Arc::new(Semaphore::new(capacity)), capacity, metrics }
     }
 
-    /// Commits one client write (with others) and returns its version, the entry's log index.
-    pub async fn submit(&self, write: NamespaceWrite) -> StoreResult<u64> {
-        let bytes = write.ops.iter().map(|op| op.key.len() + op.kind.value_len()).sum();
+    /// Commits one client write (with others) and returns its outcome.
+    pub async fn submit(&self, write: NamespaceWrite) -> StoreResult<WriteOutcome> {
+        let bytes: usize = write.ops.iter().map(|op| op.key.len() + op.kind.value_len()).sum();
+        // A write larger than the whole bound waits for an empty queue.
+        let units = u32::try_from((bytes / UNIT + 1).min(self.capacity)).unwrap_or(u32::MAX);
+        let wait = call::remaining_or(DEFAULT_WAIT);
+        let room = match tokio::time::timeout(wait, self.room.clone().acquire_many_owned(units)).await {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                self.metrics.shed_writes.inc();
+                return Err(KvError::Unavailable("the write queue is full; retry later".into()).into());
+            }
+        };
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(Pending { write, bytes, done })
+            .send(Pending { write, bytes, done, _room: room })
             .await
             .map_err(|_| StoreError::Raft("the write batcher has stopped".into()))?;
         rx.await.map_err(|_| StoreError::Raft("the write batcher dropped a write".into()))?
@@ -78,9 +105,9 @@ async fn run(mut rx: mpsc::Receiver<Pending>, raft: Raft, metrics: Arc<Metrics>)
             let (writes, dones): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.write, p.done)).unzip();
             let cmd = Command::Write { now_ms: kv_common::time::now_ms(), writes };
             match propose(&raft, &metrics, cmd).await {
-                Ok((version, CommandResult::Writes(outcomes))) => {
+                Ok((_, CommandResult::Writes(outcomes))) => {
                     for (done, outcome) in dones.into_iter().zip(outcomes) {
-                        let _ = done.send(outcome.map_or(Ok(version), |e| Err(e.into())));
+                        let _ = done.send(Ok(outcome));
                     }
                 }
                 Ok((_, other)) => {
@@ -132,7 +159,14 @@ mod tests {
         let op =
             Op { key: key.into(), kind: OpKind::Put { value: vec![0; value_len], metadata: None, expiration: None } };
         let (done, _) = oneshot::channel();
-        Pending { write: NamespaceWrite { namespace: NamespaceId([ns; 16]), ops: vec![op] }, bytes: value_len, done }
+        let write = NamespaceWrite {
+            namespace: NamespaceId([ns; 16]),
+            ops: vec![op],
+            request: None,
+            decided: Default::default(),
+        };
+        let room = Arc::new(Semaphore::new(1)).try_acquire_owned().expect("a fresh permit");
+        Pending { write, bytes: value_len, done, _room: room }
     }
 
     fn keys(batch: &[Pending]) -> Vec<String> {

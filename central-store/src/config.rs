@@ -26,6 +26,50 @@ pub struct Config {
     pub sweep_interval_ms: u64,
     /// How many expired entries one sweep removes at most.
     pub sweep_budget: u32,
+    pub freshness: FreshnessSettings,
+    /// The budget of a call whose caller set no deadline (`grpc-timeout`).
+    pub request_timeout_ms: u64,
+    /// Writes waiting for or in Raft, at most, in bytes; beyond it writes are shed.
+    pub write_queue_bytes: usize,
+    /// How long a request id's first outcome is kept to answer its retries.
+    pub request_retention_ms: u64,
+    /// Peers this node reaches somewhere other than their membership address: node id (as
+    /// text, TOML keys are strings) to `host:port`.
+    pub peer_routes: std::collections::BTreeMap<String, String>,
+}
+
+/// How this replica proves it is current, and what it demands of that proof.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FreshnessSettings {
+    /// How often the node renews its proof (a read index from the leader).
+    pub probe_interval_ms: u64,
+    /// How long one renewal may take.
+    pub probe_timeout_ms: u64,
+    /// The oldest proof a read accepts when it names no `max_age_ms`.
+    pub default_max_age_ms: u64,
+    /// How long a read waits for a young enough proof (or its `min_version`) before it is refused.
+    pub wait_ms: u64,
+    /// Health reports the node unhealthy once its proof is older than this.
+    pub health_max_age_ms: u64,
+}
+
+impl Default for FreshnessSettings {
+    fn default() -> Self {
+        FreshnessSettings {
+            probe_interval_ms: 100,
+            probe_timeout_ms: 1_000,
+            default_max_age_ms: 1_000,
+            wait_ms: 500,
+            health_max_age_ms: 2_000,
+        }
+    }
+}
+
+impl FreshnessSettings {
+    pub fn health_max_age(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.health_max_age_ms)
+    }
 }
 
 /// One initial cluster member.
@@ -73,6 +117,11 @@ impl Default for Config {
             limits: Limits::default(),
             sweep_interval_ms: 5_000,
             sweep_budget: 1_000,
+            freshness: FreshnessSettings::default(),
+            request_timeout_ms: 10_000,
+            write_queue_bytes: 512 << 20,
+            request_retention_ms: 10 * 60 * 1000,
+            peer_routes: Default::default(),
         }
     }
 }
@@ -129,6 +178,22 @@ fn parse_members(text: &str) -> anyhow::Result<Vec<MemberConfig>> {
 }
 
 impl Config {
+    /// The budget of a call whose caller set no deadline.
+    pub fn request_budget(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// `peer_routes` with the node ids parsed.
+    pub fn peer_routes(&self) -> anyhow::Result<std::collections::HashMap<u64, String>> {
+        self.peer_routes
+            .iter()
+            .map(|(id, addr)| {
+                let id = id.parse().with_context(|| format!("peer_routes: {id:?} is not a node id"))?;
+                Ok((id, addr.clone()))
+            })
+            .collect()
+    }
+
     /// Reads the config file (if any) and applies the flags on top.
     pub fn load(args: Args) -> anyhow::Result<Config> {
         let mut c: Config = kv_common::config::load_toml(args.config.as_deref())?;

@@ -7,5 +7,5 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     kv_common::telemetry::init_tracing("central-store");
     let config = Config::load(Args::parse())?;
-    central_store::node::run(config, kv_common::serve::shutdown_signal()).await
+    central_store::server::run(config, kv_common::serve::shutdown_signal()).await
 }

@@ -3,6 +3,7 @@
 use crate::types::Raft;
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Every metric a central node exports; one registry per node.
 pub struct Metrics {
@@ -18,6 +19,11 @@ pub struct Metrics {
     pub swept: IntCounter,
     pub snapshots_installed: IntCounter,
     pub watch_subscribers: IntGauge,
+    pub freshness_proofs: IntCounter,
+    pub stale_refusals: IntCounter,
+    pub duplicate_requests: IntCounter,
+    pub shed_writes: IntCounter,
+    freshness_age_ms: IntGauge,
     raft_term: IntGauge,
     raft_is_leader: IntGauge,
     raft_last_log_index: IntGauge,
@@ -85,6 +91,20 @@ impl Metrics {
             swept: counter("kv_central_swept_total", "Expired entries and old tombstones removed by sweeps"),
             snapshots_installed: counter("kv_central_snapshots_installed_total", "Snapshots installed from the leader"),
             watch_subscribers: gauge("kv_central_watch_subscribers", "Open Watch streams"),
+            freshness_proofs: counter("kv_central_freshness_proofs_total", "Read-index proofs this replica obtained"),
+            stale_refusals: counter(
+                "kv_central_stale_refusals_total",
+                "Reads refused because this replica could not prove it was fresh enough",
+            ),
+            duplicate_requests: counter(
+                "kv_central_duplicate_requests_total",
+                "Retried writes answered from the record of their first outcome",
+            ),
+            shed_writes: counter("kv_central_shed_writes_total", "Writes refused because the write queue was full"),
+            freshness_age_ms: gauge(
+                "kv_central_freshness_age_ms",
+                "Age of this replica's newest freshness proof (-1: none yet)",
+            ),
             raft_term: gauge("kv_raft_term", "Current Raft term"),
             raft_is_leader: gauge("kv_raft_is_leader", "1 when this node is the leader"),
             raft_last_log_index: gauge("kv_raft_last_log_index", "Last log index"),
@@ -97,7 +117,9 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with Raft gauges read fresh from openraft.
-    pub fn render(&self, raft: &Raft) -> String {
+    pub fn render(&self, raft: &Raft, freshness_age: Option<Duration>) -> String {
+        let age = freshness_age.map_or(-1, |a| i64::try_from(a.as_millis()).unwrap_or(i64::MAX));
+        self.freshness_age_ms.set(age);
         let rm = raft.metrics().borrow().clone();
         let last = rm.last_log_index.unwrap_or(0);
         let applied = rm.last_applied.map_or(0, |l| l.index);

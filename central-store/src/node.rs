@@ -1,28 +1,17 @@
-//! A running central node: storage, Raft, the gRPC and HTTP servers, and background work.
+//! What every request handler of a central node shares.
 
-use crate::api::{admin::AdminService, store::StoreService};
 use crate::batcher::Batcher;
 use crate::config::Config;
+use crate::freshness::Freshness;
 use crate::metrics::Metrics;
-use crate::raft::{network::Network, service::RaftService, MAX_RAFT_MESSAGE_BYTES};
+use crate::peers::{self, Leader, Peers};
 use crate::rate_limit::RateLimiter;
-use crate::routing::Peers;
-use crate::storage::{log_store::LogStore, open_db, reader::Reader, snapshot::SnapshotDir, state_machine};
-use crate::types::{Command, Node as RaftNode, NodeId, Raft};
-use anyhow::Context;
-use kv_common::serve;
-use kv_proto::admin::v1::cluster_admin_server::ClusterAdminServer;
-use kv_proto::raft::v1::raft_transport_server::RaftTransportServer;
-use kv_proto::store::v1::central_store_server::CentralStoreServer;
-use std::collections::BTreeMap;
-use std::future::Future;
+use crate::storage::reader::Reader;
+use crate::types::{NodeId, Raft};
+use crate::writes::InFlight;
 use std::sync::Arc;
-use std::time::Duration;
 
-/// Largest store API message: a bulk write of 100 MB plus framing.
-pub const MAX_STORE_MESSAGE_BYTES: usize = kv_common::upstream::MAX_MESSAGE_BYTES;
-
-/// What every request handler of this node shares.
+/// The handles of one running central node.
 pub struct Node {
     pub id: NodeId,
     pub raft: Raft,
@@ -30,143 +19,20 @@ pub struct Node {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub limiter: RateLimiter,
-    pub peers: Peers,
+    pub peers: Arc<Peers>,
     pub batcher: Batcher,
+    pub freshness: Freshness,
+    /// Requests with an id that are being proposed, so a retry joins the first attempt.
+    pub in_flight: InFlight,
 }
 
-/// Runs a node until `shutdown` resolves, then stops Raft and returns.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let db = open_db(&config.data_dir.join("db")).context("opening RocksDB")?;
-    let metrics = Metrics::new();
-    let log_store = LogStore::new(db.clone(), metrics.clone());
-    let snapshots = SnapshotDir::open(config.data_dir.join("snapshots"))?;
-    let feed = state_machine::FeedConfig {
-        retention: config.feed.retention,
-        trim_every: config.feed.trim_every.max(1),
-        inline_value_limit: config.feed.inline_value_limit,
-    };
-    let (sm, applied) = state_machine::StateMachine::new(db.clone(), snapshots, feed, metrics.clone())?;
-    let raft = Raft::new(config.node_id, Arc::new(raft_config(&config)?), Network, log_store, sm)
-        .await
-        .context("starting Raft")?;
-
-    let node = Arc::new(Node {
-        id: config.node_id,
-        raft: raft.clone(),
-        reader: Reader::new(db, applied),
-        limiter: RateLimiter::new(config.limits.key_write_interval_ms),
-        metrics: metrics.clone(),
-        peers: Peers::default(),
-        batcher: Batcher::start(raft.clone(), metrics.clone()),
-        config: config.clone(),
-    });
-
-    let grpc = tokio::net::TcpListener::bind(config.listen).await.context("binding gRPC listener")?;
-    let http = tokio::net::TcpListener::bind(config.http_listen).await.context("binding HTTP listener")?;
-    tracing::info!(node = config.node_id, grpc = %config.listen, http = %config.http_listen, "central node listening");
-
-    let (mut health, health_service, reflection) = serve::health_and_reflection(kv_proto::FILE_DESCRIPTOR_SET)?;
-    health.set_serving::<CentralStoreServer<StoreService>>().await;
-
-    tokio::spawn(serve::serve_http(http, render_metrics(metrics, raft.clone()), check_health(raft.clone())));
-    tokio::spawn(bootstrap(node.clone()));
-    tokio::spawn(sweep_loop(node.clone()));
-
-    let server = tonic::transport::Server::builder()
-        .layer(kv_common::trace::TraceLayer)
-        .add_service(
-            RaftTransportServer::new(RaftService::new(raft.clone()))
-                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
-        )
-        .add_service(
-            CentralStoreServer::new(StoreService::new(node.clone()))
-                .max_decoding_message_size(MAX_STORE_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_STORE_MESSAGE_BYTES),
-        )
-        .add_service(ClusterAdminServer::new(AdminService::new(node.clone())))
-        .add_service(health_service)
-        .add_service(reflection)
-        .serve_with_incoming(serve::grpc_incoming(grpc)?);
-    // Stop serving at once, then shut Raft down cleanly.
-    let served = serve::serve_until(server, shutdown).await;
-    let _ = raft.shutdown().await;
-    served.context("gRPC server")
-}
-
-/// The Prometheus text, with Raft gauges read fresh from openraft.
-fn render_metrics(metrics: Arc<Metrics>, raft: Raft) -> serve::RenderMetrics {
-    Arc::new(move || metrics.render(&raft))
-}
-
-/// Healthy while the Raft task runs; the text names the Raft role.
-fn check_health(raft: Raft) -> serve::CheckHealth {
-    Arc::new(move || {
-        let state = raft.metrics().borrow().state;
-        (state != openraft::ServerState::Shutdown, format!("{state:?}"))
-    })
-}
-
-fn raft_config(c: &Config) -> anyhow::Result<openraft::Config> {
-    let cfg = openraft::Config {
-        cluster_name: "kv-central".into(),
-        heartbeat_interval: c.raft.heartbeat_ms,
-        election_timeout_min: c.raft.election_min_ms,
-        election_timeout_max: c.raft.election_max_ms,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(c.raft.snapshot_every),
-        max_in_snapshot_log_to_keep: c.raft.keep_logs,
-        snapshot_max_chunk_size: 1 << 20,
-        max_payload_entries: 256,
-        ..Default::default()
-    };
-    Ok(cfg.validate()?)
-}
-
-/// Initializes a fresh cluster from `initial_members`, on the member with the smallest id only.
-async fn bootstrap(node: Arc<Node>) {
-    let members = &node.config.initial_members;
-    let Some(first) = members.iter().map(|m| m.id).min() else { return };
-    if first != node.id {
-        return;
+impl Node {
+    /// Who leads, as this node knows it.
+    pub fn leader(&self) -> Leader {
+        peers::leader(&self.raft, self.id)
     }
-    match node.raft.is_initialized().await {
-        Ok(false) => {}
-        Ok(true) => return,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot tell whether the cluster is initialized");
-            return;
-        }
-    }
-    let map: BTreeMap<NodeId, RaftNode> = members.iter().map(|m| (m.id, RaftNode::new(m.addr.clone()))).collect();
-    match node.raft.initialize(map).await {
-        Ok(()) => tracing::info!(members = members.len(), "cluster initialized"),
-        Err(e) => tracing::warn!(error = %e, "cluster initialization skipped"),
-    }
-}
 
-/// On the leader, periodically proposes the removal of expired entries and old tombstones.
-async fn sweep_loop(node: Arc<Node>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(node.config.sweep_interval_ms.max(100)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if !crate::routing::is_leader(&node) {
-            continue;
-        }
-        let now_ms = kv_common::time::now_ms();
-        // Tombstones outlive the change feed's window, then go.
-        let tombstones_before = node.reader.applied().saturating_sub(node.config.feed.retention);
-        match node.reader.has_sweep_work((now_ms / 1000) as i64, tombstones_before) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the sweep indexes");
-                continue;
-            }
-        }
-        let cmd = Command::Sweep { now_ms, budget: node.config.sweep_budget, tombstones_before };
-        if let Err(e) = crate::routing::propose(&node.raft, &node.metrics, cmd).await {
-            tracing::debug!(error = %e, "sweep proposal failed");
-        }
+    pub fn is_leader(&self) -> bool {
+        self.leader() == Leader::Me
     }
 }

@@ -27,6 +27,9 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
 pub type Snapshot = openraft::Snapshot<TypeConfig>;
 pub type Vote = openraft::Vote<NodeId>;
 
+/// A client's name for one request, the same across its retries (at most 128 bytes).
+pub type RequestId = String;
+
 /// One replicated state change.
 #[derive(Clone, Serialize, Deserialize, Debug)]
 pub enum Command {
@@ -39,22 +42,30 @@ pub enum Command {
     CreateNamespace {
         id: NamespaceId,
         title: String,
+        now_ms: u64,
+        request: Option<RequestId>,
     },
     RenameNamespace {
         id: NamespaceId,
         title: String,
+        now_ms: u64,
+        request: Option<RequestId>,
     },
     /// Removes the namespace and every key in it.
     DeleteNamespace {
         id: NamespaceId,
+        now_ms: u64,
+        request: Option<RequestId>,
     },
     /// Physically removes up to `budget` entries whose expiration is at or before `now_ms`
-    /// (reads already hide them) and up to `budget` tombstones older than `tombstones_before`;
-    /// both bounds come from the log, so replicas agree.
+    /// (reads already hide them), up to `budget` tombstones older than `tombstones_before`,
+    /// and up to `budget` request records made before `requests_before_ms`; every bound
+    /// comes from the log, so replicas agree.
     Sweep {
         now_ms: u64,
         budget: u32,
         tombstones_before: u64,
+        requests_before_ms: u64,
     },
 }
 
@@ -62,7 +73,23 @@ pub enum Command {
 #[derive(Clone, Serialize, Deserialize, Debug)]
 pub struct NamespaceWrite {
     pub namespace: NamespaceId,
+    /// The items to apply: valid, allowed by the rate limit, one per key (the last one a
+    /// request names, see `kv_common::validate::last_wins`).
     pub ops: Vec<Op>,
+    /// The client's request id, when it gave one: applied once, whatever the retries.
+    pub request: Option<RequestId>,
+    /// What the leader decided for the request's other items, by their position in it.
+    pub decided: Decided,
+}
+
+/// Per-item outcomes of a write request beyond "applied at the entry's version", by the
+/// item's position in the client's request: enough to answer a retry exactly.
+#[derive(Clone, Serialize, Deserialize, Debug, Default, PartialEq, Eq)]
+pub struct Decided {
+    /// Items refused (invalid, rate-limited), with why.
+    pub errors: Vec<(u32, KvError)>,
+    /// The absolute expiration stored for each put that has one.
+    pub expirations: Vec<(u32, i64)>,
 }
 
 /// One item of a write.
@@ -116,14 +143,37 @@ pub struct NamespaceRecord {
 /// What applying a command produced; the version of a write is its log index.
 #[derive(Clone, Serialize, Deserialize, Debug)]
 pub enum CommandResult {
-    /// For `Write`: one outcome per `NamespaceWrite`, in order (`None` = applied).
-    Writes(Vec<Option<KvError>>),
+    /// For `Write`: one outcome per `NamespaceWrite`, in order.
+    Writes(Vec<WriteOutcome>),
+    /// Blank and membership entries.
     Written,
-    Namespace(NamespaceRecord),
-    NamespaceDeleted,
+    /// For the namespace commands.
+    Namespace(Result<NamespaceDone, KvError>),
     Swept {
         removed: u64,
     },
-    /// The command was valid when proposed but not at apply time (e.g. namespace gone).
-    Rejected(KvError),
+}
+
+/// The outcome of one client write request.
+#[derive(Clone, Serialize, Deserialize, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Applied at `version` (for a retried request: the first application's).
+    Applied { version: u64, decided: Decided },
+    /// Valid when proposed but not when applied (the namespace was gone).
+    Failed(KvError),
+}
+
+/// A namespace command that took effect.
+#[derive(Clone, Serialize, Deserialize, Debug, PartialEq, Eq)]
+pub struct NamespaceDone {
+    pub version: u64,
+    /// The namespace as it now is; `None` after a delete.
+    pub record: Option<NamespaceRecord>,
+}
+
+/// What the state machine remembers of a request that named a `RequestId`.
+#[derive(Clone, Serialize, Deserialize, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    Write(WriteOutcome),
+    Namespace(Result<NamespaceDone, KvError>),
 }

@@ -1,88 +1,15 @@
 //! The KV contract run against the state machine itself (no network): list rules of
 //! SPEC.md section 3, expiry, namespaces, the change feed and snapshots.
 
-use central_store::metrics::Metrics;
+mod sm;
+
 use central_store::storage::keys::ChangeKind;
-use central_store::storage::open_db;
-use central_store::storage::reader::{FeedRead, Reader};
-use central_store::storage::snapshot::SnapshotDir;
-use central_store::storage::state_machine::{FeedConfig, StateMachine};
+use central_store::storage::reader::FeedRead;
 use central_store::types::*;
 use kv_common::NamespaceId;
 use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
-
-const NS: NamespaceId = NamespaceId([0xAA; 16]);
-const NOW_MS: u64 = 1_700_000_000_000;
-const NOW: i64 = 1_700_000_000;
-
-struct Sm {
-    sm: StateMachine,
-    reader: Reader,
-    next: u64,
-    _dir: tempfile::TempDir,
-}
-
-fn feed() -> FeedConfig {
-    FeedConfig { retention: 1000, trim_every: 100, inline_value_limit: 16 }
-}
-
-async fn new_sm() -> Sm {
-    let dir = tempfile::tempdir().unwrap();
-    let db = open_db(&dir.path().join("db")).unwrap();
-    let snaps = SnapshotDir::open(dir.path().join("snap")).unwrap();
-    let (sm, applied) = StateMachine::new(db.clone(), snaps, feed(), Metrics::new()).unwrap();
-    let mut s = Sm { sm, reader: Reader::new(db, applied), next: 1, _dir: dir };
-    s.apply(Command::CreateNamespace { id: NS, title: "ns".into() }).await;
-    s
-}
-
-impl Sm {
-    async fn apply(&mut self, cmd: Command) -> (u64, CommandResult) {
-        let index = self.next;
-        self.next += 1;
-        let entry =
-            Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(cmd) };
-        let mut r = self.sm.apply([entry]).await.unwrap();
-        (index, r.pop().unwrap())
-    }
-
-    async fn put(&mut self, key: &str, value: &[u8], expiration: Option<i64>) -> u64 {
-        let op = Op {
-            key: key.into(),
-            kind: OpKind::Put { value: value.to_vec(), metadata: Some(format!("{{\"k\":\"{key}\"}}")), expiration },
-        };
-        self.apply(Command::Write { now_ms: NOW_MS, writes: vec![NamespaceWrite { namespace: NS, ops: vec![op] }] })
-            .await
-            .0
-    }
-
-    async fn delete(&mut self, key: &str) -> u64 {
-        let op = Op { key: key.into(), kind: OpKind::Delete };
-        self.apply(Command::Write { now_ms: NOW_MS, writes: vec![NamespaceWrite { namespace: NS, ops: vec![op] }] })
-            .await
-            .0
-    }
-
-    fn names(&self, prefix: &str, limit: u32, cursor: Option<&str>) -> (Vec<String>, Option<String>) {
-        let page = self.reader.list(&NS, prefix, limit, cursor, NOW).unwrap();
-        (page.keys.into_iter().map(|(k, _)| k).collect(), page.cursor)
-    }
-
-    /// Every key of a list, following cursors to the end.
-    fn all_names(&self, prefix: &str, limit: u32) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut cursor = None;
-        loop {
-            let (names, next) = self.names(prefix, limit, cursor.as_deref());
-            out.extend(names);
-            match next {
-                None => return out,
-                Some(c) => cursor = Some(c),
-            }
-        }
-    }
-}
+use openraft::RaftSnapshotBuilder;
+use sm::*;
 
 #[tokio::test]
 async fn list_is_in_utf8_byte_order_with_literal_case_sensitive_prefix() {
@@ -200,13 +127,14 @@ async fn a_read_waits_for_its_min_version_then_gives_up_with_unavailable() {
 async fn writes_to_a_missing_namespace_are_rejected_at_apply() {
     let mut s = new_sm().await;
     let op = Op { key: "k".into(), kind: OpKind::Delete };
-    let good = NamespaceWrite { namespace: NS, ops: vec![Op { key: "ok".into(), kind: OpKind::Delete }] };
-    let gone = NamespaceWrite { namespace: NamespaceId([9; 16]), ops: vec![op] };
+    let good = write(NS, vec![Op { key: "ok".into(), kind: OpKind::Delete }]);
+    let gone = write(NamespaceId([9; 16]), vec![op]);
     // In one group-committed entry, only the write to the missing namespace fails.
     let (v, r) = s.apply(Command::Write { now_ms: NOW_MS, writes: vec![gone, good] }).await;
     match r {
         CommandResult::Writes(outcomes) => {
-            assert_eq!(outcomes, vec![Some(kv_common::KvError::NamespaceNotFound), None]);
+            let applied = WriteOutcome::Applied { version: v, decided: Decided::default() };
+            assert_eq!(outcomes, vec![WriteOutcome::Failed(kv_common::KvError::NamespaceNotFound), applied]);
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -219,22 +147,23 @@ async fn writes_to_a_missing_namespace_are_rejected_at_apply() {
 async fn namespace_titles_are_unique_and_delete_removes_every_key() {
     let mut s = new_sm().await;
     let other = NamespaceId([0xBB; 16]);
-    let (_, r) = s.apply(Command::CreateNamespace { id: other, title: "ns".into() }).await;
-    assert!(matches!(r, CommandResult::Rejected(kv_common::KvError::NamespaceTitleExists)));
-    s.apply(Command::CreateNamespace { id: other, title: "other".into() }).await;
-    let (_, r) = s.apply(Command::RenameNamespace { id: other, title: "ns".into() }).await;
-    assert!(matches!(r, CommandResult::Rejected(kv_common::KvError::NamespaceTitleExists)));
+    let (_, r) = s.apply(create(other, "ns")).await;
+    assert!(matches!(r, CommandResult::Namespace(Err(kv_common::KvError::NamespaceTitleExists))));
+    s.apply(create(other, "other")).await;
+    let rename = Command::RenameNamespace { id: other, title: "ns".into(), now_ms: NOW_MS, request: None };
+    let (_, r) = s.apply(rename).await;
+    assert!(matches!(r, CommandResult::Namespace(Err(kv_common::KvError::NamespaceTitleExists))));
 
     s.put("a", b"v", Some(NOW + 100)).await;
     s.put("b", b"v", None).await;
-    let (_, r) = s.apply(Command::DeleteNamespace { id: NS }).await;
-    assert!(matches!(r, CommandResult::NamespaceDeleted));
+    let (v, r) = s.apply(Command::DeleteNamespace { id: NS, now_ms: NOW_MS, request: None }).await;
+    assert!(matches!(r, CommandResult::Namespace(Ok(NamespaceDone { version, record: None })) if version == v));
     assert!(s.reader.namespace(&NS).is_err());
     // Re-creating the same id shows none of the old keys.
-    s.apply(Command::CreateNamespace { id: NS, title: "ns".into() }).await;
+    s.apply(create(NS, "ns")).await;
     assert!(s.all_names("", 1000).is_empty());
     // The orphaned expiry index entry is swept without touching anything else.
-    let (_, r) = s.apply(Command::Sweep { now_ms: (NOW as u64 + 200) * 1000, budget: 100, tombstones_before: 0 }).await;
+    let (_, r) = s.apply(sweep((NOW as u64 + 200) * 1000, 100, 0)).await;
     assert!(matches!(r, CommandResult::Swept { removed: 0 }));
 }
 
@@ -250,9 +179,9 @@ async fn sweep_removes_only_what_is_due_and_is_deterministic() {
         s.put("rewritten", b"v", Some(NOW + 60)).await;
         s.put("rewritten", b"v2", None).await;
     }
-    let sweep = Command::Sweep { now_ms: (NOW as u64 + 61) * 1000, budget: 10, tombstones_before: 0 };
-    let (_, ra) = a.apply(sweep.clone()).await;
-    let (_, rb) = b.apply(sweep).await;
+    let cmd = sweep((NOW as u64 + 61) * 1000, 10, 0);
+    let (_, ra) = a.apply(cmd.clone()).await;
+    let (_, rb) = b.apply(cmd).await;
     assert!(matches!(ra, CommandResult::Swept { removed: 1 }), "{ra:?}");
     assert!(matches!(rb, CommandResult::Swept { removed: 1 }));
     // Even a reader whose clock is behind no longer finds the swept entry.
@@ -271,14 +200,14 @@ async fn old_tombstones_are_swept_and_a_rewritten_key_is_kept() {
     let tomb_of_back = s.delete("back").await;
     let back = s.put("back", b"again", None).await;
     assert!(back > tomb_of_back);
-    let sweep = |before| Command::Sweep { now_ms: NOW_MS, budget: 100, tombstones_before: before };
+    let sweep = |before| sweep(NOW_MS, 100, before);
     // A tombstone is kept while its version is not below the bound.
     let (_, r) = s.apply(sweep(deleted)).await;
     assert!(matches!(r, CommandResult::Swept { removed: 0 }), "{r:?}");
-    assert!(s.reader.has_sweep_work(NOW, deleted + 1).unwrap());
+    assert!(s.reader.has_sweep_work(NOW, deleted + 1, 0).unwrap());
     let (_, r) = s.apply(sweep(s.next)).await;
     assert!(matches!(r, CommandResult::Swept { removed: 1 }), "only the live tombstone goes: {r:?}");
-    assert!(!s.reader.has_sweep_work(NOW, s.next).unwrap());
+    assert!(!s.reader.has_sweep_work(NOW, s.next, 0).unwrap());
     assert_eq!(s.reader.get(&NS, "back", NOW).unwrap().entry.unwrap().value, b"again");
     let gone = s.reader.get(&NS, "gone", NOW).unwrap();
     assert!(gone.entry.is_none());
@@ -341,4 +270,47 @@ async fn a_snapshot_rebuilds_an_identical_state_machine() {
     let mut incoming = u.sm.begin_receiving_snapshot().await.unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut *incoming, &[0, 5, 0, 0, 0, 1]).await.unwrap();
     assert!(u.sm.install_snapshot(&snap.meta, incoming).await.is_err());
+}
+
+#[tokio::test]
+async fn a_corrupted_snapshot_is_refused_by_its_checksum_and_changes_nothing() {
+    let (meta, mut bytes) = snapshot_of(20).await;
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    let mut t = new_sm().await;
+    t.put("mine", b"v", None).await;
+    let err = install(&mut t.sm, &meta, &bytes).await.unwrap_err();
+    assert!(format!("{err}").contains("checksum"), "{err}");
+    assert!(t.reader.get(&NS, "mine", NOW).unwrap().entry.is_some(), "nothing was replaced");
+}
+
+#[tokio::test]
+async fn a_retried_request_is_applied_once_and_answered_with_its_first_outcome() {
+    let mut s = new_sm().await;
+    let put =
+        |v: &[u8]| Op { key: "k".into(), kind: OpKind::Put { value: v.to_vec(), metadata: None, expiration: None } };
+    let first = NamespaceWrite { request: Some("req-1".into()), ..write(NS, vec![put(b"one")]) };
+    let (v1, r1) = s.apply(Command::Write { now_ms: NOW_MS, writes: vec![first.clone()] }).await;
+    // The retry carries the same id (even with other contents, it is the same request).
+    let retry = NamespaceWrite { ops: vec![put(b"two")], ..first };
+    let (_, r2) = s.apply(Command::Write { now_ms: NOW_MS, writes: vec![retry] }).await;
+    let applied = WriteOutcome::Applied { version: v1, decided: Decided::default() };
+    for r in [r1, r2] {
+        assert!(matches!(r, CommandResult::Writes(ref o) if o == &vec![applied.clone()]), "{r:?}");
+    }
+    assert_eq!(s.reader.get(&NS, "k", NOW).unwrap().entry.unwrap().value, b"one");
+    assert_eq!(s.reader.request("req-1").unwrap(), Some(Recorded::Write(applied)));
+    // A retried namespace create is answered with the namespace the first one made.
+    let a = NamespaceId([0x11; 16]);
+    let create_once =
+        |id| Command::CreateNamespace { id, title: "t".into(), now_ms: NOW_MS, request: Some("ns-1".into()) };
+    let (_, first) = s.apply(create_once(a)).await;
+    let (_, again) = s.apply(create_once(NamespaceId([0x22; 16]))).await;
+    assert_eq!(format!("{first:?}"), format!("{again:?}"));
+    // Records are swept once old enough.
+    let (_, r) = s
+        .apply(Command::Sweep { now_ms: NOW_MS, budget: 10, tombstones_before: 0, requests_before_ms: NOW_MS + 1 })
+        .await;
+    assert!(matches!(r, CommandResult::Swept { .. }));
+    assert_eq!(s.reader.request("req-1").unwrap(), None);
 }

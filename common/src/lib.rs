@@ -1,22 +1,20 @@
-//! The KV contract (SPEC.md section 2) shared by every tier: configurable limits, the
+//! The KV contract (SPEC.md section 2) shared by every node: configurable limits, the
 //! validation of keys, values, metadata and expirations, the one error type with its single
-//! mapping to gRPC status and HTTP status, the process set-up every binary repeats, and the
-//! pieces both caching tiers share (versioned cache, request coalescing, upstream failover, trace context).
+//! mapping to gRPC status and HTTP status; and what every process repeats: the context of a
+//! served call (trace, deadline) and the client that hands it on, config loading, serving.
+//! The read path both caching tiers share is the `tier` crate.
 
-pub mod cache;
+pub mod call;
+pub mod client;
 pub mod config;
 pub mod error;
-pub mod flight;
 pub mod limits;
-pub mod metrics;
 pub mod namespace;
 pub mod serve;
 pub mod telemetry;
 pub mod time;
 pub mod trace;
-pub mod upstream;
 pub mod validate;
-pub mod wire;
 
 pub use error::{KvError, KvResult, HTTP_STATUS_TRAILER};
 pub use limits::Limits;

@@ -137,6 +137,32 @@ pub fn bulk_write(count: usize, bytes: usize, limits: &Limits) -> KvResult<()> {
     Ok(())
 }
 
+/// "Last wins" within one write request: for each item (by its key), the position of the
+/// item that decides the key, the last one naming it. Every tier applies only the deciding
+/// items, so all of them end up holding the same version of every key.
+pub fn last_wins<'a>(keys: impl IntoIterator<Item = &'a str>) -> Vec<usize> {
+    let keys: Vec<&str> = keys.into_iter().collect();
+    let mut last: std::collections::HashMap<&str, usize> = std::collections::HashMap::with_capacity(keys.len());
+    for (i, k) in keys.iter().enumerate() {
+        last.insert(k, i);
+    }
+    keys.iter().map(|k| last[k]).collect()
+}
+
+/// Longest request id accepted, in bytes.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// Checks a request id: empty means none; otherwise at most `MAX_REQUEST_ID_BYTES`.
+pub fn request_id(id: &str) -> KvResult<Option<String>> {
+    match id.len() {
+        0 => Ok(None),
+        n if n > MAX_REQUEST_ID_BYTES => {
+            Err(KvError::InvalidRequest(format!("request_id is {n} bytes, more than {MAX_REQUEST_ID_BYTES}")))
+        }
+        _ => Ok(Some(id.to_owned())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,5 +322,13 @@ mod tests {
         let l = Limits { max_key_bytes: 4, min_cache_ttl_secs: 1, ..Limits::default() };
         assert_eq!(msg(key("abcde", &l)), (414, "UTF-8 encoded length of 5 exceeds key length limit of 4.".into()));
         assert_eq!(cache_ttl(Some(1), &l).unwrap(), 1);
+    }
+
+    #[test]
+    fn the_last_item_naming_a_key_decides_it() {
+        assert_eq!(last_wins(["a", "b", "a", "c", "b"]), vec![2, 4, 2, 3, 4]);
+        assert_eq!(last_wins(Vec::<&str>::new()), Vec::<usize>::new());
+        assert_eq!(request_id("").unwrap(), None);
+        assert!(request_id(&"x".repeat(129)).is_err());
     }
 }

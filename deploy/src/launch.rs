@@ -23,6 +23,8 @@ pub struct NodeProc {
     pub dir: PathBuf,
     bin: PathBuf,
     log_filter: Option<String>,
+    /// Extra environment of the process (e.g. `KV_CLOCK_SKEW_MS`), applied at each start.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -37,10 +39,27 @@ impl NodeProc {
 
     /// Starts the process (again) from its config file; it dies with this process.
     pub fn start(&mut self) -> anyhow::Result<()> {
-        let child = spawn_node(&self.bin, &self.config_path(), &self.log_path(), self.log_filter.as_deref())
+        let child = spawn_node(&self.bin, &self.config_path(), &self.log_path(), self.log_filter.as_deref(), &self.env)
             .with_context(|| format!("starting {} ({})", self.name, self.bin.display()))?;
         self.child = Some(child);
         Ok(())
+    }
+
+    /// Stops the process where it is (SIGSTOP): it holds its connections but answers nothing.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a paused process go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
     }
 
     /// `kill -9`.
@@ -51,12 +70,10 @@ impl NodeProc {
         }
     }
 
-    /// Asks the process to stop (SIGTERM).
+    /// Asks the process to stop (SIGTERM); a paused one is woken to hear it.
     fn terminate(&self) {
-        if let Some(c) = &self.child {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        }
+        self.signal(libc::SIGTERM);
+        self.signal(libc::SIGCONT);
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.
@@ -71,14 +88,26 @@ impl NodeProc {
         let _ = c.wait();
     }
 
+    /// Whether the process was started and not killed or stopped since (it may have exited).
+    pub fn has_child(&self) -> bool {
+        self.child.is_some()
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 
 /// Runs `bin --config config`, appending its output to `log`, with `RUST_LOG` from `filter`,
-/// else `$KV_TEST_LOG`, else `info`. The child is killed when the launching process exits.
-pub fn spawn_node(bin: &Path, config: &Path, log: &Path, filter: Option<&str>) -> anyhow::Result<Child> {
+/// else `$KV_TEST_LOG`, else `info`, and `env` on top. The child is killed when the launching
+/// process exits.
+pub fn spawn_node(
+    bin: &Path,
+    config: &Path,
+    log: &Path,
+    filter: Option<&str>,
+    env: &[(String, String)],
+) -> anyhow::Result<Child> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     let mut cmd = Command::new(bin);
     cmd.arg("--config")
@@ -90,6 +119,7 @@ pub fn spawn_node(bin: &Path, config: &Path, log: &Path, filter: Option<&str>) -
                 .or_else(|| std::env::var("KV_TEST_LOG").ok())
                 .unwrap_or_else(|| "info,openraft=warn".into()),
         )
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -122,7 +152,11 @@ pub struct Edge {
 /// A running local cluster; every process is stopped when it is dropped.
 pub struct LocalCluster {
     pub central: Vec<NodeProc>,
+    /// `peer_links[i][j]`: how voter `i` reaches voter `j` (none for `i == j`).
+    pub peer_links: Vec<Vec<Option<DelayLink>>>,
     pub regions: Vec<Region>,
+    /// TOML appended to every central node's config.
+    central_config: String,
 }
 
 /// Where binaries are: `$KV_BIN_DIR`, or beside the running executable (its parent when
@@ -169,7 +203,16 @@ fn node(
 ) -> anyhow::Result<NodeProc> {
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir)?;
-    Ok(NodeProc { name: name.into(), grpc, http, dir, bin, log_filter: topology.log.clone(), child: None })
+    Ok(NodeProc {
+        name: name.into(),
+        grpc,
+        http,
+        dir,
+        bin,
+        log_filter: topology.log.clone(),
+        env: Vec::new(),
+        child: None,
+    })
 }
 
 fn quoted_list<T: ToString>(items: impl IntoIterator<Item = T>) -> String {
@@ -191,26 +234,45 @@ impl LocalCluster {
                 ports(base, 0, i)?,
             )?);
         }
+        let peer_delay = Duration::from_millis(topology.central.peer_delay_ms);
+        let mut peer_links = Vec::new();
+        for i in 0..central.len() {
+            let mut row = Vec::new();
+            for (j, to) in central.iter().enumerate() {
+                row.push(if i == j { None } else { Some(DelayLink::start(to.grpc, peer_delay)?) });
+            }
+            peer_links.push(row);
+        }
         let members = central
             .iter()
             .enumerate()
             .map(|(i, n)| format!("{{ id = {}, addr = \"{}\" }}", i + 1, n.grpc))
             .collect::<Vec<_>>()
             .join(", ");
-        for (i, n) in central.iter_mut().enumerate() {
+        let members = if topology.central.initialize { members } else { String::new() };
+        let mut cluster =
+            LocalCluster { central, peer_links, regions: Vec::new(), central_config: topology.central.config.clone() };
+        for i in 0..cluster.central.len() {
+            let routes: String = cluster.peer_links[i]
+                .iter()
+                .enumerate()
+                .filter_map(|(j, l)| l.as_ref().map(|l| format!("\"{}\" = \"{}\"\n", j + 1, l.listen)))
+                .collect();
+            let n = &mut cluster.central[i];
             let text = format!(
-                "node_id = {}\nlisten = \"{}\"\nhttp_listen = \"{}\"\ndata_dir = \"{}\"\ninitial_members = [{members}]\n{}\n",
+                "node_id = {}\nlisten = \"{}\"\nhttp_listen = \"{}\"\ndata_dir = \"{}\"\ninitial_members = [{members}]\n{}\n[peer_routes]\n{routes}",
                 i + 1,
                 n.grpc,
                 n.http,
                 n.dir.join("data").display(),
-                topology.central.config
+                cluster.central_config,
             );
             std::fs::write(n.config_path(), text)?;
             n.start()?;
         }
-        let mut cluster = LocalCluster { central, regions: Vec::new() };
-        cluster.wait_for_leader().await?;
+        if topology.central.initialize {
+            cluster.wait_for_leader().await?;
+        }
 
         let mut edge_no = 0;
         for (r, spec) in topology.regions.iter().enumerate() {
@@ -256,18 +318,83 @@ impl LocalCluster {
         Ok(cluster)
     }
 
-    /// Waits until every central node names the same leader.
-    async fn wait_for_leader(&mut self) -> anyhow::Result<()> {
+    /// Starts one more central node that belongs to no cluster yet (to be added through the
+    /// admin API); returns its index.
+    pub fn add_central(&mut self, root: &Path) -> anyhow::Result<usize> {
+        let i = self.central.len();
+        let first = self.central.first().context("a cluster has a first node")?;
+        let (bin, filter) = (first.bin.clone(), first.log_filter.clone());
+        let dir = root.join(format!("central-{}", i + 1));
+        std::fs::create_dir_all(&dir)?;
+        let (grpc, http) = ports(0, 0, i)?;
+        let mut n = NodeProc {
+            name: format!("central-{}", i + 1),
+            grpc,
+            http,
+            dir,
+            bin,
+            log_filter: filter,
+            env: Vec::new(),
+            child: None,
+        };
+        let text = format!(
+            "node_id = {}\nlisten = \"{}\"\nhttp_listen = \"{}\"\ndata_dir = \"{}\"\n{}\n",
+            i + 1,
+            n.grpc,
+            n.http,
+            n.dir.join("data").display(),
+            self.central_config,
+        );
+        std::fs::write(n.config_path(), text)?;
+        n.start()?;
+        self.central.push(n);
+        Ok(i)
+    }
+
+    /// Cuts voter `i` off from every other voter (both ways), as a network partition would;
+    /// tiers can still reach it.
+    pub fn isolate_central(&self, i: usize) {
+        self.peer_links_of(i).for_each(DelayLink::cut);
+    }
+
+    /// Undoes `isolate_central`.
+    pub fn heal_central(&self, i: usize) {
+        self.peer_links_of(i).for_each(DelayLink::restore);
+    }
+
+    fn peer_links_of(&self, i: usize) -> impl Iterator<Item = &DelayLink> {
+        self.peer_links.iter().enumerate().flat_map(move |(a, row)| {
+            row.iter().enumerate().filter(move |(b, _)| a == i || *b == i).filter_map(|(_, l)| l.as_ref())
+        })
+    }
+
+    /// The index of the voter that the running voters agree leads, if they do.
+    pub async fn central_leader(&mut self) -> Option<usize> {
+        let mut leaders = Vec::new();
+        for n in &mut self.central {
+            if n.is_running() {
+                leaders.push(central_leader(n.grpc).await);
+            }
+        }
+        let first = (*leaders.first()?)?;
+        leaders.iter().all(|l| *l == Some(first)).then(|| first.checked_sub(1)).flatten().map(|i| i as usize)
+    }
+
+    /// Waits until every central node names the same leader and is healthy (it has proved
+    /// it is current).
+    pub async fn wait_for_leader(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let mut leaders = Vec::new();
+            let mut healthy = true;
             for n in &mut self.central {
                 if !n.is_running() {
                     bail!("{} exited at start-up; see {}", n.name, n.log_path().display());
                 }
                 leaders.push(central_leader(n.grpc).await);
+                healthy &= matches!(http_get(n.http, "/health").await, Ok((200, _)));
             }
-            if leaders[0].is_some() && leaders.iter().all(|l| *l == leaders[0]) {
+            if healthy && leaders[0].is_some() && leaders.iter().all(|l| *l == leaders[0]) {
                 return Ok(());
             }
             if Instant::now() > deadline {

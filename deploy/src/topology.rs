@@ -31,9 +31,21 @@ pub struct Topology {
 #[serde(deny_unknown_fields)]
 pub struct CentralSpec {
     pub voters: usize,
+    /// One-way delay on the link between every two voters (each pair has its own link, so a
+    /// voter can be cut off from the others).
+    #[serde(default)]
+    pub peer_delay_ms: u64,
+    /// Whether the voters form a cluster by themselves at start (`false`: they wait to be
+    /// initialized through the admin API).
+    #[serde(default = "yes")]
+    pub initialize: bool,
     /// TOML appended to every central node's config.
     #[serde(default)]
     pub config: String,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One region: a regional tier and its edges.
@@ -64,7 +76,6 @@ impl Topology {
     pub fn parse(text: &str) -> anyhow::Result<Topology> {
         let t: Topology = toml::from_str(text)?;
         anyhow::ensure!(t.central.voters >= 1, "the central group needs at least one voter");
-        anyhow::ensure!(!t.regions.is_empty(), "a topology needs at least one region");
         for r in &t.regions {
             for e in &r.edges {
                 if let Some(m) = &e.mode {
@@ -92,7 +103,9 @@ mod tests {
         assert_eq!(t.regions.len(), 3);
         assert!(t.regions.iter().all(|r| r.edges.len() == 2));
         assert_eq!(t.largest_link_round_trip_ms(), 150);
-        assert!(Topology::parse("[central]\nvoters = 3\nregions = []\n").is_err());
+        assert!(Topology::parse("[central]\nvoters = 0\nregions = []\n").is_err());
+        let central_only = Topology::parse("regions = []\n[central]\nvoters = 3\n").unwrap();
+        assert!(central_only.central.initialize && central_only.regions.is_empty());
         let bad = DEFAULT.replace("{ name = \"us-east-1\", delay_ms = 1 }", "{ name = \"x\", mode = \"sometimes\" }");
         assert!(Topology::parse(&bad).is_err());
     }

@@ -1,14 +1,12 @@
 //! The client API (kv.client.v1.Kv): every input is checked against the contract here,
 //! before anything goes upstream; then the edge's read and write paths do the work.
 
-use crate::edge::{Edge, Source};
-use crate::error::{EdgeError, EdgeResult};
+use crate::edge::{new_request_id, Edge};
 use bytes::{Bytes, BytesMut};
-use kv_common::cache::Cached;
-use kv_common::store_call;
 use kv_common::{namespace::validate_title, time, validate, KvError, NamespaceId, HTTP_STATUS_TRAILER};
 use kv_proto::client::v1::{self as api, kv_server::Kv};
 use kv_proto::store::v1 as pb;
+use kv_tier::{Served, Source, TierError, TierResult};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +21,8 @@ pub struct KvApi(pub Arc<Edge>);
 
 impl KvApi {
     /// Counts a request refused by validation.
-    fn check<T>(&self, r: Result<T, KvError>) -> EdgeResult<T> {
-        r.inspect_err(|_| self.0.metrics.rejected.inc()).map_err(EdgeError::from)
+    fn check<T>(&self, r: Result<T, KvError>) -> TierResult<T> {
+        r.inspect_err(|_| self.0.metrics.rejected.inc()).map_err(TierError::from)
     }
 
     /// Refuses a request the contract names no specific check for.
@@ -33,20 +31,20 @@ impl KvApi {
         KvError::InvalidRequest(why.into()).to_status()
     }
 
-    fn namespace(&self, id: &str) -> EdgeResult<NamespaceId> {
+    fn namespace(&self, id: &str) -> TierResult<NamespaceId> {
         self.check(NamespaceId::parse(id))
     }
 
-    fn cache_ttl(&self, asked: Option<i64>) -> EdgeResult<Duration> {
-        let secs = self.check(validate::cache_ttl(asked, &self.0.config.limits))?;
-        Ok(Duration::from_secs(u64::try_from(secs).unwrap_or(u64::MAX)))
+    fn cache_ttl(&self, asked: Option<i64>) -> TierResult<Duration> {
+        self.check(self.0.cache_ttl(asked))
     }
 
-    async fn read(&self, req: &api::GetRequest) -> EdgeResult<(Arc<Cached>, Source)> {
+    async fn read(&self, req: &api::GetRequest) -> TierResult<Served> {
         let ns = self.namespace(&req.namespace_id)?;
         self.check(validate::key(&req.key, &self.0.config.limits))?;
         let ttl = self.cache_ttl(req.cache_ttl)?;
-        self.0.get(&ns, &req.key, ttl).await
+        let mut out = self.0.read(&ns, std::slice::from_ref(&req.key), ttl).await;
+        out.pop().unwrap_or_else(|| Err(tonic::Status::internal("no answer").into()))
     }
 
     /// Validates one put and turns it into a write op.
@@ -67,8 +65,8 @@ impl KvApi {
     }
 
     /// Writes one op; its own failure becomes the call's error.
-    async fn write_one(&self, ns: &NamespaceId, op: pb::WriteOp) -> EdgeResult<api::WriteResponse> {
-        let resp = self.0.write(pb::WriteRequest { namespace_id: ns.to_string(), ops: vec![op] }).await?;
+    async fn write_one(&self, ns: &NamespaceId, op: pb::WriteOp) -> TierResult<api::WriteResponse> {
+        let resp = self.0.write(write_request(ns, vec![op])).await?;
         let r = resp.results.into_iter().next().ok_or_else(|| Status::internal("upstream returned no result"))?;
         match r.error {
             Some(e) => Err(op_status(&e).into()),
@@ -81,7 +79,7 @@ impl KvApi {
         &self,
         ns: &NamespaceId,
         items: Vec<(String, Result<pb::WriteOp, KvError>)>,
-    ) -> EdgeResult<api::BulkWriteResponse> {
+    ) -> TierResult<api::BulkWriteResponse> {
         let mut out = api::BulkWriteResponse::default();
         let mut ops = Vec::new();
         for (key, op) in items {
@@ -94,7 +92,7 @@ impl KvApi {
             }
         }
         if !ops.is_empty() {
-            let resp = self.0.write(pb::WriteRequest { namespace_id: ns.to_string(), ops }).await?;
+            let resp = self.0.write(write_request(ns, ops)).await?;
             for r in resp.results {
                 match r.error {
                     None => out.successful_key_count += 1,
@@ -105,6 +103,11 @@ impl KvApi {
         out.unsuccessful_keys = out.errors.iter().map(|e| e.key.clone()).collect();
         Ok(out)
     }
+}
+
+/// A write of `ops` in `ns`; the edge names it with a request id before sending it.
+fn write_request(ns: &NamespaceId, ops: Vec<pb::WriteOp>) -> pb::WriteRequest {
+    pb::WriteRequest { namespace_id: ns.to_string(), ops, request_id: String::new(), track: None }
 }
 
 fn key_error(key: String, http_status: u32, message: String) -> api::KeyError {
@@ -118,12 +121,31 @@ fn op_status(e: &pb::OpError) -> Status {
     s
 }
 
-fn cache_status(s: Source) -> i32 {
-    (match s {
+fn cache_status(s: Source) -> api::CacheStatus {
+    match s {
         Source::Hit => api::CacheStatus::Hit,
         Source::Miss => api::CacheStatus::Miss,
         Source::Stale => api::CacheStatus::Stale,
-    }) as i32
+    }
+}
+
+/// How old an answer is, in milliseconds.
+fn age_ms(s: &Served) -> u64 {
+    u64::try_from(s.as_of.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The less fresh of two statuses: STALE over MISS over HIT.
+fn least_fresh(a: api::CacheStatus, b: api::CacheStatus) -> api::CacheStatus {
+    let rank = |s: api::CacheStatus| match s {
+        api::CacheStatus::Stale => 3,
+        api::CacheStatus::Miss => 2,
+        _ => 1,
+    };
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
+    }
 }
 
 fn to_namespace(n: pb::Namespace) -> api::Namespace {
@@ -140,9 +162,10 @@ impl Kv for KvApi {
     ) -> Result<Response<api::Namespace>, Status> {
         let title = req.into_inner().title;
         self.check(validate_title(&title))?;
-        let r = pb::CreateNamespaceRequest { title };
-        let n = store_call!(self.0.upstream, create_namespace, r.clone()).await?;
-        Ok(Response::new(to_namespace(n.into_inner())))
+        let r = pb::CreateNamespaceRequest { title, request_id: new_request_id() };
+        let n = self.0.tier.upstream().create_namespace(r).await?;
+        self.0.namespace_changed(n.version, None);
+        Ok(Response::new(to_namespace(n)))
     }
 
     async fn list_namespaces(
@@ -151,7 +174,7 @@ impl Kv for KvApi {
     ) -> Result<Response<api::ListNamespacesResponse>, Status> {
         let req = req.into_inner();
         let r = pb::ListNamespacesRequest { page: req.page, per_page: req.per_page };
-        let out = store_call!(self.0.upstream, list_namespaces, r).await?.into_inner();
+        let out = self.0.tier.upstream().list_namespaces(r).await?;
         Ok(Response::new(api::ListNamespacesResponse {
             namespaces: out.namespaces.into_iter().map(to_namespace).collect(),
             total_count: out.total_count,
@@ -160,8 +183,8 @@ impl Kv for KvApi {
 
     async fn get_namespace(&self, req: Request<api::NamespaceRef>) -> Result<Response<api::Namespace>, Status> {
         let ns = self.namespace(&req.into_inner().namespace_id)?;
-        let r = pb::NamespaceRef { namespace_id: ns.to_string() };
-        Ok(Response::new(to_namespace(store_call!(self.0.upstream, get_namespace, r.clone()).await?.into_inner())))
+        let r = pb::NamespaceRef { namespace_id: ns.to_string(), request_id: String::new() };
+        Ok(Response::new(to_namespace(self.0.tier.upstream().get_namespace(r).await?)))
     }
 
     async fn rename_namespace(
@@ -171,8 +194,11 @@ impl Kv for KvApi {
         let req = req.into_inner();
         let ns = self.namespace(&req.namespace_id)?;
         self.check(validate_title(&req.title))?;
-        let r = pb::RenameNamespaceRequest { namespace_id: ns.to_string(), title: req.title };
-        Ok(Response::new(to_namespace(store_call!(self.0.upstream, rename_namespace, r.clone()).await?.into_inner())))
+        let r =
+            pb::RenameNamespaceRequest { namespace_id: ns.to_string(), title: req.title, request_id: new_request_id() };
+        let n = self.0.tier.upstream().rename_namespace(r).await?;
+        self.0.namespace_changed(n.version, None);
+        Ok(Response::new(to_namespace(n)))
     }
 
     async fn delete_namespace(
@@ -180,23 +206,24 @@ impl Kv for KvApi {
         req: Request<api::NamespaceRef>,
     ) -> Result<Response<api::DeleteNamespaceResponse>, Status> {
         let ns = self.namespace(&req.into_inner().namespace_id)?;
-        let r = pb::NamespaceRef { namespace_id: ns.to_string() };
-        store_call!(self.0.upstream, delete_namespace, r.clone()).await?;
-        self.0.cache.remove_namespace(&ns.to_string());
+        let r = pb::NamespaceRef { namespace_id: ns.to_string(), request_id: new_request_id() };
+        let done = self.0.tier.upstream().delete_namespace(r).await?;
+        self.0.namespace_changed(done.version, Some(&ns));
         Ok(Response::new(api::DeleteNamespaceResponse {}))
     }
 
     async fn get(&self, req: Request<api::GetRequest>) -> Result<Response<api::GetResponse>, Status> {
         let req = req.into_inner();
-        let (c, source) = self.read(&req).await?;
-        let visible = c.visible(time::now_secs());
+        let s = self.read(&req).await?;
+        let visible = s.copy.visible(time::now_secs());
         Ok(Response::new(api::GetResponse {
             found: visible.is_some(),
             value: visible.map(|v| v.bytes.clone()).unwrap_or_default(),
             metadata_json: visible.filter(|_| req.with_metadata).and_then(|v| v.metadata_json.clone()),
             expiration: visible.and_then(|v| v.expiration),
-            cache_status: cache_status(source),
-            version: c.version,
+            cache_status: cache_status(s.source) as i32,
+            version: s.copy.version,
+            age_ms: age_ms(&s),
         }))
     }
 
@@ -214,43 +241,51 @@ impl Kv for KvApi {
             self.check(validate::key(k, limits))?;
         }
         let ttl = self.cache_ttl(req.cache_ttl)?;
-        let copies = self.0.get_many(&ns, &req.keys, ttl).await?;
+        let answers = self.0.read(&ns, &req.keys, ttl).await;
         let now = time::now_secs();
         let mut total = 0usize;
-        let mut values = Vec::with_capacity(copies.len());
-        for (key, c) in req.keys.into_iter().zip(copies) {
-            let v = c.visible(now);
+        let mut values = Vec::with_capacity(answers.len());
+        let mut overall = api::CacheStatus::Hit;
+        for (key, s) in req.keys.into_iter().zip(answers) {
+            let s = s?;
+            let v = s.copy.visible(now);
             total += v.map_or(0, |v| v.bytes.len());
             if json && v.is_some_and(|v| serde_json::from_slice::<serde_json::Value>(&v.bytes).is_err()) {
                 return Err(KvError::BulkGetNotJson.into());
             }
+            let status = cache_status(s.source);
+            overall = least_fresh(overall, status);
             values.push(api::BulkValue {
                 key,
                 found: v.is_some(),
                 value: v.map(|v| String::from_utf8_lossy(&v.bytes).into_owned()).unwrap_or_default(),
                 metadata_json: v.filter(|_| req.with_metadata).and_then(|v| v.metadata_json.clone()),
+                cache_status: status as i32,
+                version: s.copy.version,
+                age_ms: age_ms(&s),
             });
         }
         if total > limits.max_bulk_get_bytes {
             return Err(KvError::BulkGetTooLarge.into());
         }
-        Ok(Response::new(api::GetBulkResponse { values }))
+        Ok(Response::new(api::GetBulkResponse { values, cache_status: overall as i32 }))
     }
 
     type GetStreamStream = GetStreamOut;
 
     async fn get_stream(&self, req: Request<api::GetRequest>) -> Result<Response<GetStreamOut>, Status> {
         let req = req.into_inner();
-        let (c, source) = self.read(&req).await?;
-        let visible = c.visible(time::now_secs());
+        let s = self.read(&req).await?;
+        let visible = s.copy.visible(time::now_secs());
         let value = visible.map(|v| v.bytes.clone()).unwrap_or_default();
         let header = api::GetStreamHeader {
             found: visible.is_some(),
             metadata_json: visible.filter(|_| req.with_metadata).and_then(|v| v.metadata_json.clone()),
             expiration: visible.and_then(|v| v.expiration),
-            cache_status: cache_status(source),
-            version: c.version,
+            cache_status: cache_status(s.source) as i32,
+            version: s.copy.version,
             value_length: value.len() as u64,
+            age_ms: age_ms(&s),
         };
         // Chunks are slices of the one cached buffer: no second copy of the value.
         let chunks = (0..value.len()).step_by(STREAM_CHUNK).map(move |at| {
@@ -326,8 +361,9 @@ impl Kv for KvApi {
             limit,
             cursor: req.cursor,
             min_version: 0,
+            max_age_ms: 0,
         };
-        let out = store_call!(self.0.upstream, list, r.clone()).await?.into_inner();
+        let out = self.0.list(r).await?;
         Ok(Response::new(api::ListResponse {
             keys: out
                 .keys

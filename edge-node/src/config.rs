@@ -37,6 +37,14 @@ pub struct Config {
     pub refresh_ahead: f64,
     /// Deadline of one upstream call before trying the next endpoint.
     pub upstream_timeout_ms: u64,
+    /// The budget of a client call that set no deadline (`grpc-timeout`).
+    pub request_timeout_ms: u64,
+    /// The oldest answer the edge accepts from upstream as fresh (reads with a short
+    /// cacheTtl ask for at most half of it).
+    pub fresh_within_ms: u64,
+    /// The longest a copy stays fresh, whatever the cacheTtl (the regional tier tracks an
+    /// edge's interest for as long, so keep them equal).
+    pub max_copy_secs: u64,
     pub limits: Limits,
 }
 
@@ -52,6 +60,9 @@ impl Default for Config {
             max_stale_secs: 300,
             refresh_ahead: 0.75,
             upstream_timeout_ms: 2000,
+            request_timeout_ms: 10_000,
+            fresh_within_ms: 1000,
+            max_copy_secs: 86_400,
             limits: Limits::default(),
         }
     }

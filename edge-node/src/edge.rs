@@ -1,67 +1,96 @@
-//! An edge node's state and its read and write paths.
+//! An edge node: the engine's policy for this tier, and its read and write paths.
 //!
-//! A read is a HIT when this edge holds a copy that is fresh for the read's cacheTtl; a hot
-//! copy near the end of its life is refreshed in the background. Otherwise the read is a
-//! MISS that asks the regional tier, coalesced per key. When no upstream answers, a held
-//! copy is served STALE up to `max_stale_secs` past its cacheTtl, never past its expiration.
+//! A read is a HIT when this edge holds a copy that is fresh for the read's cacheTtl,
+//! counted from the instant the copy is fresh *as of*; a hot copy near the end of its life
+//! is refreshed in the background. Otherwise the read is a MISS that asks the regional tier
+//! through the engine (coalesced, ordered against pushes). When upstream cannot give a fresh
+//! answer, a copy is served STALE up to `max_stale_secs` past its cacheTtl, never past its
+//! expiration.
 //!
 //! Every upstream read carries `min_version` = the newest version this edge has seen, so an
 //! answer is never older than anything the edge already returned or wrote: read-your-writes
-//! and monotonic reads survive evictions and resets.
+//! and monotonic reads survive evictions and resets. At start, before its first read, the
+//! edge learns the central store's read index, so they survive a restart of the edge too.
 
 use crate::config::{Config, Mode};
-use crate::error::EdgeResult;
 use crate::metrics::Metrics;
-use kv_common::cache::{CacheKey, Cached, Value, VersionedCache};
-use kv_common::flight::{Flights, Role};
-use kv_common::store_call;
-use kv_common::upstream::{is_unreachable, Upstream};
-use kv_common::wire::value_of;
-use kv_common::{time, NamespaceId};
+use kv_common::{validate, NamespaceId};
 use kv_proto::store::v1 as pb;
+use kv_tier::cache::VersionedCache;
+use kv_tier::upstream::Upstream;
+use kv_tier::{CacheKey, Copy, Policy, ReadSpec, Served, Source, Tier, TierResult};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::Status;
+use tokio::sync::watch;
 
-/// A fetch's answer: the copy, the `min_version` it was asked at, and whether upstream served it stale.
-type Fetched = Result<(Arc<Cached>, u64, bool), Status>;
+/// When an edge copy is fresh, and how long it lives.
+pub struct EdgePolicy {
+    max_stale: Duration,
+    max_copy: Duration,
+    default_cache_ttl: Duration,
+}
 
-/// Where an answer came from, as the client sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Hit,
-    Miss,
-    Stale,
+impl EdgePolicy {
+    fn cache_ttl(&self, spec: &ReadSpec) -> Duration {
+        spec.cache_ttl.unwrap_or(self.default_cache_ttl).min(self.max_copy)
+    }
+}
+
+impl Policy for EdgePolicy {
+    fn fresh(&self, copy: &Copy, spec: &ReadSpec, epoch: u64) -> bool {
+        copy.epoch == epoch && copy.fresh_for_read(Instant::now(), self.cache_ttl(spec))
+    }
+
+    fn young(&self, copy: &Copy, spec: &ReadSpec) -> bool {
+        copy.fresh_for_read(Instant::now(), self.cache_ttl(spec))
+    }
+
+    fn stale_ok(&self, copy: &Copy, _: &ReadSpec) -> bool {
+        Instant::now() < copy.hold_until
+    }
+
+    fn lifetimes(&self, spec: &ReadSpec) -> (Duration, Duration) {
+        (self.cache_ttl(spec), self.max_stale)
+    }
 }
 
 /// Everything the handlers of one edge share.
 pub struct Edge {
     pub config: Config,
-    pub cache: VersionedCache,
+    pub tier: Arc<Tier<Upstream, EdgePolicy>>,
     /// Mode `ttl` only: copies refreshed ahead of time, served once the held copy runs out.
     refreshed: VersionedCache,
-    pub flights: Flights<CacheKey, Fetched>,
-    pub upstream: Upstream,
     pub metrics: Metrics,
     /// The newest version this edge has seen (read, written or pushed).
     observed: AtomicU64,
-    /// Whether the push stream is open (mode `push`); copies filled while it is down are
-    /// revalidated when it comes back.
+    /// Whether the push stream is open (mode `push`).
     pub subscribed: AtomicBool,
+    /// Set once the edge has learned the central read index it started at.
+    ready: watch::Sender<bool>,
 }
 
 impl Edge {
     pub fn new(config: Config) -> anyhow::Result<Arc<Edge>> {
-        let upstream = Upstream::new(&config.upstream, Duration::from_millis(config.upstream_timeout_ms))?;
+        let upstream = Upstream::new(
+            &config.upstream,
+            Duration::from_millis(config.upstream_timeout_ms),
+            Duration::from_millis(config.request_timeout_ms),
+        )?;
+        let policy = EdgePolicy {
+            max_stale: Duration::from_secs(config.max_stale_secs),
+            max_copy: Duration::from_secs(config.max_copy_secs),
+            default_cache_ttl: secs(config.limits.default_cache_ttl_secs),
+        };
+        let metrics = Metrics::new();
+        let tier = Tier::new(config.cache_bytes, upstream, policy, metrics.reads.clone());
         Ok(Arc::new(Edge {
-            cache: VersionedCache::new(config.cache_bytes),
+            tier,
             refreshed: VersionedCache::new(config.cache_bytes / 8),
-            flights: Flights::default(),
-            upstream,
-            metrics: Metrics::new(),
+            metrics,
             observed: AtomicU64::new(0),
             subscribed: AtomicBool::new(false),
+            ready: watch::Sender::new(false),
             config,
         }))
     }
@@ -71,238 +100,176 @@ impl Edge {
         self.observed.fetch_max(version, Ordering::AcqRel);
     }
 
-    fn max_stale(&self) -> Duration {
-        Duration::from_secs(self.config.max_stale_secs)
+    /// The budget of a call that set no deadline.
+    pub fn default_budget(&self) -> Duration {
+        Duration::from_millis(self.config.request_timeout_ms)
     }
 
-    /// A copy filled now, fresh for `cache_ttl`.
-    pub fn fill(&self, value: Option<Value>, version: u64, cache_ttl: Duration, generation: u64) -> Cached {
-        Cached::new(value, version, cache_ttl, self.max_stale(), generation)
+    /// Learns, once at start, a central version that every write acknowledged before this
+    /// edge started is at or below; reads wait for it.
+    pub async fn learn_start_version(self: Arc<Self>) {
+        let started = Instant::now();
+        loop {
+            match self.tier.upstream().read_index().await {
+                Ok((version, as_of)) if as_of >= started => {
+                    self.observe(version);
+                    self.ready.send_replace(true);
+                    tracing::info!(version, "learned the version this edge started at");
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "cannot learn the start version yet"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
-    fn default_cache_ttl(&self) -> Duration {
-        Duration::from_secs(u64::try_from(self.config.limits.default_cache_ttl_secs).unwrap_or(60))
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
     }
 
-    /// What pushes fill when they race a fetch of the key.
-    pub fn push_fill(&self, value: Option<Value>, version: u64) -> Cached {
-        self.fill(value, version, self.default_cache_ttl(), self.cache.generation())
+    /// Waits (within the call's deadline) until the edge knows its start version.
+    async fn until_ready(&self) -> TierResult<()> {
+        let mut rx = self.ready.subscribe();
+        let wait = kv_common::call::remaining_or(self.default_budget());
+        let ready = matches!(tokio::time::timeout(wait, rx.wait_for(|r| *r)).await, Ok(Ok(_)));
+        if ready {
+            Ok(())
+        } else {
+            Err(kv_common::KvError::Unavailable("the edge cannot reach its regional tier yet".into()).into())
+        }
+    }
+
+    /// What a read with `cache_ttl` asks of the regional tier.
+    fn spec(&self, cache_ttl: Duration) -> ReadSpec {
+        let fresh_within = Duration::from_millis(self.config.fresh_within_ms);
+        ReadSpec {
+            min_version: self.observed.load(Ordering::Acquire),
+            max_age: fresh_within.min(cache_ttl / 2).max(Duration::from_millis(1)),
+            cache_ttl: Some(cache_ttl),
+            track: self.tracking(cache_ttl),
+        }
     }
 
     fn tracking(&self, cache_ttl: Duration) -> Option<pb::Tracking> {
+        let ttl = cache_ttl.min(Duration::from_secs(self.config.max_copy_secs));
         (self.config.mode == Mode::Push).then(|| pb::Tracking {
             subscriber_id: self.config.id.clone(),
-            ttl_secs: u32::try_from(cache_ttl.as_secs()).unwrap_or(u32::MAX),
+            ttl_secs: u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX),
         })
     }
 
-    /// One key, as a client reads it.
-    pub async fn get(
+    /// Keys of one namespace, as a client reads them; one answer per key, in order.
+    pub async fn read(
         self: &Arc<Self>,
         ns: &NamespaceId,
-        key: &str,
+        keys: &[String],
         cache_ttl: Duration,
-    ) -> EdgeResult<(Arc<Cached>, Source)> {
-        let ck: CacheKey = (ns.to_string(), key.to_string());
+    ) -> Vec<TierResult<Served>> {
+        if let Err(e) = self.until_ready().await {
+            return keys.iter().map(|_| Err(e.clone())).collect();
+        }
+        let ns = ns.to_string();
+        let spec = self.spec(cache_ttl);
+        if self.config.mode == Mode::Ttl {
+            for k in keys {
+                self.promote_refreshed(&(ns.clone(), k.clone()), &spec);
+            }
+        }
+        let out = self.tier.read(&ns, keys, &spec).await;
         let now = Instant::now();
-        let held = self.cache.get(&ck).or_else(|| self.promote_refreshed(&ck));
-        if let Some(c) = &held {
-            if self.is_fresh(c, now, cache_ttl) {
-                self.metrics.reads.hit(c);
-                if self.refresh_due(c, now) && !self.flights.in_flight(&ck) {
-                    self.refresh(ck, cache_ttl);
-                }
-                return Ok((c.clone(), Source::Hit));
-            }
-            if let Some(next) = self.promote_refreshed(&ck).filter(|n| self.is_fresh(n, now, cache_ttl)) {
-                self.metrics.reads.hit(&next);
-                return Ok((next, Source::Hit));
+        for (k, r) in keys.iter().zip(&out) {
+            let Ok(s) = r else { continue };
+            self.observe(s.copy.version);
+            let key = (ns.clone(), k.clone());
+            if s.source == Source::Hit && self.refresh_due(&s.copy, now) && !self.tier.in_flight(&key) {
+                self.refresh(key, spec.clone());
             }
         }
-        self.metrics.reads.misses.inc();
-        match self.fetch(ck.clone(), cache_ttl).await {
-            Ok((c, false)) => Ok((self.cache.keep(ck, c), Source::Miss)),
-            Ok((c, true)) => {
-                // Upstream could not reach the store either: answer, but do not keep it as fresh.
-                self.metrics.reads.stale_serves.inc();
-                let newest = self.cache.get(&ck).filter(|h| h.version > c.version).unwrap_or(c);
-                Ok((newest, Source::Stale))
-            }
-            Err(e) if is_unreachable(&e) => match self.stale_copy(&ck, held) {
-                Some(c) => Ok((c, Source::Stale)),
-                None => Err(e.into()),
-            },
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    fn is_fresh(&self, c: &Cached, now: Instant, cache_ttl: Duration) -> bool {
-        c.fresh_for_read(now, cache_ttl, self.cache.generation()) && !c.is_expired(time::now_secs())
+        out
     }
 
     /// Refetches a hot key in the background. In mode `push` the new copy replaces the held
     /// one at once, as a push would; in mode `ttl` it waits aside until the held copy's
     /// cacheTtl ends, so a copy still lives exactly its cacheTtl, as in KV.
-    fn refresh(self: &Arc<Self>, ck: CacheKey, cache_ttl: Duration) {
+    fn refresh(self: &Arc<Self>, key: CacheKey, spec: ReadSpec) {
         self.metrics.refreshes.inc();
         let me = self.clone();
         tokio::spawn(async move {
-            match me.fetch(ck.clone(), cache_ttl).await {
-                Ok((c, false)) if me.config.mode == Mode::Ttl => {
-                    me.refreshed.offer(ck, c);
+            let push = me.config.mode == Mode::Push;
+            let got = me.tier.fetch(&key.0, std::slice::from_ref(&key.1), &spec, push).await;
+            match got.into_iter().next() {
+                Some(Ok(c)) => {
+                    me.observe(c.version);
+                    if !push {
+                        me.refreshed.offer(key, c);
+                    }
                 }
-                Ok((c, false)) => {
-                    me.cache.keep(ck, c);
-                }
-                Ok((_, true)) => {}
-                Err(e) => tracing::debug!(error = %e, "background refresh failed"),
+                Some(Err(e)) => tracing::debug!(error = %e, "background refresh failed"),
+                None => {}
             }
         });
     }
 
     /// Moves a copy refreshed ahead of time into the cache, once the held one has run out.
-    fn promote_refreshed(&self, ck: &CacheKey) -> Option<Arc<Cached>> {
-        let next = self.refreshed.get(ck)?;
-        self.refreshed.remove(ck);
-        Some(self.cache.keep(ck.clone(), next))
-    }
-
-    /// A held copy still within its stale-if-error window, for when no upstream answers.
-    fn stale_copy(&self, ck: &CacheKey, held: Option<Arc<Cached>>) -> Option<Arc<Cached>> {
-        let c = self.cache.get(ck).or(held)?;
-        (Instant::now() < c.hold_until).then(|| {
-            self.metrics.reads.stale_serves.inc();
-            c
-        })
+    fn promote_refreshed(&self, key: &CacheKey, spec: &ReadSpec) {
+        let Some(next) = self.refreshed.get(key) else { return };
+        let held_fresh = self.tier.cache.get(key).is_some_and(|c| self.tier.policy.fresh(&c, spec, self.tier.epoch()));
+        if !held_fresh {
+            self.refreshed.remove_older(key.clone(), u64::MAX);
+            self.tier.keep(key.clone(), next);
+        }
     }
 
     /// Whether a hit is late enough in its copy's life to refresh the key ahead of time.
-    fn refresh_due(&self, c: &Cached, now: Instant) -> bool {
-        let life = c.fresh_until().saturating_duration_since(c.filled_at);
-        now.saturating_duration_since(c.filled_at) >= life.mul_f64(self.config.refresh_ahead)
+    fn refresh_due(&self, c: &Copy, now: Instant) -> bool {
+        let life = c.fresh_until().saturating_duration_since(c.as_of);
+        now.saturating_duration_since(c.as_of) >= life.mul_f64(self.config.refresh_ahead)
     }
 
-    /// Reads a key upstream, sharing the fetch with concurrent misses and refreshes of it;
-    /// the caller decides where the copy goes.
-    async fn fetch(self: &Arc<Self>, ck: CacheKey, cache_ttl: Duration) -> Result<(Arc<Cached>, bool), Status> {
-        loop {
-            let min_version = self.observed.load(Ordering::Acquire);
-            let me = self.clone();
-            let key = ck.clone();
-            let (out, role) = self
-                .flights
-                .run(ck.clone(), move || async move { me.fetch_upstream(key, cache_ttl, min_version).await })
-                .await;
-            match role {
-                Role::Leader => self.metrics.reads.upstream_fetches.inc(),
-                Role::Waiter => self.metrics.reads.coalesced_waiters.inc(),
-            }
-            let (c, asked, stale) = out?;
-            if asked >= min_version {
-                return Ok((c, stale));
-            }
+    /// Sends a write batch upstream (with a request id, so retries apply it once, and, in
+    /// mode `push`, asking to be pushed the written keys' later changes). Acknowledged items
+    /// go into this edge's cache at once, so every later read here sees them.
+    pub async fn write(&self, mut req: pb::WriteRequest) -> TierResult<pb::WriteResponse> {
+        if req.request_id.is_empty() {
+            req.request_id = new_request_id();
         }
-    }
-
-    async fn fetch_upstream(self: Arc<Self>, ck: CacheKey, cache_ttl: Duration, min_version: u64) -> Fetched {
-        let generation = self.cache.generation();
-        let req = pb::GetRequest {
-            namespace_id: ck.0.clone(),
-            key: ck.1.clone(),
-            min_version,
-            track: self.tracking(cache_ttl),
-        };
-        let r = store_call!(self.upstream, get, req.clone()).await?.into_inner();
-        let version = r.entry.as_ref().map_or(r.version, |e| e.version);
-        let fetched = Arc::new(self.fill(r.entry.as_ref().map(value_of), version, cache_ttl, generation));
-        if !r.stale {
-            self.observe(version);
-        }
-        Ok((fetched, min_version, r.stale))
-    }
-
-    /// Several keys of one namespace: held fresh copies, the rest in one upstream call.
-    pub async fn get_many(
-        &self,
-        ns: &NamespaceId,
-        keys: &[String],
-        cache_ttl: Duration,
-    ) -> EdgeResult<Vec<Arc<Cached>>> {
-        let now = Instant::now();
-        let generation = self.cache.generation();
-        let mut out: Vec<Option<Arc<Cached>>> = Vec::with_capacity(keys.len());
-        let mut missing = Vec::new();
-        for (i, k) in keys.iter().enumerate() {
-            match self.cache.get(&(ns.to_string(), k.clone())) {
-                Some(c) if c.fresh_for_read(now, cache_ttl, generation) && !c.is_expired(time::now_secs()) => {
-                    self.metrics.reads.hit(&c);
-                    out.push(Some(c));
-                }
-                _ => {
-                    self.metrics.reads.misses.inc();
-                    missing.push(i);
-                    out.push(None);
-                }
-            }
-        }
-        if !missing.is_empty() {
-            let req = pb::BatchGetRequest {
-                namespace_id: ns.to_string(),
-                keys: missing.iter().map(|&i| keys[i].clone()).collect(),
-                min_version: self.observed.load(Ordering::Acquire),
-                track: self.tracking(cache_ttl),
-            };
-            self.metrics.reads.upstream_fetches.inc();
-            match store_call!(self.upstream, batch_get, req.clone()).await {
-                Ok(r) => {
-                    let r = r.into_inner();
-                    for (&i, ke) in missing.iter().zip(r.results) {
-                        let version = ke.entry.as_ref().map_or(r.read_version, |e| e.version);
-                        let c = Arc::new(self.fill(ke.entry.as_ref().map(value_of), version, cache_ttl, generation));
-                        out[i] = Some(if r.stale { c } else { self.cache.keep((ns.to_string(), keys[i].clone()), c) });
-                    }
-                    if !r.stale {
-                        self.observe(r.read_version);
-                    }
-                }
-                Err(e) if is_unreachable(&e) => {
-                    for &i in &missing {
-                        let ck = (ns.to_string(), keys[i].clone());
-                        out[i] = Some(self.stale_copy(&ck, None).ok_or_else(|| e.clone())?);
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(out.into_iter().flatten().collect())
-    }
-
-    /// Sends a write batch upstream; acknowledged items go into this edge's cache at once,
-    /// so every later read here sees them (read-your-writes).
-    pub async fn write(&self, req: pb::WriteRequest) -> EdgeResult<pb::WriteResponse> {
-        let resp = store_call!(self.upstream, write, req.clone()).await?.into_inner();
-        let generation = self.cache.generation();
-        for (op, result) in req.ops.into_iter().zip(&resp.results) {
-            if result.error.is_some() || result.version == 0 {
-                continue;
-            }
-            self.metrics.writes.inc();
-            self.observe(result.version);
-            let value = match op.op {
-                Some(pb::write_op::Op::Put(p)) => {
-                    Some(Value { bytes: p.value, metadata_json: p.metadata_json, expiration: result.expiration })
-                }
-                _ => None,
-            };
-            let c = self.fill(value, result.version, self.default_cache_ttl(), generation);
-            self.cache.offer((req.namespace_id.clone(), op.key), Arc::new(c));
-        }
+        req.track = self.tracking(secs(self.config.limits.default_cache_ttl_secs));
+        let sent = Instant::now();
+        let resp = self.tier.upstream().write(req.clone()).await?;
+        let written = resp.results.iter().filter(|r| r.error.is_none() && r.version > 0).count();
+        self.metrics.writes.inc_by(written as u64);
+        let spec = self.spec(secs(self.config.limits.default_cache_ttl_secs));
+        self.observe(self.tier.write_through_response(&req, &resp, sent, &spec));
         Ok(resp)
+    }
+
+    /// One page of keys, at least as new as anything this edge has seen.
+    pub async fn list(&self, mut req: pb::ListRequest) -> TierResult<pb::ListResponse> {
+        self.until_ready().await?;
+        let spec = self.spec(secs(self.config.limits.default_cache_ttl_secs));
+        req.min_version = spec.min_version;
+        req.max_age_ms = u32::try_from(spec.max_age.as_millis()).unwrap_or(u32::MAX);
+        Ok(self.tier.upstream().list(req).await?)
+    }
+
+    /// A namespace change was committed at `version`: later reads here must reflect it.
+    pub fn namespace_changed(&self, version: u64, deleted: Option<&NamespaceId>) {
+        self.observe(version);
+        if let Some(ns) = deleted {
+            self.tier.apply(version, [kv_tier::Effect::DropNamespace(ns.to_string())]);
+        }
+    }
+
+    /// Checks a read's keys and cacheTtl.
+    pub fn cache_ttl(&self, asked: Option<i64>) -> Result<Duration, kv_common::KvError> {
+        Ok(secs(validate::cache_ttl(asked, &self.config.limits)?))
     }
 
     /// What `/health` says: always serving (from cache at worst), and whether pushes flow.
     pub fn health(&self) -> (bool, String) {
         let text = match self.config.mode {
+            _ if !self.is_ready() => "starting: learning the central version",
             Mode::Ttl => "ready (mode ttl)",
             Mode::Push if self.subscribed.load(Ordering::Acquire) => "ready (push stream up)",
             Mode::Push => "serving from cache (push stream down)",
@@ -312,7 +279,16 @@ impl Edge {
 
     /// Refreshes the gauges before a scrape.
     pub fn render_metrics(&self) -> String {
-        self.metrics.reads.measure(&self.cache);
+        self.metrics.reads.measure(&self.tier.cache);
         self.metrics.render()
     }
+}
+
+fn secs(s: i64) -> Duration {
+    Duration::from_secs(u64::try_from(s).unwrap_or(0))
+}
+
+/// A fresh request id: 128 random bits in hex.
+pub fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }

@@ -1,7 +1,8 @@
 //! An edge node: the server clients talk to.
 //!
-//! Read in this order: `api` (the client API and its validation), `edge` (the read and
-//! write paths over the cache), `pushes` (how copies stay fresh), then `node`.
+//! Read in this order: `api` (the client API and its validation), `edge` (this tier's policy
+//! on the shared engine, `kv_tier`, and its read and write paths), `pushes` (how copies stay
+//! fresh), then `node`.
 
 // Errors carry a tonic::Status, as every gRPC handler returns one anyway.
 #![allow(clippy::result_large_err)]
@@ -9,7 +10,6 @@
 pub mod api;
 pub mod config;
 pub mod edge;
-pub mod error;
 pub mod metrics;
 pub mod node;
 pub mod pushes;

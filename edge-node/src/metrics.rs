@@ -1,6 +1,6 @@
 //! Prometheus metrics of an edge node.
 
-use kv_common::metrics::{CacheMetrics, Registrar};
+use kv_tier::metrics::{CacheMetrics, Registrar};
 use prometheus::IntCounter;
 
 /// Every metric an edge node exports.

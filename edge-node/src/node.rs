@@ -4,8 +4,8 @@ use crate::api::KvApi;
 use crate::config::Config;
 use crate::edge::Edge;
 use anyhow::Context;
+use kv_common::client::MAX_MESSAGE_BYTES;
 use kv_common::serve;
-use kv_common::upstream::MAX_MESSAGE_BYTES;
 use kv_proto::client::v1::kv_server::KvServer;
 use std::future::Future;
 use std::sync::Arc;
@@ -23,9 +23,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let (e, h) = (edge.clone(), edge.clone());
     tokio::spawn(serve::serve_http(http, Arc::new(move || e.render_metrics()), Arc::new(move || h.health())));
     tokio::spawn(crate::pushes::follow(edge.clone()));
+    tokio::spawn(edge.clone().learn_start_version());
 
     let server = tonic::transport::Server::builder()
-        .layer(kv_common::trace::TraceLayer)
+        .layer(kv_common::call::CallLayer { default_budget: edge.default_budget() })
         .add_service(
             KvServer::new(KvApi(edge))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

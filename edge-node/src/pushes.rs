@@ -1,48 +1,64 @@
 //! The push stream from the regional tier (mode `push` only): each pushed change replaces
 //! the held copy of its key in place when newer; a Reset marks every copy for revalidation.
+//!
+//! The stream is always on the endpoint the edge's reads use (`Upstream::preferred`): reads
+//! register the edge's interest in keys at the regional tier they reach, so when reads fail
+//! over to another endpoint, the stream moves there too (and its first event, a Reset,
+//! revalidates what was tracked elsewhere).
 
 use crate::config::Mode;
 use crate::edge::Edge;
-use kv_common::cache::Applied;
-use kv_common::wire::effect_of;
 use kv_proto::tier::v1::{push_event::Event, pushes_client::PushesClient, SubscribeRequest};
+use kv_tier::wire::effect_of;
+use kv_tier::Applied;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Pause before resubscribing after the stream broke.
-const RECONNECT_DELAY: Duration = Duration::from_millis(200);
+const RECONNECT_DELAY: Duration = Duration::from_millis(100);
 
 /// Keeps a subscription open for as long as the process runs.
 pub async fn follow(edge: Arc<Edge>) {
     if edge.config.mode != Mode::Push {
         return;
     }
-    let mut failures = 0usize;
+    let upstream = edge.tier.upstream();
+    let mut preferred = upstream.watch_preferred();
     loop {
-        let (addr, channel) = edge.upstream.stream_channel(failures);
+        let at = *preferred.borrow_and_update();
+        let (addr, channel) = upstream.endpoint(at);
         let request = SubscribeRequest { subscriber_id: edge.config.id.clone() };
         match PushesClient::new(channel).subscribe(request).await {
             Ok(stream) => {
                 tracing::info!(regional = addr, "subscribed to pushes");
                 let mut stream = stream.into_inner();
                 loop {
-                    match stream.message().await {
-                        Ok(Some(event)) => {
-                            failures = 0;
-                            apply(&edge, event.event);
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::info!(regional = addr, error = %e, "push stream broke");
+                    tokio::select! {
+                        message = stream.message() => match message {
+                            Ok(Some(event)) => apply(&edge, event.event),
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::info!(regional = addr, error = %e, "push stream broke");
+                                break;
+                            }
+                        },
+                        _ = preferred.changed() => {
+                            tracing::info!(from = addr, "reads moved to another regional endpoint; following them");
                             break;
                         }
                     }
                 }
             }
-            Err(e) => tracing::debug!(regional = addr, error = %e, "cannot subscribe to pushes"),
+            Err(e) => {
+                tracing::debug!(regional = addr, error = %e, "cannot subscribe to pushes");
+                // Move on: reads will find the endpoint that answers, and the stream follows.
+                if *preferred.borrow() == at && upstream.len() > 1 {
+                    upstream.prefer(at + 1);
+                }
+            }
         }
-        edge.subscribed.store(false, std::sync::atomic::Ordering::Release);
-        failures += 1;
+        edge.subscribed.store(false, Ordering::Release);
         tokio::time::sleep(RECONNECT_DELAY).await;
     }
 }
@@ -50,26 +66,26 @@ pub async fn follow(edge: Arc<Edge>) {
 fn apply(edge: &Edge, event: Option<Event>) {
     match event {
         Some(Event::Reset(r)) => {
-            edge.cache.bump_generation();
-            edge.subscribed.store(true, std::sync::atomic::Ordering::Release);
+            edge.tier.reset(r.version.max(edge.tier.applied()), false);
+            edge.subscribed.store(true, Ordering::Release);
             edge.metrics.resets.inc();
             tracing::debug!(version = r.version, "reset: every copy will be revalidated");
         }
         Some(Event::Changes(set)) => {
-            for change in &set.changes {
-                edge.metrics.pushes_received.inc();
-                let applied = edge.cache.apply(
-                    effect_of(change),
-                    set.version,
-                    |k| edge.flights.in_flight(k),
-                    |v| edge.push_fill(v, set.version),
-                );
+            edge.metrics.pushes_received.inc_by(set.changes.len() as u64);
+            for applied in edge.tier.apply(set.version, set.changes.iter().map(effect_of)) {
                 match applied {
                     Applied::Stored | Applied::Dropped => edge.metrics.pushes_applied.inc(),
                     Applied::Older | Applied::NotHeld => edge.metrics.pushes_ignored.inc(),
                 }
             }
             edge.observe(set.version);
+        }
+        Some(Event::Untracked(u)) => {
+            // Pushes for these keys stop: the copies cannot be trusted to stay current.
+            for key in u.keys {
+                edge.tier.forget((u.namespace_id.clone(), key), u64::MAX);
+            }
         }
         None => {}
     }

@@ -24,10 +24,22 @@ pub struct Config {
     pub entry_ttl_secs: u64,
     /// Deadline of one call to a central node before trying the next.
     pub upstream_timeout_ms: u64,
+    /// The budget of a call whose caller set no deadline (`grpc-timeout`).
+    pub request_timeout_ms: u64,
     /// How long a read that needs a newer feed position waits for the feed before reading centrally.
     pub catch_up_wait_ms: u64,
     /// Extra time an edge stays tracked after its copy's cacheTtl.
     pub tracking_slack_secs: u64,
+    /// The longest an edge is tracked for one read, whatever its cacheTtl.
+    pub max_tracking_secs: u64,
+    /// Memory bound of the tracking of edges' interest.
+    pub tracking_bytes: u64,
+    /// The cache answers as fresh only while the feed is proved at most this old.
+    pub max_feed_age_ms: u64,
+    /// How often the followed central node is asked to prove the feed fresh.
+    pub probe_interval_ms: u64,
+    /// A feed without a new proof for this long is left for the next central node.
+    pub feed_switch_after_ms: u64,
     pub limits: Limits,
 }
 
@@ -41,8 +53,14 @@ impl Default for Config {
             cache_bytes: 256 << 20,
             entry_ttl_secs: 3600,
             upstream_timeout_ms: 2000,
+            request_timeout_ms: 10_000,
             catch_up_wait_ms: 50,
             tracking_slack_secs: 5,
+            max_tracking_secs: 86_400,
+            tracking_bytes: 64 << 20,
+            max_feed_age_ms: 1000,
+            probe_interval_ms: 200,
+            feed_switch_after_ms: 3000,
             limits: Limits::default(),
         }
     }

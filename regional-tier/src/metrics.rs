@@ -1,6 +1,6 @@
 //! Prometheus metrics of a regional tier.
 
-use kv_common::metrics::{CacheMetrics, Registrar};
+use kv_tier::metrics::{CacheMetrics, Registrar};
 use prometheus::{IntCounter, IntGauge};
 
 /// Every metric a regional tier exports.
@@ -13,6 +13,7 @@ pub struct Metrics {
     pub pushes_sent: IntCounter,
     pub subscribers_dropped: IntCounter,
     pub feed_version: IntGauge,
+    pub feed_age_ms: IntGauge,
     pub subscribers: IntGauge,
     pub tracked_keys: IntGauge,
 }
@@ -28,6 +29,8 @@ impl Metrics {
             pushes_sent: r.counter("kv_regional_pushes_sent_total", "Change sets pushed to edges"),
             subscribers_dropped: r.counter("kv_regional_subscribers_dropped_total", "Edges cut off for falling behind"),
             feed_version: r.gauge("kv_regional_feed_version", "Last central version applied from the feed"),
+            feed_age_ms: r
+                .gauge("kv_regional_feed_age_ms", "How old the cache is proved to be at most (-1: never proved)"),
             subscribers: r.gauge("kv_regional_subscribers", "Edges subscribed to pushes"),
             tracked_keys: r.gauge("kv_regional_tracked_keys", "Keys some edge holds"),
             registrar: r,

@@ -4,8 +4,8 @@ use crate::config::Config;
 use crate::regional::Regional;
 use crate::service::{RegionalPushes, RegionalStore};
 use anyhow::Context;
+use kv_common::client::MAX_MESSAGE_BYTES;
 use kv_common::serve;
-use kv_common::upstream::MAX_MESSAGE_BYTES;
 use kv_proto::store::v1::central_store_server::CentralStoreServer;
 use kv_proto::tier::v1::pushes_server::PushesServer;
 use std::future::Future;
@@ -31,8 +31,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         http,
         Arc::new(move || r.render_metrics()),
         Arc::new(move || {
-            let live = h.feed.is_live();
-            (true, if live { "following the feed".into() } else { "feed down: serving from central or stale".into() })
+            let text = match h.proof() {
+                Some((version, age)) => {
+                    format!("following the feed: version {version}, proved {} ms ago", age.as_millis())
+                }
+                None => "feed not proved fresh: serving from central or stale".into(),
+            };
+            (true, text)
         }),
     ));
     tokio::spawn(crate::feed::follow(regional.clone()));
@@ -46,7 +51,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     });
 
     let server = tonic::transport::Server::builder()
-        .layer(kv_common::trace::TraceLayer)
+        .layer(kv_common::call::CallLayer { default_budget: Duration::from_millis(regional.config.request_timeout_ms) })
         .add_service(
             CentralStoreServer::new(RegionalStore(regional.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

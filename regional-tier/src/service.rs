@@ -1,12 +1,12 @@
 //! The regional tier's gRPC services: the store API for its edges (answered from the cache
 //! where possible, forwarded otherwise) and the push streams.
 
-use crate::error::RegionalError;
-use crate::regional::Regional;
-use kv_common::time;
-use kv_common::wire::entry_of;
+use crate::regional::{Answers, Regional};
+use kv_common::{validate, KvError};
 use kv_proto::store::v1::{self as pb, central_store_server::CentralStore};
 use kv_proto::tier::v1::{pushes_server::Pushes, PushEvent, SubscribeRequest};
+use kv_tier::wire::age_ms;
+use kv_tier::TierError;
 use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -15,35 +15,40 @@ use tonic::{Request, Response, Status};
 /// The store API as a regional tier serves it.
 pub struct RegionalStore(pub Arc<Regional>);
 
-/// Forwards a call unchanged to the central store (the trace goes on with it).
-macro_rules! forward {
-    ($self:ident, $req:ident, $method:ident) => {{
-        let inner = $req.into_inner();
-        kv_common::store_call!($self.0.upstream, $method, inner.clone()).await
-    }};
-}
-
 #[tonic::async_trait]
 impl CentralStore for RegionalStore {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let req = req.into_inner();
-        let ns = self.0.check_read(&req.namespace_id, std::slice::from_ref(&req.key))?;
-        self.0.track(&req.namespace_id, std::slice::from_ref(&req.key), req.track.as_ref());
-        let a = self.0.get(&ns, &req.key, req.min_version).await?;
-        let entry = entry_of(&a.cached, time::now_secs());
-        Ok(Response::new(pb::GetResponse { entry, version: a.cached.version, stale: a.stale }))
+        let keys = std::slice::from_ref(&req.key);
+        let ns = self.0.check_read(&req.namespace_id, keys)?;
+        self.0.track(&req.namespace_id, keys, req.track.as_ref());
+        let a = self.0.read(&ns, keys, &self.0.spec(req.min_version, req.max_age_ms)).await?;
+        let s = a.served.first().ok_or_else(|| Status::internal("no answer"))?;
+        Ok(Response::new(pb::GetResponse {
+            entry: Answers::entry(s),
+            version: s.copy.version,
+            stale: a.stale,
+            age_ms: a.age_ms,
+        }))
     }
 
     async fn batch_get(&self, req: Request<pb::BatchGetRequest>) -> Result<Response<pb::BatchGetResponse>, Status> {
         let req = req.into_inner();
-        kv_common::validate::bulk_get_count(req.keys.len(), &self.0.config.limits).map_err(RegionalError::from)?;
+        validate::bulk_get_count(req.keys.len(), &self.0.config.limits).map_err(TierError::from)?;
         let ns = self.0.check_read(&req.namespace_id, &req.keys)?;
         self.0.track(&req.namespace_id, &req.keys, req.track.as_ref());
-        Ok(Response::new(self.0.batch_get(&ns, &req.keys, req.min_version).await?))
+        let a = self.0.read(&ns, &req.keys, &self.0.spec(req.min_version, req.max_age_ms)).await?;
+        let results = req
+            .keys
+            .into_iter()
+            .zip(&a.served)
+            .map(|(key, s)| pb::KeyEntry { key, entry: Answers::entry(s), version: s.copy.version })
+            .collect();
+        Ok(Response::new(pb::BatchGetResponse { results, stale: a.stale, age_ms: a.age_ms }))
     }
 
     async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
-        forward!(self, req, list)
+        Ok(Response::new(self.0.tier.upstream().list(req.into_inner()).await?))
     }
 
     async fn write(&self, req: Request<pb::WriteRequest>) -> Result<Response<pb::WriteResponse>, Status> {
@@ -54,38 +59,49 @@ impl CentralStore for RegionalStore {
         &self,
         req: Request<pb::CreateNamespaceRequest>,
     ) -> Result<Response<pb::Namespace>, Status> {
-        forward!(self, req, create_namespace)
+        Ok(Response::new(self.0.tier.upstream().create_namespace(req.into_inner()).await?))
     }
 
     async fn list_namespaces(
         &self,
         req: Request<pb::ListNamespacesRequest>,
     ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
-        forward!(self, req, list_namespaces)
+        Ok(Response::new(self.0.tier.upstream().list_namespaces(req.into_inner()).await?))
     }
 
     async fn get_namespace(&self, req: Request<pb::NamespaceRef>) -> Result<Response<pb::Namespace>, Status> {
-        forward!(self, req, get_namespace)
+        Ok(Response::new(self.0.tier.upstream().get_namespace(req.into_inner()).await?))
     }
 
     async fn rename_namespace(
         &self,
         req: Request<pb::RenameNamespaceRequest>,
     ) -> Result<Response<pb::Namespace>, Status> {
-        forward!(self, req, rename_namespace)
+        Ok(Response::new(self.0.tier.upstream().rename_namespace(req.into_inner()).await?))
     }
 
     async fn delete_namespace(
         &self,
         req: Request<pb::NamespaceRef>,
     ) -> Result<Response<pb::DeleteNamespaceResponse>, Status> {
-        forward!(self, req, delete_namespace)
+        Ok(Response::new(self.0.tier.upstream().delete_namespace(req.into_inner()).await?))
     }
 
     type WatchStream = ReceiverStream<Result<pb::WatchEvent, Status>>;
 
     async fn watch(&self, _: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         Err(Status::unimplemented("a regional tier pushes changes through kv.tier.v1.Pushes; watch the central store"))
+    }
+
+    /// This tier's own proof while its feed is live; otherwise the central store's.
+    async fn read_index(&self, _: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        if let Some((version, age)) = self.0.proof() {
+            return Ok(Response::new(pb::ReadIndexResponse { version, age_ms: age_ms(age) }));
+        }
+        let sent = std::time::Instant::now();
+        let (version, as_of) = self.0.tier.upstream().read_index().await?;
+        let age = sent.saturating_duration_since(as_of) + sent.elapsed();
+        Ok(Response::new(pb::ReadIndexResponse { version, age_ms: age_ms(age) }))
     }
 }
 
@@ -101,7 +117,7 @@ impl Pushes for RegionalPushes {
     async fn subscribe(&self, req: Request<SubscribeRequest>) -> Result<Response<PushStream>, Status> {
         let id = req.into_inner().subscriber_id;
         if id.is_empty() {
-            return Err(RegionalError::from(kv_common::KvError::InvalidRequest("subscriber_id is empty".into())).into());
+            return Err(TierError::from(KvError::InvalidRequest("subscriber_id is empty".into())).into());
         }
         tracing::info!(edge = %id, "edge subscribed to pushes");
         let rx = self.0.tracker.subscribe(&id, self.0.feed.applied());

@@ -1,9 +1,15 @@
 //! Which edge holds which key, and the push streams to those edges: each change goes only
 //! to the edges that hold a copy (Redis-style client tracking, applied to a cache tier).
+//!
+//! Tracking memory is bounded in bytes. When it is full, the least useful interest is
+//! evicted, and the edges that held it are told (`Untracked`), so none keeps serving a copy
+//! as if pushes still reached it. Interest lasts at most `max_ttl`, whatever the edge asks.
 
-use kv_common::cache::CacheKey;
 use kv_proto::store::v1::{ChangeKind, ChangeSet};
-use kv_proto::tier::v1::{push_event::Event, PushEvent, Reset};
+use kv_proto::tier::v1::{push_event::Event, PushEvent, Reset, Untracked};
+use kv_tier::CacheKey;
+use moka::notification::RemovalCause;
+use moka::sync::Cache;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -14,12 +20,15 @@ use tokio::sync::mpsc;
 const PUSH_BUFFER: usize = 4096;
 
 type Subscriber = Arc<str>;
+/// The edges holding one key, each until when.
+type Holders = Arc<HashMap<Subscriber, Instant>>;
+type Streams = Arc<Mutex<HashMap<Subscriber, mpsc::Sender<PushEvent>>>>;
 
 /// Interest of edges in keys, and their open push streams.
-#[derive(Default)]
 pub struct Tracker {
-    keys: Mutex<HashMap<CacheKey, HashMap<Subscriber, Instant>>>,
-    subscribers: Mutex<HashMap<Subscriber, mpsc::Sender<PushEvent>>>,
+    keys: Cache<CacheKey, Holders>,
+    subscribers: Streams,
+    max_ttl: Duration,
 }
 
 /// What one fan-out did.
@@ -33,15 +42,54 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+struct UntilLastHolder;
+
+impl moka::Expiry<CacheKey, Holders> for UntilLastHolder {
+    fn expire_after_create(&self, _: &CacheKey, h: &Holders, now: Instant) -> Option<Duration> {
+        Some(last(h).saturating_duration_since(now))
+    }
+
+    fn expire_after_update(&self, _: &CacheKey, h: &Holders, now: Instant, _: Option<Duration>) -> Option<Duration> {
+        Some(last(h).saturating_duration_since(now))
+    }
+}
+
+fn last(h: &Holders) -> Instant {
+    h.values().copied().max().unwrap_or_else(Instant::now)
+}
+
 impl Tracker {
-    /// Records that `subscriber` will hold `key` for `ttl`. Called before the read that
-    /// fills the edge, so a change applied after that read is pushed.
+    /// A tracker keeping at most about `max_bytes` of interest, each for at most `max_ttl`.
+    pub fn new(max_bytes: u64, max_ttl: Duration) -> Tracker {
+        let subscribers: Streams = Arc::default();
+        let streams = subscribers.clone();
+        let keys = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|k: &CacheKey, h: &Holders| {
+                u32::try_from(k.0.len() + k.1.len() + 64 + h.keys().map(|s| s.len() + 24).sum::<usize>())
+                    .unwrap_or(u32::MAX)
+            })
+            .expire_after(UntilLastHolder)
+            .eviction_listener(move |key: Arc<CacheKey>, holders: Holders, cause| {
+                if cause == RemovalCause::Size {
+                    untrack(&streams, &key, &holders);
+                }
+            })
+            .build();
+        Tracker { keys, subscribers, max_ttl }
+    }
+
+    /// Records that `subscriber` will hold `key` for `ttl` (at most `max_ttl`). Called
+    /// before the read or write that fills the edge, so a change applied after it is pushed.
     pub fn track(&self, key: CacheKey, subscriber: &str, ttl: Duration) {
-        let until = Instant::now() + ttl;
-        let mut keys = lock(&self.keys);
-        let holders = keys.entry(key).or_default();
-        let slot = holders.entry(Arc::from(subscriber)).or_insert(until);
-        *slot = (*slot).max(until);
+        let until = Instant::now() + ttl.min(self.max_ttl);
+        let sub: Subscriber = Arc::from(subscriber);
+        self.keys.entry(key).and_upsert_with(|held| {
+            let mut holders: HashMap<Subscriber, Instant> = held.map(|e| (**e.value()).clone()).unwrap_or_default();
+            let slot = holders.entry(sub).or_insert(until);
+            *slot = (*slot).max(until);
+            Arc::new(holders)
+        });
     }
 
     /// Opens the push stream of `subscriber` (replacing an older one); it starts with a Reset.
@@ -56,22 +104,22 @@ impl Tracker {
     pub fn fan_out(&self, set: &ChangeSet) -> FanOut {
         let now = Instant::now();
         let mut per_edge: HashMap<Subscriber, Vec<usize>> = HashMap::new();
-        {
-            let mut keys = lock(&self.keys);
-            for (i, change) in set.changes.iter().enumerate() {
-                if change.kind == ChangeKind::NamespaceDeleted as i32 {
-                    keys.retain(|k, _| k.0 != change.namespace_id);
-                    for s in lock(&self.subscribers).keys() {
-                        per_edge.entry(s.clone()).or_default().push(i);
-                    }
-                    continue;
+        for (i, change) in set.changes.iter().enumerate() {
+            if change.kind == ChangeKind::NamespaceDeleted as i32 {
+                let ns = change.namespace_id.clone();
+                if self.keys.invalidate_entries_if(move |k, _| k.0 == ns).is_err() {
+                    self.keys.invalidate_all();
                 }
-                let key = (change.namespace_id.clone(), change.key.clone());
-                if let Some(holders) = keys.get(&key) {
-                    for (s, until) in holders {
-                        if *until > now {
-                            per_edge.entry(s.clone()).or_default().push(i);
-                        }
+                self.keys.run_pending_tasks();
+                for s in lock(&self.subscribers).keys() {
+                    per_edge.entry(s.clone()).or_default().push(i);
+                }
+                continue;
+            }
+            if let Some(holders) = self.keys.get(&(change.namespace_id.clone(), change.key.clone())) {
+                for (s, until) in holders.iter() {
+                    if *until > now {
+                        per_edge.entry(s.clone()).or_default().push(i);
                     }
                 }
             }
@@ -95,26 +143,42 @@ impl Tracker {
 
     /// Tells every edge to revalidate what it holds (the feed's history was lost).
     pub fn reset_all(&self, version: u64) {
-        lock(&self.keys).clear();
+        self.keys.invalidate_all();
         lock(&self.subscribers).retain(|_, tx| tx.try_send(reset(version)).is_ok());
     }
 
-    /// Forgets interest that has lapsed and streams whose edge went away.
+    /// Forgets streams whose edge went away, and lets lapsed interest go.
     pub fn sweep(&self) {
-        let now = Instant::now();
-        lock(&self.keys).retain(|_, holders| {
-            holders.retain(|_, until| *until > now);
-            !holders.is_empty()
-        });
+        self.keys.run_pending_tasks();
         lock(&self.subscribers).retain(|_, tx| !tx.is_closed());
     }
 
-    pub fn tracked_keys(&self) -> usize {
-        lock(&self.keys).len()
+    pub fn tracked_keys(&self) -> u64 {
+        self.keys.run_pending_tasks();
+        self.keys.entry_count()
     }
 
     pub fn subscriber_count(&self) -> usize {
         lock(&self.subscribers).len()
+    }
+}
+
+/// Tells the edges still holding `key` that its changes will no longer reach them.
+fn untrack(streams: &Streams, key: &CacheKey, holders: &Holders) {
+    let now = Instant::now();
+    let mut subs = lock(streams);
+    for (s, until) in holders.iter() {
+        if *until <= now {
+            continue;
+        }
+        let Some(tx) = subs.get(s) else { continue };
+        let event = PushEvent {
+            event: Some(Event::Untracked(Untracked { namespace_id: key.0.clone(), keys: vec![key.1.clone()] })),
+        };
+        if tx.try_send(event).is_err() {
+            // It cannot be told: cut it off, so it revalidates everything when it returns.
+            subs.remove(s);
+        }
     }
 }
 
@@ -131,9 +195,11 @@ mod tests {
         Change { namespace_id: ns.into(), key: key.into(), kind: kind as i32, ..Default::default() }
     }
 
+    const DAY: Duration = Duration::from_secs(86_400);
+
     #[test]
     fn pushes_only_to_edges_that_hold_the_key() {
-        let t = Tracker::default();
+        let t = Tracker::new(1 << 20, DAY);
         let mut a = t.subscribe("a", 0);
         let mut b = t.subscribe("b", 0);
         assert!(matches!(a.try_recv().unwrap().event, Some(Event::Reset(_))));
@@ -151,6 +217,39 @@ mod tests {
 
         let gone = ChangeSet { version: 10, changes: vec![change("ns", "", ChangeKind::NamespaceDeleted)] };
         assert_eq!(t.fan_out(&gone).sent, 2, "a namespace deletion reaches every edge");
-        assert_eq!(t.tracked_keys(), 0);
+        a.try_recv().unwrap();
+        let again = ChangeSet { version: 11, changes: vec![change("ns", "k", ChangeKind::Put)] };
+        assert_eq!(t.fan_out(&again).sent, 0, "and forgets who held the namespace's keys");
+    }
+
+    #[test]
+    fn interest_evicted_for_room_is_announced_to_its_holders() {
+        // Room for a handful of keys only.
+        let t = Tracker::new(2_000, DAY);
+        let mut a = t.subscribe("a", 0);
+        a.try_recv().unwrap();
+        for i in 0..200 {
+            t.track(("ns".into(), format!("key-{i}")), "a", Duration::from_secs(600));
+        }
+        t.sweep();
+        assert!(t.tracked_keys() < 200, "tracking is bounded");
+        let mut untracked = 0;
+        while let Ok(e) = a.try_recv() {
+            if let Some(Event::Untracked(u)) = e.event {
+                untracked += u.keys.len();
+            }
+        }
+        assert!(untracked > 0, "the edge was told which keys are no longer pushed");
+        assert_eq!(untracked as u64 + t.tracked_keys(), 200, "every key is either tracked or announced");
+    }
+
+    #[test]
+    fn interest_lasts_at_most_the_cap() {
+        let t = Tracker::new(1 << 20, Duration::ZERO);
+        let mut a = t.subscribe("a", 0);
+        a.try_recv().unwrap();
+        t.track(("ns".into(), "k".into()), "a", Duration::from_secs(u64::from(u32::MAX)));
+        let set = ChangeSet { version: 3, changes: vec![change("ns", "k", ChangeKind::Put)] };
+        assert_eq!(t.fan_out(&set).sent, 0, "a huge ttl was capped");
     }
 }

@@ -1,18 +1,20 @@
-//! Test harness: a central cluster of real `central-store` processes on loopback ports,
-//! each with its own RocksDB directory. Every process is killed when the harness is dropped
-//! (also on panic) and, through `PR_SET_PDEATHSIG`, if the test process itself dies.
-//! `tiers` starts whole clusters (central, regional tiers, edges) through the launcher.
+//! The one harness of every cluster test: real processes started by the same launcher as
+//! `scripts/run-cluster` (`kv_deploy::launch::LocalCluster`), on free loopback ports in a
+//! temporary directory, with a cuttable delay link on every link, voters included. Every
+//! process is killed when the harness is dropped (also on panic, when the last lines of each
+//! node's log are printed) and, through `PR_SET_PDEATHSIG`, if the test process itself dies.
+//!
+//! `Cluster` is a central group alone; `tiers::Tiers` adds regional tiers and edges.
 
 pub mod tiers;
 
 use anyhow::{bail, Context};
+use kv_deploy::launch::LocalCluster;
+use kv_deploy::topology::Topology;
 use kv_proto::admin::v1::{cluster_admin_client::ClusterAdminClient, AddLearnerRequest, Member, MetricsRequest};
 use kv_proto::store::v1::{self as pb, central_store_client::CentralStoreClient};
-use std::fs;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
@@ -27,75 +29,67 @@ pub struct ClusterOptions {
 }
 
 impl ClusterOptions {
-    /// No per-key write limit, for tests that rewrite a key at once (the limit has its own test).
+    /// No per-key write limit, for the few tests whose subject is many writes to one key at
+    /// once (the limit has its own tests; every other test runs with it on).
     pub fn without_rate_limit() -> Self {
         ClusterOptions { extra_toml: "[limits]\nkey_write_interval_ms = 0\n".into() }
     }
 }
 
-/// One central node process.
-pub struct NodeProc {
+/// Where one central node listens.
+#[derive(Debug, Clone, Copy)]
+pub struct CentralNode {
     pub id: u64,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
-    dir: PathBuf,
-    child: Option<Child>,
 }
 
-impl NodeProc {
-    fn config_path(&self) -> PathBuf {
-        self.dir.join("node.toml")
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.join("node.log")
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
-}
-
-/// A cluster of central nodes; index `i` in every method is the position in `nodes`.
+/// A central group of real `central-store` processes; index `i` in every method is the
+/// position in `nodes`.
 pub struct Cluster {
-    pub nodes: Vec<NodeProc>,
-    options: ClusterOptions,
-    _root: tempfile::TempDir,
+    pub nodes: Vec<CentralNode>,
+    pub local: LocalCluster,
+    root: tempfile::TempDir,
 }
 
 pub use kv_deploy::launch::free_port;
 
-/// The `central-store` binary: `$KV_CENTRAL_STORE_BIN`, or beside the test executable.
-pub fn central_store_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("KV_CENTRAL_STORE_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current test executable");
-    let mut dir = exe.parent().expect("executable directory").to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let bin = dir.join("central-store");
-    assert!(bin.exists(), "{} is missing: run `cargo build --bins` first (scripts/test does)", bin.display());
-    bin
+/// A central-only topology of `n` voters.
+fn central_topology(n: usize, options: &ClusterOptions, initialize: bool) -> anyhow::Result<Topology> {
+    let mut t = Topology::parse(&format!("regions = []\n[central]\nvoters = {n}\ninitialize = {initialize}\n"))?;
+    t.central.config = options.extra_toml.clone();
+    Ok(t)
 }
 
 impl Cluster {
-    /// Starts `n` voters that initialize themselves as one cluster, and waits for a leader.
+    /// Starts `n` voters that form one cluster by themselves, and waits until all follow one leader.
     pub async fn start(n: usize, options: ClusterOptions) -> anyhow::Result<Cluster> {
+        let c = Cluster::launch(central_topology(n, &options, true)?).await?;
+        c.wait_until_all_follow(Duration::from_secs(30)).await?;
+        Ok(c)
+    }
+
+    /// Starts `n` nodes that know of no cluster yet (to be formed through the admin API).
+    pub async fn start_bare(n: usize, options: ClusterOptions) -> anyhow::Result<Cluster> {
+        Cluster::launch(central_topology(n, &options, false)?).await
+    }
+
+    async fn launch(topology: Topology) -> anyhow::Result<Cluster> {
         let root = tempfile::tempdir()?;
-        let mut nodes = Vec::new();
-        for i in 0..n {
-            nodes.push(new_node(root.path(), i as u64 + 1)?);
-        }
-        let members: Vec<String> = nodes.iter().map(|n| format!("{}={}", n.id, n.grpc)).collect();
-        let mut cluster = Cluster { nodes, options, _root: root };
-        for i in 0..n {
-            cluster.write_config(i, &members.join(","))?;
-            cluster.spawn(i)?;
-        }
-        cluster.wait_until_all_follow(Duration::from_secs(30)).await?;
-        Ok(cluster)
+        let local = LocalCluster::start(&topology, root.path()).await?;
+        let mut c = Cluster { nodes: Vec::new(), local, root };
+        c.refresh_nodes();
+        Ok(c)
+    }
+
+    fn refresh_nodes(&mut self) {
+        self.nodes = self
+            .local
+            .central
+            .iter()
+            .enumerate()
+            .map(|(i, n)| CentralNode { id: i as u64 + 1, grpc: n.grpc, http: n.http })
+            .collect();
     }
 
     /// Waits until every running node names the same leader (so no node answers
@@ -103,8 +97,8 @@ impl Cluster {
     pub async fn wait_until_all_follow(&self, timeout: Duration) -> anyhow::Result<usize> {
         eventually(timeout, "every node to name the same leader", || async {
             let mut leaders = Vec::new();
-            for (i, n) in self.nodes.iter().enumerate() {
-                if n.is_running() {
+            for i in 0..self.nodes.len() {
+                if self.is_running(i) {
                     leaders.push(self.metrics(i).await.ok().and_then(|m| m.leader_id));
                 }
             }
@@ -117,83 +111,43 @@ impl Cluster {
         .await
     }
 
-    /// Starts `n` nodes that know of no cluster yet (to be formed through the admin API).
-    pub async fn start_bare(n: usize, options: ClusterOptions) -> anyhow::Result<Cluster> {
-        let root = tempfile::tempdir()?;
-        let nodes = (0..n).map(|i| new_node(root.path(), i as u64 + 1)).collect::<anyhow::Result<Vec<_>>>()?;
-        let mut cluster = Cluster { nodes, options, _root: root };
-        for i in 0..n {
-            cluster.write_config(i, "")?;
-            cluster.spawn(i)?;
-        }
-        Ok(cluster)
-    }
-
-    fn write_config(&self, i: usize, members: &str) -> anyhow::Result<()> {
-        let n = &self.nodes[i];
-        let member_list = members
-            .split(',')
-            .filter(|m| !m.is_empty())
-            .map(|m| {
-                let (id, addr) = m.split_once('=').unwrap_or_default();
-                format!("{{ id = {id}, addr = \"{addr}\" }}")
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let text = format!(
-            "node_id = {}\nlisten = \"{}\"\nhttp_listen = \"{}\"\ndata_dir = \"{}\"\ninitial_members = [{}]\n{}\n",
-            n.id,
-            n.grpc,
-            n.http,
-            n.dir.join("data").display(),
-            member_list,
-            self.options.extra_toml
-        );
-        fs::write(n.config_path(), text)?;
-        Ok(())
-    }
-
-    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
-        let n = &mut self.nodes[i];
-        let child = kv_deploy::launch::spawn_node(&central_store_bin(), &n.config_path(), &n.log_path(), None)
-            .context("spawning central-store")?;
-        n.child = Some(child);
-        Ok(())
+    /// Whether node `i`'s process runs (it has not been killed or stopped).
+    pub fn is_running(&self, i: usize) -> bool {
+        self.local.central[i].has_child()
     }
 
     /// `kill -9` node `i`.
     pub fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.nodes[i].child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.local.central[i].kill();
     }
 
     /// Stops node `i` with SIGTERM (a clean shutdown) and waits for it to exit.
     pub fn stop(&mut self, i: usize) {
-        if let Some(mut c) = self.nodes[i].child.take() {
-            // SAFETY: sending a signal to our own child process.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = c.wait();
-        }
+        self.local.central[i].stop(Duration::from_secs(30));
     }
 
     /// Starts a stopped or killed node again on its old ports and data.
     pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
-        if self.nodes[i].is_running() {
+        if self.is_running(i) {
             bail!("node {i} is still running");
         }
-        self.spawn(i)
+        self.local.central[i].start()
+    }
+
+    /// Cuts node `i` off from the other voters (tiers can still reach it).
+    pub fn isolate(&self, i: usize) {
+        self.local.isolate_central(i);
+    }
+
+    /// Undoes `isolate`.
+    pub fn heal(&self, i: usize) {
+        self.local.heal_central(i);
     }
 
     /// Starts a fresh, empty node (not yet a member) and returns its index.
     pub fn start_new_node(&mut self) -> anyhow::Result<usize> {
-        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
-        let node = new_node(self._root.path(), id)?;
-        self.nodes.push(node);
-        let i = self.nodes.len() - 1;
-        self.write_config(i, "")?;
-        self.spawn(i)?;
+        let i = self.local.add_central(self.root.path())?;
+        self.refresh_nodes();
         Ok(i)
     }
 
@@ -227,8 +181,8 @@ impl Cluster {
 
     /// The index of the node that a running node reports as leader (and that agrees).
     pub async fn leader(&self) -> anyhow::Result<usize> {
-        for (i, n) in self.nodes.iter().enumerate() {
-            if !n.is_running() {
+        for i in 0..self.nodes.len() {
+            if !self.is_running(i) {
                 continue;
             }
             if let Ok(m) = self.metrics(i).await {
@@ -252,38 +206,30 @@ impl Cluster {
 
     /// Creates a namespace through node `i`, retrying while no leader is known.
     pub async fn create_namespace(&self, i: usize, title: &str) -> anyhow::Result<String> {
-        let ns = store_call!(self, i, create_namespace, pb::CreateNamespaceRequest { title: title.into() })?;
+        let req = pb::CreateNamespaceRequest { title: title.into(), request_id: format!("create-{title}") };
+        let ns = store_call!(self, i, create_namespace, req)?;
         Ok(ns.id)
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let panicking = std::thread::panicking();
-        for i in 0..self.nodes.len() {
-            self.kill(i);
-            if panicking {
-                let log = fs::read_to_string(self.nodes[i].log_path()).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                eprintln!("---- node {} log (last lines) ----", self.nodes[i].id);
-                for line in tail.iter().rev() {
-                    eprintln!("{line}");
-                }
+        if std::thread::panicking() {
+            for n in &self.local.central {
+                dump_log(&n.name, &n.log_path());
             }
         }
     }
 }
 
-fn new_node(root: &Path, id: u64) -> anyhow::Result<NodeProc> {
-    let dir = root.join(format!("node-{id}"));
-    fs::create_dir_all(&dir)?;
-    Ok(NodeProc {
-        id,
-        grpc: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
-        http: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
-        dir,
-        child: None,
-    })
+/// Prints the last lines of a node's log (for a failing test).
+pub fn dump_log(name: &str, path: &std::path::Path) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(40).collect();
+    eprintln!("---- {name} (last lines) ----");
+    for l in tail.iter().rev() {
+        eprintln!("{l}");
+    }
 }
 
 fn channel(addr: SocketAddr) -> Channel {
@@ -374,7 +320,12 @@ pub fn delete_op(key: &str) -> pb::WriteOp {
 
 /// Writes one item through node `i` and returns its result (errors of the item included).
 pub async fn write_one(cluster: &Cluster, i: usize, ns: &str, op: pb::WriteOp) -> anyhow::Result<pb::OpResult> {
-    let reply = store_call!(cluster, i, write, pb::WriteRequest { namespace_id: ns.into(), ops: vec![op] })?;
+    let reply = store_call!(
+        cluster,
+        i,
+        write,
+        pb::WriteRequest { namespace_id: ns.into(), ops: vec![op], ..Default::default() }
+    )?;
     reply.results.into_iter().next().context("write returned no result")
 }
 
@@ -390,7 +341,7 @@ pub async fn read_at(
         cluster,
         i,
         get,
-        pb::GetRequest { namespace_id: ns.into(), key: key.into(), min_version, track: None }
+        pb::GetRequest { namespace_id: ns.into(), key: key.into(), min_version, ..Default::default() }
     )?;
     Ok(reply.entry)
 }

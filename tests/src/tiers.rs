@@ -1,14 +1,16 @@
 //! Whole clusters for tier tests: central voters, regional tiers and edges as real
 //! processes, started through the launcher with free ports in a temporary directory.
 
-use crate::{eventually, http_get, metric_value};
+use crate::{dump_log, eventually, http_get, metric_value};
 use kv_client::{api, Client};
 use kv_deploy::launch::LocalCluster;
 use kv_deploy::topology::Topology;
 use std::time::Duration;
 
-/// Limits small enough for tests: cacheTtl and expirations of a second or two, no per-key rate limit.
-const TEST_LIMITS: &str = "[limits]\nkey_write_interval_ms = 0\nmin_expiration_ttl_secs = 1\nmin_cache_ttl_secs = 1\n";
+/// Limits scaled down for tests: cacheTtl and expirations of a second or two, and the
+/// per-key write limit on, at one write per 200 ms.
+pub const TEST_LIMITS: &str =
+    "[limits]\nkey_write_interval_ms = 200\nmin_expiration_ttl_secs = 1\nmin_cache_ttl_secs = 1\n";
 
 /// Two regions, each with a push-mode edge and a ttl-mode edge:
 /// edge 0 = a-push, 1 = a-ttl (region a), 2 = b-push, 3 = b-ttl (region b).
@@ -16,7 +18,8 @@ pub fn two_regions(delay_ms: u64) -> Topology {
     let text = format!(
         r#"
 [central]
-voters = 1
+voters = 3
+peer_delay_ms = 1
 config = """{TEST_LIMITS}"""
 
 [[regions]]
@@ -85,6 +88,15 @@ impl Tiers {
         scrape(self.cluster.regions[r].regional.http, name).await
     }
 
+    /// The largest value of a metric over the central nodes (`name` may carry labels).
+    pub async fn central_max(&self, name: &str) -> f64 {
+        let mut max = 0.0f64;
+        for c in &self.cluster.central {
+            max = max.max(scrape(c.http, name).await);
+        }
+        max
+    }
+
     /// A metric summed over the central nodes (`name` may carry labels).
     pub async fn central_metric(&self, name: &str) -> f64 {
         let mut sum = 0.0;
@@ -115,15 +127,6 @@ impl Drop for Tiers {
                 dump_log(&e.node.name, &e.node.log_path());
             }
         }
-    }
-}
-
-fn dump_log(name: &str, path: &std::path::Path) {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let tail: Vec<&str> = text.lines().rev().take(40).collect();
-    eprintln!("---- {name} (last lines) ----");
-    for l in tail.iter().rev() {
-        eprintln!("{l}");
     }
 }
 

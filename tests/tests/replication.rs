@@ -72,7 +72,11 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let key = format!("k{n:06}");
                 let value = format!("v{n}").into_bytes();
-                let req = pb::WriteRequest { namespace_id: ns.clone(), ops: vec![put_op(&key, &value)] };
+                let req = pb::WriteRequest {
+                    namespace_id: ns.clone(),
+                    ops: vec![put_op(&key, &value)],
+                    ..Default::default()
+                };
                 let mut client = addrs[target].clone();
                 let call = tokio::time::timeout(Duration::from_secs(3), client.write(req)).await;
                 match call {
@@ -254,7 +258,11 @@ async fn concurrent_writes_to_one_key_get_distinct_versions_and_the_last_wins() 
     let client = c.store(leader);
     let writes = (0..N).map(|i| {
         let mut s = client.clone();
-        let req = pb::WriteRequest { namespace_id: ns.clone(), ops: vec![put_op("k", format!("v{i}").as_bytes())] };
+        let req = pb::WriteRequest {
+            namespace_id: ns.clone(),
+            ops: vec![put_op("k", format!("v{i}").as_bytes())],
+            ..Default::default()
+        };
         tokio::spawn(async move { (i, s.write(req).await.expect("write").into_inner().results[0].version) })
     });
     let mut versions = Vec::new();

@@ -4,13 +4,18 @@ use kv_common::error::http_status_of;
 use kv_proto::store::v1::{self as pb, watch_event::Event};
 use kv_tests::*;
 use std::time::Duration;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_write_to_one_key_within_a_second_is_rate_limited() {
     let c = Cluster::start(3, ClusterOptions::default()).await.unwrap();
     let ns = c.create_namespace(0, "rate").await.unwrap();
     let follower = (c.leader().await.unwrap() + 1) % 3;
     // Both through a follower: the leader enforces the limit for forwarded writes too.
-    let req = pb::WriteRequest { namespace_id: ns.clone(), ops: vec![put_op("hot", b"1"), put_op("cold", b"1")] };
+    let req = pb::WriteRequest {
+        namespace_id: ns.clone(),
+        ops: vec![put_op("hot", b"1"), put_op("cold", b"1")],
+        ..Default::default()
+    };
     let first = store_call!(c, follower, write, req).unwrap();
     assert!(first.results.iter().all(|r| r.error.is_none() && r.version > 0), "{first:?}");
 
@@ -29,7 +34,7 @@ async fn a_second_write_to_one_key_within_a_second_is_rate_limited() {
             namespace_id: ns.clone(),
             key: "hot".into(),
             min_version: first.results[0].version,
-            track: None,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -124,7 +129,7 @@ async fn watch_says_resync_when_history_was_dropped() {
     }
     // Wait until node 1 has applied everything (a read with min_version does that).
     c.store(1)
-        .get(pb::GetRequest { namespace_id: ns.clone(), key: "r0".into(), min_version: last, track: None })
+        .get(pb::GetRequest { namespace_id: ns.clone(), key: "r0".into(), min_version: last, ..Default::default() })
         .await
         .unwrap();
     let mut feed = c.store(1).watch(pb::WatchRequest { from_version: 1, from_now: false }).await.unwrap().into_inner();
@@ -162,8 +167,12 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let leader = c.leader().await.unwrap();
     let before = c.metrics(leader).await.unwrap().last_log_index;
     let mut s = c.store(1);
-    let get =
-        |key: &str| pb::GetRequest { namespace_id: ns.clone(), key: key.into(), min_version: ok.version, track: None };
+    let get = |key: &str| pb::GetRequest {
+        namespace_id: ns.clone(),
+        key: key.into(),
+        min_version: ok.version,
+        ..Default::default()
+    };
     use tonic::Code::*;
 
     // Keys.
@@ -178,11 +187,13 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     );
 
     // Unknown and malformed namespaces.
-    let unknown = pb::GetRequest { namespace_id: "0".repeat(32), key: "k".into(), min_version: 0, track: None };
+    let unknown =
+        pb::GetRequest { namespace_id: "0".repeat(32), key: "k".into(), min_version: 0, ..Default::default() };
     assert_status(s.get(unknown).await, NotFound, 404, "namespace not found");
     let garbage = pb::ListRequest { namespace_id: "not-an-id".into(), ..Default::default() };
     assert_status(s.list(garbage).await, NotFound, 404, "namespace not found");
-    let write_unknown = pb::WriteRequest { namespace_id: "f".repeat(32), ops: vec![put_op("k", b"v")] };
+    let write_unknown =
+        pb::WriteRequest { namespace_id: "f".repeat(32), ops: vec![put_op("k", b"v")], ..Default::default() };
     assert_status(s.write(write_unknown).await, NotFound, 404, "namespace not found");
 
     // List arguments.
@@ -204,8 +215,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let bulk = |n: usize| pb::BatchGetRequest {
         namespace_id: ns.clone(),
         keys: (0..n).map(|i| format!("k{i}")).collect(),
-        min_version: 0,
-        track: None,
+        ..Default::default()
     };
     assert_status(s.batch_get(bulk(0)).await, InvalidArgument, 400, "You must request a minimum of 1 key");
     assert_status(s.batch_get(bulk(101)).await, InvalidArgument, 400, "You can request a maximum of 100 keys");
@@ -230,7 +240,8 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         put("e", vec![], Some("{not json".into()), None, None),
         pb::WriteOp { key: "f".into(), op: None },
     ];
-    let reply = s.write(pb::WriteRequest { namespace_id: ns.clone(), ops }).await.unwrap().into_inner();
+    let reply =
+        s.write(pb::WriteRequest { namespace_id: ns.clone(), ops, ..Default::default() }).await.unwrap().into_inner();
     let errors: Vec<(u32, String)> = reply
         .results
         .iter()
@@ -251,7 +262,11 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!(errors[6], (400, "Invalid request: a write item must be a put or a delete".into()));
 
     // A message beyond the server's size limit is refused as a whole.
-    let huge = pb::WriteRequest { namespace_id: ns.clone(), ops: vec![put_op("huge", &vec![1u8; 120 << 20])] };
+    let huge = pb::WriteRequest {
+        namespace_id: ns.clone(),
+        ops: vec![put_op("huge", &vec![1u8; 120 << 20])],
+        ..Default::default()
+    };
     let err = s.write(huge).await.expect_err("oversized message must be refused");
     assert!(
         matches!(err.code(), OutOfRange | ResourceExhausted | InvalidArgument | Internal | Cancelled | Unknown),
@@ -271,7 +286,7 @@ async fn namespaces_are_created_renamed_listed_and_deleted_with_their_keys() {
     let c = Cluster::start(3, ClusterOptions::default()).await.unwrap();
     let ns = c.create_namespace(1, "first").await.unwrap();
     let mut s = c.store(2);
-    let dup = s.create_namespace(pb::CreateNamespaceRequest { title: "first".into() }).await;
+    let dup = s.create_namespace(pb::CreateNamespaceRequest { title: "first".into(), ..Default::default() }).await;
     let e = dup.expect_err("duplicate title");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert_eq!(e.message(), "a namespace with this account ID and title already exists");
@@ -279,14 +294,18 @@ async fn namespaces_are_created_renamed_listed_and_deleted_with_their_keys() {
 
     let w = write_one(&c, 2, &ns, put_op("k", b"v")).await.unwrap();
     let renamed = s
-        .rename_namespace(pb::RenameNamespaceRequest { namespace_id: ns.clone(), title: "second".into() })
+        .rename_namespace(pb::RenameNamespaceRequest {
+            namespace_id: ns.clone(),
+            title: "second".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(renamed.title, "second");
     let leader = c.leader().await.unwrap();
     let listed = c.store(leader).list_namespaces(pb::ListNamespacesRequest::default()).await.unwrap().into_inner();
-    assert_eq!(listed.namespaces, vec![pb::Namespace { id: ns.clone(), title: "second".into() }]);
+    assert_eq!(listed.namespaces, vec![pb::Namespace { id: ns.clone(), title: "second".into(), version: 0 }]);
     // Paging: namespaces come ordered by title; a page past the end is empty.
     c.create_namespace(leader, "a-third").await.unwrap();
     let page = |page, per_page| pb::ListNamespacesRequest { page, per_page };
@@ -297,10 +316,15 @@ async fn namespaces_are_created_renamed_listed_and_deleted_with_their_keys() {
     assert_eq!(second.namespaces[0].title, "second");
     assert!(l.list_namespaces(page(3, 1)).await.unwrap().into_inner().namespaces.is_empty());
 
-    s.delete_namespace(pb::NamespaceRef { namespace_id: ns.clone() }).await.unwrap();
+    s.delete_namespace(pb::NamespaceRef { namespace_id: ns.clone(), ..Default::default() }).await.unwrap();
     for i in 0..3 {
         let gone = || async {
-            let get = pb::GetRequest { namespace_id: ns.clone(), key: "k".into(), min_version: w.version, track: None };
+            let get = pb::GetRequest {
+                namespace_id: ns.clone(),
+                key: "k".into(),
+                min_version: w.version,
+                ..Default::default()
+            };
             let r = c.store(i).get(get).await;
             matches!(r, Err(e) if e.code() == tonic::Code::NotFound).then_some(())
         };
@@ -334,12 +358,19 @@ async fn every_node_serves_metrics_and_health() {
         }
         leaders += metric_value(&text, "kv_raft_is_leader").unwrap();
         let state = http_get(c.nodes[i].http, "/health").await.unwrap();
-        assert!(matches!(state.as_str(), "Leader" | "Follower"), "node {i} health: {state:?}");
+        assert!(state.starts_with("Leader,") || state.starts_with("Follower,"), "node {i} health: {state:?}");
+        assert!(state.contains("freshness proof") && state.contains("ms old"), "node {i} health: {state:?}");
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.nodes[i].grpc)).unwrap();
-        let mut health = HealthClient::new(channel.connect().await.unwrap());
+        let health = HealthClient::new(channel.connect().await.unwrap());
         let service = "kv.store.v1.CentralStore".to_string();
-        let status = health.check(HealthCheckRequest { service }).await.unwrap().into_inner().status;
-        assert_eq!(status, ServingStatus::Serving as i32);
+        // gRPC health follows the node's freshness proof within a tick.
+        eventually(Duration::from_secs(5), "gRPC health to say SERVING", || async {
+            let req = HealthCheckRequest { service: service.clone() };
+            let status = health.clone().check(req).await.ok()?.into_inner().status;
+            (status == ServingStatus::Serving as i32).then_some(())
+        })
+        .await
+        .unwrap();
     }
     assert_eq!(leaders, 1.0, "exactly one node reports itself leader");
 

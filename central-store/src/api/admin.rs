@@ -2,7 +2,7 @@
 
 use crate::error::{StoreError, StoreResult};
 use crate::node::Node;
-use crate::routing::{forwarded, is_leader, route, Route};
+use crate::routing::{forwarded, route, Route};
 use crate::types::{Node as RaftNode, NodeId};
 use kv_proto::admin::v1::{self as pb, cluster_admin_client::ClusterAdminClient, cluster_admin_server::ClusterAdmin};
 use std::collections::{BTreeMap, BTreeSet};
@@ -52,26 +52,24 @@ impl AdminService {
             let m = node.raft.metrics().borrow().membership_config.clone();
             m.membership().voter_ids().filter_map(|id| Some((id, m.membership().get_node(&id)?.addr.clone()))).collect()
         };
-        let target_addr = members
-            .iter()
-            .find(|(id, _)| *id == to)
-            .map(|(_, a)| a.clone())
-            .ok_or_else(|| StoreError::Precondition(format!("node {to} is not a voter")))?;
+        if !members.iter().any(|(id, _)| *id == to) {
+            return Err(StoreError::Precondition(format!("node {to} is not a voter")));
+        }
         let last = node.raft.metrics().borrow().last_log_index;
         self.wait_for("the target to hold the leader's whole log", |m| {
             m.replication.as_ref().and_then(|r| r.get(&to)).and_then(|l| l.as_ref()).map(|l| l.index) >= last
         })
         .await?;
 
-        let others: Vec<&String> =
-            members.iter().filter(|(id, _)| *id != to && *id != node.id).map(|(_, a)| a).collect();
+        let others: Vec<&(NodeId, String)> = members.iter().filter(|(id, _)| *id != to && *id != node.id).collect();
         self.set_elections(&others, false).await;
         node.raft.runtime_config().elect(false);
         node.raft.runtime_config().heartbeat(false);
         let lease = Duration::from_millis(node.config.raft.election_max_ms + node.config.raft.heartbeat_ms);
         tokio::time::sleep(lease).await;
         let campaign = async {
-            let mut target = ClusterAdminClient::new(node.peers.channel(&target_addr)?);
+            let target_addr = members.iter().find(|(id, _)| *id == to).map_or("", |(_, a)| a.as_str());
+            let mut target = ClusterAdminClient::new(node.peers.channel(to, target_addr)?);
             target
                 .transfer_leader(forwarded(pb::TransferLeaderRequest { to }))
                 .await
@@ -84,11 +82,11 @@ impl AdminService {
         campaign.map(|_| ())
     }
 
-    /// Switches the election timers of the nodes at `addrs`; best effort (a node that cannot
-    /// be reached keeps its timer, which only makes the transfer less certain).
-    async fn set_elections(&self, addrs: &[&String], enabled: bool) {
-        for addr in addrs {
-            let Ok(ch) = self.node.peers.channel(addr) else { continue };
+    /// Switches the election timers of `nodes`; best effort (a node that cannot be reached
+    /// keeps its timer, which only makes the transfer less certain).
+    async fn set_elections(&self, nodes: &[&(NodeId, String)], enabled: bool) {
+        for (id, addr) in nodes {
+            let Ok(ch) = self.node.peers.channel(*id, addr) else { continue };
             if let Err(e) = ClusterAdminClient::new(ch).set_election(pb::SetElectionRequest { enabled }).await {
                 tracing::warn!(%addr, error = %e, "could not switch the election timer");
             }
@@ -171,7 +169,7 @@ impl ClusterAdmin for AdminService {
     ) -> Result<Response<pb::AdminReply>, Status> {
         let to = req.get_ref().to;
         if to == self.node.id {
-            if !is_leader(&self.node) {
+            if !self.node.is_leader() {
                 self.node.raft.trigger().elect().await.map_err(|e| StoreError::Raft(e.to_string()))?;
                 self.wait_for("this node to lead", |m| m.current_leader == Some(m.id)).await?;
             }

@@ -1,19 +1,21 @@
-//! The store API: reads served by this replica, writes validated and rate-limited on the
-//! leader (forwarded there from followers), then committed through Raft.
+//! The store API: reads served by this replica once it has proved it is fresh enough,
+//! writes and namespace changes committed on the leader (forwarded there from followers).
 
 use crate::error::{StoreError, StoreResult};
+use crate::freshness::Proof;
 use crate::node::Node;
-use crate::routing::{forwarded, propose, route, Route};
+use crate::routing::{forwarded, route, Route};
 use crate::storage::reader::StoredEntry;
-use crate::types::{Command, CommandResult, NamespaceRecord, NamespaceWrite, Op, OpKind};
-use kv_common::{namespace::validate_title, time, validate, KvError, NamespaceId};
+use crate::types::{Command, NamespaceRecord};
+use crate::writes;
+use kv_common::client::{store_client, StoreClient};
+use kv_common::{call, namespace::validate_title, time, validate, KvError, NamespaceId};
 use kv_proto::store::v1::{self as pb, central_store_server::CentralStore};
+use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tonic::{Request, Response, Status};
 
-/// How long a read waits for this replica to reach the asked-for `min_version`.
-const MIN_VERSION_WAIT: Duration = Duration::from_secs(5);
 /// Default and largest page of `ListNamespaces`.
 const NAMESPACE_PAGE: (u32, u32) = (20, 100);
 
@@ -27,103 +29,57 @@ impl StoreService {
         StoreService { node }
     }
 
-    async fn caught_up(&self, min_version: u64) -> StoreResult<()> {
+    /// Makes sure this replica may answer a read: it has applied `min_version`, and holds a
+    /// proof of freshness at most `max_age_ms` old (0: the configured default). Both waits are
+    /// bounded by the call's deadline; a replica that cannot prove itself says UNAVAILABLE,
+    /// so the caller asks another.
+    async fn fresh(&self, min_version: u64, max_age_ms: u32) -> StoreResult<Proof> {
+        let f = &self.node.config.freshness;
+        let budget = call::remaining_or(Duration::from_millis(f.wait_ms));
         if min_version > 0 {
-            self.node.reader.wait_applied(min_version, MIN_VERSION_WAIT).await?;
+            self.node.reader.wait_applied(min_version, budget).await?;
         }
-        Ok(())
-    }
-
-    /// Validates, rate-limits and commits a write on the leader.
-    async fn write_local(&self, req: pb::WriteRequest) -> StoreResult<pb::WriteResponse> {
-        let node = &self.node;
-        let limits = &node.config.limits;
-        let ns = NamespaceId::parse(&req.namespace_id)?;
-        node.reader.namespace(&ns)?;
-        let bytes: usize = req.ops.iter().map(op_bytes).sum();
-        validate::bulk_write(req.ops.len(), bytes, limits)?;
-
-        let now_ms = time::now_ms();
-        let now_secs = (now_ms / 1000) as i64;
-        let mut results = Vec::with_capacity(req.ops.len());
-        let mut ops = Vec::new();
-        for op in req.ops {
-            let mut result = pb::OpResult { key: op.key.clone(), ..Default::default() };
-            match checked_op(op, now_secs, limits) {
-                Err(e) => result.error = Some(op_error(&e)),
-                Ok(op) if !node.limiter.allow(&ns, &op.key) => {
-                    node.metrics.rate_limited.inc();
-                    result.error = Some(op_error(&KvError::TooManyRequests));
-                }
-                Ok(op) => {
-                    if let OpKind::Put { expiration, .. } = &op.kind {
-                        result.expiration = *expiration;
-                    }
-                    ops.push((results.len(), op));
-                }
+        let max_age = match max_age_ms {
+            0 => Duration::from_millis(f.default_max_age_ms),
+            n => Duration::from_millis(u64::from(n)),
+        };
+        let wait = call::remaining_or(budget).min(Duration::from_millis(f.wait_ms));
+        match self.node.freshness.within(max_age, wait).await {
+            Some(proof) => Ok(proof),
+            None => {
+                self.node.metrics.stale_refusals.inc();
+                Err(KvError::Unavailable(format!(
+                    "this replica cannot prove it is within {} ms of the leader; ask another node",
+                    max_age.as_millis()
+                ))
+                .into())
             }
-            results.push(result);
-        }
-        if ops.is_empty() {
-            return Ok(pb::WriteResponse { results });
-        }
-        let slots: Vec<usize> = ops.iter().map(|(i, _)| *i).collect();
-        let ops = ops.into_iter().map(|(_, op)| op).collect();
-        let started = Instant::now();
-        let version = node.batcher.submit(NamespaceWrite { namespace: ns, ops }).await?;
-        node.metrics.write_latency.observe(started.elapsed().as_secs_f64());
-        for i in slots {
-            results[i].version = version;
-        }
-        Ok(pb::WriteResponse { results })
-    }
-
-    async fn namespace_command(&self, cmd: Command) -> StoreResult<NamespaceRecord> {
-        match propose(&self.node.raft, &self.node.metrics, cmd).await?.1 {
-            CommandResult::Namespace(rec) => Ok(rec),
-            other => Err(StoreError::Other(anyhow::anyhow!("unexpected apply result {other:?}"))),
         }
     }
-}
 
-/// Bytes a write item contributes toward the bulk size limit.
-fn op_bytes(op: &pb::WriteOp) -> usize {
-    let body = match &op.op {
-        Some(pb::write_op::Op::Put(p)) => p.value.len() + p.metadata_json.as_ref().map_or(0, String::len),
-        _ => 0,
-    };
-    op.key.len() + body
-}
-
-/// Runs the contract's checks on one item and resolves its expiration on the leader's clock.
-fn checked_op(op: pb::WriteOp, now_secs: i64, limits: &kv_common::Limits) -> Result<Op, KvError> {
-    match op.op {
-        Some(pb::write_op::Op::Put(p)) => {
-            let c = validate::put(
-                &op.key,
-                p.expiration,
-                p.expiration_ttl,
-                p.metadata_json.as_deref(),
-                p.value.len(),
-                now_secs,
-                limits,
-            )?;
-            Ok(Op {
-                key: op.key,
-                kind: OpKind::Put { value: p.value.to_vec(), metadata: c.metadata, expiration: c.expiration },
-            })
+    /// Serves a leader-only call: here when leading, else forwarded to the leader once.
+    async fn on_leader<Req, Resp, Local, LocalFut, Fwd, FwdFut>(
+        &self,
+        req: Request<Req>,
+        local: Local,
+        forward: Fwd,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Local: FnOnce(Req) -> LocalFut,
+        LocalFut: Future<Output = StoreResult<Resp>>,
+        Fwd: FnOnce(StoreClient, Request<Req>) -> FwdFut,
+        FwdFut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        match route(&self.node, &req)? {
+            Route::Leader(ch) => forward(store_client(ch), forwarded(req.into_inner())).await,
+            Route::Local => Ok(Response::new(local(req.into_inner()).await?)),
         }
-        Some(pb::write_op::Op::Delete(_)) => {
-            validate::key(&op.key, limits)?;
-            Ok(Op { key: op.key, kind: OpKind::Delete })
-        }
-        None => Err(KvError::InvalidRequest("a write item must be a put or a delete".into())),
     }
 }
 
-/// The per-item form of a contract error.
-fn op_error(e: &KvError) -> pb::OpError {
-    pb::OpError { grpc_code: e.grpc_code() as i32, http_status: u32::from(e.http_status()), message: e.to_string() }
+/// How old an answer read under `proof` is now, in whole milliseconds (rounded up).
+fn age_ms(proof: &Proof) -> u32 {
+    u32::try_from(proof.age().as_micros().div_ceil(1000)).unwrap_or(u32::MAX)
 }
 
 fn to_entry(e: StoredEntry) -> pb::Entry {
@@ -135,18 +91,8 @@ fn to_entry(e: StoredEntry) -> pb::Entry {
     }
 }
 
-fn to_namespace(rec: NamespaceRecord) -> pb::Namespace {
-    pb::Namespace { id: rec.id.to_string(), title: rec.title }
-}
-
-/// Serves locally on the leader, or forwards the call to it.
-macro_rules! leader_or_forward {
-    ($self:ident, $req:ident, $method:ident, $local:expr) => {
-        match route(&$self.node, &$req)? {
-            Route::Leader(ch) => kv_common::upstream::store_client(ch).$method(forwarded($req.into_inner())).await,
-            Route::Local => Ok(Response::new($local($req.into_inner()).await?)),
-        }
-    };
+fn to_namespace(rec: NamespaceRecord, version: u64) -> pb::Namespace {
+    pb::Namespace { id: rec.id.to_string(), title: rec.title, version }
 }
 
 type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<pb::WatchEvent, Status>>;
@@ -157,10 +103,15 @@ impl CentralStore for StoreService {
         let req = req.into_inner();
         let ns = NamespaceId::parse(&req.namespace_id)?;
         validate::key(&req.key, &self.node.config.limits)?;
-        self.caught_up(req.min_version).await?;
+        let proof = self.fresh(req.min_version, req.max_age_ms).await?;
         self.node.metrics.reads.with_label_values(&["get"]).inc();
         let r = self.node.reader.get(&ns, &req.key, time::now_secs())?;
-        Ok(Response::new(pb::GetResponse { entry: r.entry.map(to_entry), version: r.version, stale: false }))
+        Ok(Response::new(pb::GetResponse {
+            entry: r.entry.map(to_entry),
+            version: r.version,
+            stale: false,
+            age_ms: age_ms(&proof),
+        }))
     }
 
     async fn batch_get(&self, req: Request<pb::BatchGetRequest>) -> Result<Response<pb::BatchGetResponse>, Status> {
@@ -171,16 +122,23 @@ impl CentralStore for StoreService {
         for k in &req.keys {
             validate::key(k, limits)?;
         }
-        self.caught_up(req.min_version).await?;
+        let proof = self.fresh(req.min_version, req.max_age_ms).await?;
         self.node.metrics.reads.with_label_values(&["batch_get"]).inc();
         let (entries, read_version) = self.node.reader.get_many(&ns, &req.keys, time::now_secs())?;
         let total: usize = entries.iter().flatten().map(|e| e.value.len()).sum();
         if total > limits.max_bulk_get_bytes {
             return Err(KvError::BulkGetTooLarge.into());
         }
-        let results =
-            req.keys.into_iter().zip(entries).map(|(key, e)| pb::KeyEntry { key, entry: e.map(to_entry) }).collect();
-        Ok(Response::new(pb::BatchGetResponse { results, read_version, stale: false }))
+        let results = req
+            .keys
+            .into_iter()
+            .zip(entries)
+            .map(|(key, e)| {
+                let version = e.as_ref().map_or(read_version, |e| e.meta.version);
+                pb::KeyEntry { key, entry: e.map(to_entry), version }
+            })
+            .collect();
+        Ok(Response::new(pb::BatchGetResponse { results, stale: false, age_ms: age_ms(&proof) }))
     }
 
     async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
@@ -188,7 +146,7 @@ impl CentralStore for StoreService {
         let ns = NamespaceId::parse(&req.namespace_id)?;
         let asked = (req.limit != 0).then_some(i64::from(req.limit));
         let limit = validate::list_limit(asked, &self.node.config.limits)?;
-        self.caught_up(req.min_version).await?;
+        let proof = self.fresh(req.min_version, req.max_age_ms).await?;
         self.node.metrics.reads.with_label_values(&["list"]).inc();
         let cursor = (!req.cursor.is_empty()).then_some(req.cursor.as_str());
         let page = self.node.reader.list(&ns, &req.prefix, limit, cursor, time::now_secs())?;
@@ -201,22 +159,34 @@ impl CentralStore for StoreService {
             keys,
             list_complete: page.cursor.is_none(),
             cursor: page.cursor.unwrap_or_default(),
+            age_ms: age_ms(&proof),
         }))
     }
 
     async fn write(&self, req: Request<pb::WriteRequest>) -> Result<Response<pb::WriteResponse>, Status> {
-        leader_or_forward!(self, req, write, |r| self.write_local(r))
+        self.on_leader(req, |r| writes::write(&self.node, r), |mut c, r| async move { c.write(r).await }).await
     }
 
     async fn create_namespace(
         &self,
         req: Request<pb::CreateNamespaceRequest>,
     ) -> Result<Response<pb::Namespace>, Status> {
-        leader_or_forward!(self, req, create_namespace, |r: pb::CreateNamespaceRequest| async move {
+        let local = |r: pb::CreateNamespaceRequest| async move {
             validate_title(&r.title)?;
             let id = NamespaceId(rand::random());
-            self.namespace_command(Command::CreateNamespace { id, title: r.title }).await.map(to_namespace)
-        })
+            let now_ms = time::now_ms();
+            let title = r.title;
+            let done = writes::namespace(&self.node, &r.request_id, |request| Command::CreateNamespace {
+                id,
+                title,
+                now_ms,
+                request,
+            })
+            .await?;
+            let rec = done.record.ok_or_else(|| StoreError::Other(anyhow::anyhow!("create recorded no namespace")))?;
+            Ok(to_namespace(rec, done.version))
+        };
+        self.on_leader(req, local, |mut c, r| async move { c.create_namespace(r).await }).await
     }
 
     async fn list_namespaces(
@@ -224,42 +194,62 @@ impl CentralStore for StoreService {
         req: Request<pb::ListNamespacesRequest>,
     ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
         let req = req.into_inner();
+        self.fresh(0, 0).await?;
         let per_page = match req.per_page {
             0 => NAMESPACE_PAGE.0,
             n => n.min(NAMESPACE_PAGE.1),
         } as usize;
         let page = req.page.max(1) as usize;
-        let all = self.node.reader.namespaces().map_err(Status::from)?;
+        let all = self.node.reader.namespaces()?;
         let total_count = all.len() as u32;
-        let namespaces = all.into_iter().skip((page - 1) * per_page).take(per_page).map(to_namespace).collect();
+        let namespaces =
+            all.into_iter().skip((page - 1) * per_page).take(per_page).map(|r| to_namespace(r, 0)).collect();
         Ok(Response::new(pb::ListNamespacesResponse { namespaces, total_count }))
     }
 
     async fn get_namespace(&self, req: Request<pb::NamespaceRef>) -> Result<Response<pb::Namespace>, Status> {
         let id = NamespaceId::parse(&req.into_inner().namespace_id)?;
-        Ok(Response::new(to_namespace(self.node.reader.namespace(&id)?)))
+        self.fresh(0, 0).await?;
+        Ok(Response::new(to_namespace(self.node.reader.namespace(&id)?, 0)))
     }
 
     async fn rename_namespace(
         &self,
         req: Request<pb::RenameNamespaceRequest>,
     ) -> Result<Response<pb::Namespace>, Status> {
-        leader_or_forward!(self, req, rename_namespace, |r: pb::RenameNamespaceRequest| async move {
+        let local = |r: pb::RenameNamespaceRequest| async move {
             let id = NamespaceId::parse(&r.namespace_id)?;
             validate_title(&r.title)?;
-            self.namespace_command(Command::RenameNamespace { id, title: r.title }).await.map(to_namespace)
-        })
+            let (title, now_ms) = (r.title, time::now_ms());
+            let done = writes::namespace(&self.node, &r.request_id, |request| Command::RenameNamespace {
+                id,
+                title,
+                now_ms,
+                request,
+            })
+            .await?;
+            let rec = done.record.ok_or_else(|| StoreError::Other(anyhow::anyhow!("rename recorded no namespace")))?;
+            Ok(to_namespace(rec, done.version))
+        };
+        self.on_leader(req, local, |mut c, r| async move { c.rename_namespace(r).await }).await
     }
 
     async fn delete_namespace(
         &self,
         req: Request<pb::NamespaceRef>,
     ) -> Result<Response<pb::DeleteNamespaceResponse>, Status> {
-        leader_or_forward!(self, req, delete_namespace, |r: pb::NamespaceRef| async move {
+        let local = |r: pb::NamespaceRef| async move {
             let id = NamespaceId::parse(&r.namespace_id)?;
-            propose(&self.node.raft, &self.node.metrics, Command::DeleteNamespace { id }).await?;
-            Ok::<_, StoreError>(pb::DeleteNamespaceResponse {})
-        })
+            let now_ms = time::now_ms();
+            let done = writes::namespace(&self.node, &r.request_id, |request| Command::DeleteNamespace {
+                id,
+                now_ms,
+                request,
+            })
+            .await?;
+            Ok::<_, StoreError>(pb::DeleteNamespaceResponse { version: done.version })
+        };
+        self.on_leader(req, local, |mut c, r| async move { c.delete_namespace(r).await }).await
     }
 
     type WatchStream = WatchStream;
@@ -268,5 +258,12 @@ impl CentralStore for StoreService {
         let req = req.into_inner();
         let start = if req.from_now { super::watch::Start::Now } else { super::watch::Start::After(req.from_version) };
         Ok(Response::new(super::watch::stream(self.node.clone(), start)))
+    }
+
+    async fn read_index(&self, _: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        let proof = self.node.freshness.current().ok_or_else(|| {
+            StoreError::Kv(KvError::Unavailable("this replica has not proved its freshness yet".into()))
+        })?;
+        Ok(Response::new(pb::ReadIndexResponse { version: proof.index, age_ms: age_ms(&proof) }))
     }
 }

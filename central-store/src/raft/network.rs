@@ -4,7 +4,8 @@
 //! batch larger than `APPEND_CHUNK_BYTES` is sent as several consecutive AppendEntries
 //! calls, each a valid Raft request on its own, so big values never make one huge message.
 
-use super::{lazy_channel, MAX_RAFT_MESSAGE_BYTES};
+use super::MAX_RAFT_MESSAGE_BYTES;
+use crate::peers::Peers;
 use crate::types::{Node, NodeId, TypeConfig};
 use kv_proto::raft::v1::{raft_transport_client::RaftTransportClient, RaftMessage};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
@@ -14,20 +15,24 @@ use openraft::raft::{
     VoteResponse,
 };
 use serde::{de::DeserializeOwned, Serialize};
+use std::sync::Arc;
 use tonic::transport::Channel;
 
 /// Above this many encoded bytes an append batch is split.
 const APPEND_CHUNK_BYTES: u64 = 8 << 20;
 
-/// Makes one connection per peer; connections are lazy and reconnect by themselves.
-#[derive(Clone, Default)]
-pub struct Network;
+/// Reaches peers through this node's shared channels (`Peers`), which connect lazily and
+/// reconnect by themselves.
+#[derive(Clone)]
+pub struct Network {
+    pub peers: Arc<Peers>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Connection {
-        let client = lazy_channel(&node.addr).ok().map(|ch| {
+        let client = self.peers.channel(target, &node.addr).ok().map(|ch| {
             RaftTransportClient::new(ch)
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)

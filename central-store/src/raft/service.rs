@@ -1,7 +1,7 @@
 //! The server side of the Raft transport: decode, hand to openraft, encode its answer.
 
 use crate::types::Raft;
-use kv_proto::raft::v1::{raft_transport_server::RaftTransport, RaftMessage};
+use kv_proto::raft::v1::{raft_transport_server::RaftTransport, RaftMessage, ReadIndexReply, ReadIndexRequest};
 use serde::{de::DeserializeOwned, Serialize};
 use tonic::{Request, Response, Status};
 
@@ -38,5 +38,14 @@ impl RaftTransport for RaftService {
 
     async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         encode(&self.raft.install_snapshot(decode(req)?).await)
+    }
+
+    /// The leader's read index, after it confirmed its leadership with a quorum; only the
+    /// leader answers.
+    async fn read_index(&self, _: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
+        match self.raft.get_read_log_id().await {
+            Ok((read, _)) => Ok(Response::new(ReadIndexReply { index: read.map_or(0, |l| l.index) })),
+            Err(e) => Err(Status::unavailable(format!("not the leader, or it lost its quorum: {e}"))),
+        }
     }
 }

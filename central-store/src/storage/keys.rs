@@ -12,6 +12,8 @@
 //! | `expiry`     | expiration (u64 BE) ++ ns ++ key  | empty                      |
 //! | `changes`    | version (u64 BE)                  | bincode `Vec<ChangeRecord>`|
 //! | `tombstones` | version (u64 BE) ++ ns ++ key     | empty                      |
+//! | `requests`   | request id                        | bincode `RequestRecord`    |
+//! | `request_times` | time (ms, u64 BE) ++ request id | empty                     |
 //!
 //! Keys of one namespace sort by their UTF-8 bytes, which is the list order of the contract.
 
@@ -28,9 +30,11 @@ pub const CF_VALUES: &str = "values";
 pub const CF_EXPIRY: &str = "expiry";
 pub const CF_CHANGES: &str = "changes";
 pub const CF_TOMBSTONES: &str = "tombstones";
+pub const CF_REQUESTS: &str = "requests";
+pub const CF_REQUEST_TIMES: &str = "request_times";
 
 /// Every column family, in creation order.
-pub const ALL_CFS: [&str; 10] = [
+pub const ALL_CFS: [&str; 12] = [
     CF_RAFT_LOG,
     CF_RAFT_META,
     CF_SM_META,
@@ -41,11 +45,14 @@ pub const ALL_CFS: [&str; 10] = [
     CF_EXPIRY,
     CF_CHANGES,
     CF_TOMBSTONES,
+    CF_REQUESTS,
+    CF_REQUEST_TIMES,
 ];
 
 /// The column families that make up the state machine (and so a snapshot).
 /// Positions are the tags of the snapshot format: append only.
-pub const SNAPSHOT_CFS: [&str; 6] = [CF_NAMESPACES, CF_NS_TITLES, CF_ENTRIES, CF_VALUES, CF_EXPIRY, CF_TOMBSTONES];
+pub const SNAPSHOT_CFS: [&str; 8] =
+    [CF_NAMESPACES, CF_NS_TITLES, CF_ENTRIES, CF_VALUES, CF_EXPIRY, CF_TOMBSTONES, CF_REQUESTS, CF_REQUEST_TIMES];
 
 pub const META_VOTE: &[u8] = b"vote";
 pub const META_COMMITTED: &[u8] = b"committed";
@@ -77,6 +84,22 @@ pub struct ChangeRecord {
     pub value: Option<Vec<u8>>,
     pub metadata: Option<String>,
     pub expiration: Option<i64>,
+}
+
+/// A request id's first outcome, kept so that a retry is answered, not applied again.
+#[derive(Clone, Serialize, Deserialize, Debug, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// When it was applied (the leader's proposal time), for the sweep.
+    pub now_ms: u64,
+    pub recorded: crate::types::Recorded,
+}
+
+/// The `request_times` key of a record made at `now_ms`.
+pub fn request_time_key(now_ms: u64, request: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + request.len());
+    k.extend_from_slice(&now_ms.to_be_bytes());
+    k.extend_from_slice(request.as_bytes());
+    k
 }
 
 /// What happened to a key.

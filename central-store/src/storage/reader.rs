@@ -8,9 +8,10 @@ use super::cf;
 use super::keys::*;
 use super::log_store::read_bincode;
 use crate::error::{StoreError, StoreResult};
-use crate::types::NamespaceRecord;
+use crate::types::{NamespaceRecord, Recorded};
 use kv_common::{KvError, NamespaceId};
 use rocksdb::{Direction, IteratorMode, ReadOptions, SnapshotWithThreadMode, DB};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -52,6 +53,27 @@ pub enum FeedRead {
 pub struct Reader {
     db: Arc<DB>,
     applied: watch::Receiver<u64>,
+    installs: InstallCounter,
+}
+
+/// Counts snapshot installs like a sequence lock: odd while one is under way. A read that
+/// sees it change (or odd) may have seen a half-replaced state machine, so it is refused.
+#[derive(Clone, Default)]
+pub struct InstallCounter(Arc<AtomicU64>);
+
+impl InstallCounter {
+    /// Marks an install as started; the state machine may be half wiped until `finish`.
+    pub fn begin(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn finish(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn read(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 /// The most entries one list page examines, so a page over many tombstones stays cheap.
@@ -60,8 +82,23 @@ fn list_scan_budget(limit: u32) -> usize {
 }
 
 impl Reader {
-    pub fn new(db: Arc<DB>, applied: watch::Receiver<u64>) -> Self {
-        Reader { db, applied }
+    pub fn new(db: Arc<DB>, applied: watch::Receiver<u64>, installs: InstallCounter) -> Self {
+        Reader { db, applied, installs }
+    }
+
+    /// Runs `read` and returns its result only if no snapshot install overlapped it.
+    fn consistent<T>(&self, read: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
+        let before = self.installs.read();
+        let unavailable =
+            || KvError::Unavailable("this replica is installing a snapshot; retry or ask another node".into());
+        if before % 2 == 1 {
+            return Err(unavailable().into());
+        }
+        let out = read()?;
+        if self.installs.read() != before {
+            return Err(unavailable().into());
+        }
+        Ok(out)
     }
 
     /// The highest log index applied on this replica.
@@ -90,11 +127,22 @@ impl Reader {
 
     /// The namespace, or NOT_FOUND.
     pub fn namespace(&self, id: &NamespaceId) -> StoreResult<NamespaceRecord> {
-        read_bincode(&self.db, CF_NAMESPACES, &id.0)?.ok_or(StoreError::Kv(KvError::NamespaceNotFound))
+        self.consistent(|| {
+            read_bincode(&self.db, CF_NAMESPACES, &id.0)?.ok_or(StoreError::Kv(KvError::NamespaceNotFound))
+        })
+    }
+
+    /// The first outcome of a request id, if that request was applied.
+    pub fn request(&self, id: &str) -> StoreResult<Option<Recorded>> {
+        self.consistent(|| Ok(read_bincode::<RequestRecord>(&self.db, CF_REQUESTS, id.as_bytes())?.map(|r| r.recorded)))
     }
 
     /// Every namespace, ordered by title.
     pub fn namespaces(&self) -> StoreResult<Vec<NamespaceRecord>> {
+        self.consistent(|| self.namespaces_inner())
+    }
+
+    fn namespaces_inner(&self) -> StoreResult<Vec<NamespaceRecord>> {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(cf(&self.db, CF_NS_TITLES), IteratorMode::Start) {
             let (_, id) = item?;
@@ -121,6 +169,15 @@ impl Reader {
         keys: &[K],
         now_secs: i64,
     ) -> StoreResult<(Vec<Option<StoredEntry>>, u64)> {
+        self.consistent(|| self.get_many_inner(ns, keys, now_secs))
+    }
+
+    fn get_many_inner<K: AsRef<str>>(
+        &self,
+        ns: &NamespaceId,
+        keys: &[K],
+        now_secs: i64,
+    ) -> StoreResult<(Vec<Option<StoredEntry>>, u64)> {
         let read_version = self.applied();
         let snap = self.db.snapshot();
         if snap.get_cf(cf(&self.db, CF_NAMESPACES), ns.0)?.is_none() {
@@ -141,6 +198,17 @@ impl Reader {
 
     /// One page of keys in byte order, after `cursor`, starting with `prefix`.
     pub fn list(
+        &self,
+        ns: &NamespaceId,
+        prefix: &str,
+        limit: u32,
+        cursor: Option<&str>,
+        now_secs: i64,
+    ) -> StoreResult<ListPage> {
+        self.consistent(|| self.list_inner(ns, prefix, limit, cursor, now_secs))
+    }
+
+    fn list_inner(
         &self,
         ns: &NamespaceId,
         prefix: &str,
@@ -189,21 +257,34 @@ impl Reader {
         Ok(page)
     }
 
-    /// Change sets with versions greater than `from`, at most `max` of them.
+    /// Change sets with versions greater than `from`, at most `max` of them. The floor and
+    /// the changes are read from one RocksDB snapshot, so a trim in between cannot skip
+    /// changes without a `Resync`.
     pub fn changes_after(&self, from: u64, max: usize) -> StoreResult<FeedRead> {
-        let floor: u64 = read_bincode(&self.db, CF_SM_META, META_FLOOR)?.unwrap_or(0);
-        if from < floor {
-            return Ok(FeedRead::Resync { floor });
-        }
-        let start = index_key(from.saturating_add(1));
-        let it = self.db.iterator_cf(cf(&self.db, CF_CHANGES), IteratorMode::From(&start, Direction::Forward));
-        let mut out = Vec::new();
-        for item in it.take(max) {
-            let (k, v) = item?;
-            let version = decode_index(&k).ok_or_else(|| anyhow::anyhow!("bad change key"))?;
-            out.push((version, bincode::deserialize(&v)?));
-        }
-        Ok(FeedRead::Changes(out))
+        self.consistent(|| {
+            let snap = self.db.snapshot();
+            let floor: u64 = match snap.get_cf(cf(&self.db, CF_SM_META), META_FLOOR)? {
+                Some(raw) => bincode::deserialize(&raw)?,
+                None => 0,
+            };
+            fail::fail_point!("feed::after_floor");
+            if from < floor {
+                return Ok(FeedRead::Resync { floor });
+            }
+            let start = index_key(from.saturating_add(1));
+            let mut opts = ReadOptions::default();
+            opts.set_snapshot(&snap);
+
+            let it =
+                self.db.iterator_cf_opt(cf(&self.db, CF_CHANGES), opts, IteratorMode::From(&start, Direction::Forward));
+            let mut out = Vec::new();
+            for item in it.take(max) {
+                let (k, v) = item?;
+                let version = decode_index(&k).ok_or_else(|| anyhow::anyhow!("bad change key"))?;
+                out.push((version, bincode::deserialize(&v)?));
+            }
+            Ok(FeedRead::Changes(out))
+        })
     }
 
     /// The commit index this node last recorded (it may lag the leader's by a heartbeat).
@@ -217,14 +298,19 @@ impl Reader {
 
     /// Whether a sweep would find work: an expiration at or before `now_secs`, or a
     /// tombstone older than `tombstones_before`.
-    pub fn has_sweep_work(&self, now_secs: i64, tombstones_before: u64) -> StoreResult<bool> {
+    pub fn has_sweep_work(&self, now_secs: i64, tombstones_before: u64, requests_before_ms: u64) -> StoreResult<bool> {
         let first_below = |cf_name: &str, bound: u64| -> StoreResult<bool> {
             match self.db.iterator_cf(cf(&self.db, cf_name), IteratorMode::Start).next() {
                 None => Ok(false),
-                Some(item) => Ok(split_sweep_index_key(&item?.0).is_some_and(|(at, _)| at < bound)),
+                Some(item) => {
+                    let key = item?.0;
+                    Ok(key.get(..8).and_then(|b| b.try_into().ok()).is_some_and(|b| u64::from_be_bytes(b) < bound))
+                }
             }
         };
-        Ok(first_below(CF_EXPIRY, now_secs.max(0) as u64 + 1)? || first_below(CF_TOMBSTONES, tombstones_before)?)
+        Ok(first_below(CF_EXPIRY, now_secs.max(0) as u64 + 1)?
+            || first_below(CF_TOMBSTONES, tombstones_before)?
+            || first_below(CF_REQUEST_TIMES, requests_before_ms)?)
     }
 }
 

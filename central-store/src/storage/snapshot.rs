@@ -2,8 +2,13 @@
 //!
 //! File format: a sequence of records `[cf: u8][key len: u32 LE][key][value len: u32 LE][value]`
 //! over the state-machine column families (`SNAPSHOT_CFS`, by position), closed by
-//! `[0xFF][record count: u64 LE]` so a truncated file is detected. The snapshot's Raft
-//! metadata (last log id, membership) is kept beside it in `current.meta`.
+//! `[0xFF][record count: u64 LE][CRC-32 of every record byte: u32 LE]`, so a truncated or
+//! corrupted file is detected before it replaces anything. The snapshot's Raft metadata
+//! (last log id, membership) is kept beside it in `current.meta`.
+//!
+//! Building and installing never overlap (`SnapshotDir::exclusive`): a build reading the
+//! state machine while an install wipes it would capture half a state, and a build that
+//! started before an install must not publish its older snapshot over the installed one.
 
 use super::cf;
 use super::keys::*;
@@ -13,7 +18,7 @@ use rocksdb::{IteratorMode, ReadOptions, WriteBatch, DB};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 const END_MARKER: u8 = 0xFF;
 const CURRENT_META: &str = "current.meta";
@@ -25,12 +30,28 @@ const INSTALL_BATCH_BYTES: usize = 4 << 20;
 #[derive(Clone, Debug)]
 pub struct SnapshotDir {
     path: PathBuf,
+    /// Held by a build or an install for the whole of its work.
+    busy: Arc<Mutex<()>>,
 }
 
 impl SnapshotDir {
     pub fn open(path: PathBuf) -> std::io::Result<Self> {
         std::fs::create_dir_all(&path)?;
-        Ok(SnapshotDir { path })
+        Ok(SnapshotDir { path, busy: Arc::default() })
+    }
+
+    /// Excludes every other build and install while the guard lives.
+    fn exclusive(&self) -> MutexGuard<'_, ()> {
+        self.busy.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The metadata of the current snapshot, if any.
+    fn current_meta(&self) -> anyhow::Result<Option<SnapshotMeta>> {
+        match std::fs::read(self.path.join(CURRENT_META)) {
+            Ok(b) => Ok(Some(bincode::deserialize(&b)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn data_path(&self, snapshot_id: &str) -> PathBuf {
@@ -61,8 +82,16 @@ impl SnapshotDir {
         Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
     }
 
-    /// Makes `data_file` the current snapshot (atomically, by rename) and drops older ones.
+    /// Makes `data_file` the current snapshot (atomically, by rename) and drops older ones;
+    /// a snapshot older than the current one is dropped instead.
     fn publish(&self, meta: &SnapshotMeta, data_file: &Path) -> anyhow::Result<()> {
+        if let Some(current) = self.current_meta()? {
+            if current.last_log_id > meta.last_log_id {
+                tracing::info!(older = %meta.snapshot_id, current = %current.snapshot_id, "dropping an older snapshot");
+                let _ = std::fs::remove_file(data_file);
+                return Ok(());
+            }
+        }
         let final_path = self.data_path(&meta.snapshot_id);
         std::fs::rename(data_file, &final_path)?;
         let tmp_meta = self.path.join("current.meta.tmp");
@@ -102,7 +131,9 @@ impl Builder {
 }
 
 fn write_snapshot(db: &DB, dir: &SnapshotDir) -> anyhow::Result<()> {
+    let _busy = dir.exclusive();
     let snap = db.snapshot();
+    fail::fail_point!("snapshot::build_after_read_view");
     let read_meta = |key: &[u8]| snap.get_cf(cf(db, CF_SM_META), key);
     let last_log_id: Option<LogId> = match read_meta(META_APPLIED)? {
         Some(b) => bincode::deserialize(&b)?,
@@ -121,21 +152,23 @@ fn write_snapshot(db: &DB, dir: &SnapshotDir) -> anyhow::Result<()> {
     let tmp = dir.path.join(format!("building-{snapshot_id}.bin"));
     let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
     let mut count: u64 = 0;
+    let mut crc = crc32fast::Hasher::new();
     for (tag, name) in SNAPSHOT_CFS.iter().enumerate() {
         let mut opts = ReadOptions::default();
         opts.set_snapshot(&snap);
         for item in db.iterator_cf_opt(cf(db, name), opts, IteratorMode::Start) {
             let (k, v) = item?;
-            out.write_all(&[tag as u8])?;
-            out.write_all(&(k.len() as u32).to_le_bytes())?;
-            out.write_all(&k)?;
-            out.write_all(&(v.len() as u32).to_le_bytes())?;
-            out.write_all(&v)?;
+            let (klen, vlen) = (len_u32(&k)?.to_le_bytes(), len_u32(&v)?.to_le_bytes());
+            for part in [&[tag as u8][..], &klen, &k, &vlen, &v] {
+                out.write_all(part)?;
+                crc.update(part);
+            }
             count += 1;
         }
     }
     out.write_all(&[END_MARKER])?;
     out.write_all(&count.to_le_bytes())?;
+    out.write_all(&crc.finalize().to_le_bytes())?;
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     let meta = SnapshotMeta { last_log_id, last_membership: membership, snapshot_id };
@@ -151,6 +184,7 @@ fn write_snapshot(db: &DB, dir: &SnapshotDir) -> anyhow::Result<()> {
 /// the batch that completes the install; the verified file stays in place until then. A
 /// crash in between is finished at the next start by `resume_interrupted_install`.
 pub fn install(db: &DB, dir: &SnapshotDir, meta: &SnapshotMeta, file: File) -> anyhow::Result<()> {
+    let _busy = dir.exclusive();
     file.sync_all()?;
     let mut input = BufReader::with_capacity(1 << 20, file);
     // First make sure the file is whole, so a bad transfer never wipes the current state.
@@ -162,6 +196,7 @@ pub fn install(db: &DB, dir: &SnapshotDir, meta: &SnapshotMeta, file: File) -> a
     wb.put_cf(cf(db, CF_SM_META), META_INSTALLING, bincode::serialize(meta)?);
     db.write(wb)?;
     db.flush_wal(true)?;
+    fail::fail_point!("snapshot::install_after_wipe");
 
     let mut wb = WriteBatch::default();
     let count = for_each_record(&mut input, |name, key, value| {
@@ -195,14 +230,19 @@ pub fn resume_interrupted_install(db: &DB, dir: &SnapshotDir) -> anyhow::Result<
     Ok(true)
 }
 
-/// Reads every record of a snapshot stream from its start, checking the trailer; returns
-/// the record count.
+fn len_u32(b: &[u8]) -> anyhow::Result<u32> {
+    u32::try_from(b.len()).context("a snapshot record field is over 4 GiB")
+}
+
+/// Reads every record of a snapshot stream from its start, checking the trailer's count and
+/// checksum; returns the record count.
 fn for_each_record(
     input: &mut BufReader<File>,
     mut each: impl FnMut(&str, Vec<u8>, Vec<u8>) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
     std::io::Seek::seek(input, std::io::SeekFrom::Start(0))?;
     let mut count: u64 = 0;
+    let mut crc = crc32fast::Hasher::new();
     loop {
         let mut tag = [0u8; 1];
         input.read_exact(&mut tag).context("snapshot ends without its end marker")?;
@@ -213,22 +253,36 @@ fn for_each_record(
             if expected != count {
                 bail!("snapshot holds {count} records but its trailer says {expected}");
             }
+            let mut sum = [0u8; 4];
+            input.read_exact(&mut sum).context("snapshot trailer is cut short")?;
+            if u32::from_le_bytes(sum) != crc.finalize() {
+                bail!("snapshot checksum mismatch: the file is corrupt");
+            }
             return Ok(count);
         }
+        crc.update(&tag);
         let name = SNAPSHOT_CFS.get(tag[0] as usize).context("unknown column family in snapshot")?;
-        let key = read_chunk(input)?;
-        let value = read_chunk(input)?;
+        let key = read_chunk(input, &mut crc)?;
+        let value = read_chunk(input, &mut crc)?;
         each(name, key, value)?;
         count += 1;
     }
 }
 
-fn read_chunk(input: &mut impl Read) -> anyhow::Result<Vec<u8>> {
+/// Largest key or value a snapshot record may hold (values are at most 25 MiB).
+const MAX_RECORD_FIELD: usize = 64 << 20;
+
+fn read_chunk(input: &mut impl Read, crc: &mut crc32fast::Hasher) -> anyhow::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     input.read_exact(&mut len)?;
+    crc.update(&len);
     let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_RECORD_FIELD {
+        bail!("snapshot record field of {len} bytes is larger than any the store writes");
+    }
     let mut buf = vec![0u8; len];
     input.read_exact(&mut buf)?;
+    crc.update(&buf);
     Ok(buf)
 }
 

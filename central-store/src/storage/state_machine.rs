@@ -6,11 +6,12 @@
 
 use super::keys::*;
 use super::log_store::read_bincode;
+use super::reader::{InstallCounter, Reader};
 use super::snapshot::{self, SnapshotDir};
 use super::{any_error, cf};
 use crate::metrics::Metrics;
 use crate::types::*;
-use kv_common::NamespaceId;
+use kv_common::{KvError, NamespaceId};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use rocksdb::{IteratorMode, WriteBatch, DB};
@@ -32,23 +33,26 @@ pub struct FeedConfig {
 pub struct StateMachine {
     db: Arc<DB>,
     applied_tx: Arc<watch::Sender<u64>>,
+    installs: InstallCounter,
     snapshots: SnapshotDir,
     feed: FeedConfig,
     metrics: Arc<Metrics>,
 }
 
 impl StateMachine {
-    /// Opens the state machine; `applied_tx` is seeded with the index found on disk.
+    /// Opens the state machine, and the reader that serves reads of it.
     pub fn new(
         db: Arc<DB>,
         snapshots: SnapshotDir,
         feed: FeedConfig,
         metrics: Arc<Metrics>,
-    ) -> anyhow::Result<(Self, watch::Receiver<u64>)> {
+    ) -> anyhow::Result<(Self, Reader)> {
         snapshot::resume_interrupted_install(&db, &snapshots)?;
         let applied: Option<LogId> = read_bincode::<Option<LogId>>(&db, CF_SM_META, META_APPLIED)?.flatten();
         let (tx, rx) = watch::channel(applied.map_or(0, |l| l.index));
-        Ok((StateMachine { db, applied_tx: Arc::new(tx), snapshots, feed, metrics }, rx))
+        let installs = InstallCounter::default();
+        let reader = Reader::new(db.clone(), rx, installs.clone());
+        Ok((StateMachine { db, applied_tx: Arc::new(tx), installs, snapshots, feed, metrics }, reader))
     }
 
     fn apply_entry(&self, entry: Entry) -> Result<CommandResult, anyhow::Error> {
@@ -81,57 +85,117 @@ impl StateMachine {
         read_bincode(&self.db, CF_NAMESPACES, &id.0)
     }
 
+    /// The first outcome of `request`, if it was applied before.
+    fn recorded(&self, request: Option<&RequestId>) -> anyhow::Result<Option<Recorded>> {
+        let Some(id) = request else { return Ok(None) };
+        Ok(read_bincode::<RequestRecord>(&self.db, CF_REQUESTS, id.as_bytes())?.map(|r| r.recorded))
+    }
+
+    /// Remembers `request`'s outcome so a retry is answered with it.
+    fn record(
+        &self,
+        wb: &mut WriteBatch,
+        request: Option<&RequestId>,
+        now_ms: u64,
+        recorded: &Recorded,
+    ) -> anyhow::Result<()> {
+        if let Some(id) = request {
+            let rec = RequestRecord { now_ms, recorded: recorded.clone() };
+            wb.put_cf(self.cf(CF_REQUESTS), id.as_bytes(), bincode::serialize(&rec)?);
+            wb.put_cf(self.cf(CF_REQUEST_TIMES), request_time_key(now_ms, id), []);
+        }
+        Ok(())
+    }
+
     fn apply_command(&self, wb: &mut WriteBatch, index: u64, cmd: Command) -> anyhow::Result<CommandResult> {
-        use kv_common::KvError::*;
         Ok(match cmd {
-            Command::Write { writes, .. } => {
+            Command::Write { writes, now_ms } => {
                 let mut outcomes = Vec::with_capacity(writes.len());
                 let mut changes = Vec::new();
                 for w in writes {
-                    if self.namespace(&w.namespace)?.is_none() {
-                        outcomes.push(Some(NamespaceNotFound));
+                    if let Some(Recorded::Write(first)) = self.recorded(w.request.as_ref())? {
+                        outcomes.push(first);
                         continue;
                     }
-                    for op in w.ops {
-                        changes.push(self.apply_op(wb, index, &w.namespace, op)?);
-                    }
-                    outcomes.push(None);
+                    let outcome = if self.namespace(&w.namespace)?.is_none() {
+                        WriteOutcome::Failed(KvError::NamespaceNotFound)
+                    } else {
+                        for op in w.ops {
+                            changes.push(self.apply_op(wb, index, &w.namespace, op)?);
+                        }
+                        WriteOutcome::Applied { version: index, decided: w.decided }
+                    };
+                    self.record(wb, w.request.as_ref(), now_ms, &Recorded::Write(outcome.clone()))?;
+                    outcomes.push(outcome);
                 }
                 if !changes.is_empty() {
                     wb.put_cf(self.cf(CF_CHANGES), index_key(index), bincode::serialize(&changes)?);
                 }
                 CommandResult::Writes(outcomes)
             }
-            Command::CreateNamespace { id, title } => {
+            Command::CreateNamespace { ref request, now_ms, .. }
+            | Command::RenameNamespace { ref request, now_ms, .. }
+            | Command::DeleteNamespace { ref request, now_ms, .. } => {
+                let request = request.clone();
+                if let Some(Recorded::Namespace(first)) = self.recorded(request.as_ref())? {
+                    return Ok(CommandResult::Namespace(first));
+                }
+                let done = self.apply_namespace(wb, index, cmd)?;
+                self.record(wb, request.as_ref(), now_ms, &Recorded::Namespace(done.clone()))?;
+                CommandResult::Namespace(done)
+            }
+            Command::Sweep { now_ms, budget, tombstones_before, requests_before_ms } => {
+                let due = (now_ms / 1000).saturating_add(1);
+                let expired = self
+                    .sweep_index(wb, CF_EXPIRY, due, budget, |m, t| !m.tombstone && m.expiration == Some(t as i64))?;
+                let tombs = self
+                    .sweep_index(wb, CF_TOMBSTONES, tombstones_before, budget, |m, t| m.tombstone && m.version == t)?;
+                self.sweep_requests(wb, requests_before_ms, budget)?;
+                self.metrics.swept.inc_by(expired + tombs);
+                CommandResult::Swept { removed: expired + tombs }
+            }
+        })
+    }
+
+    fn apply_namespace(
+        &self,
+        wb: &mut WriteBatch,
+        index: u64,
+        cmd: Command,
+    ) -> anyhow::Result<Result<NamespaceDone, KvError>> {
+        use kv_common::KvError::*;
+        let done = |record| Ok(Ok(NamespaceDone { version: index, record }));
+        match cmd {
+            Command::CreateNamespace { id, title, .. } => {
                 if self.db.get_pinned_cf(self.cf(CF_NS_TITLES), title.as_bytes())?.is_some() {
-                    return Ok(CommandResult::Rejected(NamespaceTitleExists));
+                    return Ok(Err(NamespaceTitleExists));
                 }
                 if self.namespace(&id)?.is_some() {
-                    return Ok(CommandResult::Rejected(Internal("namespace id collision; retry".into())));
+                    return Ok(Err(Internal("namespace id collision; retry".into())));
                 }
                 let rec = NamespaceRecord { id, title };
                 wb.put_cf(self.cf(CF_NS_TITLES), rec.title.as_bytes(), id.0);
                 wb.put_cf(self.cf(CF_NAMESPACES), id.0, bincode::serialize(&rec)?);
-                CommandResult::Namespace(rec)
+                done(Some(rec))
             }
-            Command::RenameNamespace { id, title } => {
+            Command::RenameNamespace { id, title, .. } => {
                 let Some(mut rec) = self.namespace(&id)? else {
-                    return Ok(CommandResult::Rejected(NamespaceNotFound));
+                    return Ok(Err(NamespaceNotFound));
                 };
                 if rec.title != title {
                     if self.db.get_pinned_cf(self.cf(CF_NS_TITLES), title.as_bytes())?.is_some() {
-                        return Ok(CommandResult::Rejected(NamespaceTitleExists));
+                        return Ok(Err(NamespaceTitleExists));
                     }
                     wb.delete_cf(self.cf(CF_NS_TITLES), rec.title.as_bytes());
                     wb.put_cf(self.cf(CF_NS_TITLES), title.as_bytes(), id.0);
                     rec.title = title;
                     wb.put_cf(self.cf(CF_NAMESPACES), id.0, bincode::serialize(&rec)?);
                 }
-                CommandResult::Namespace(rec)
+                done(Some(rec))
             }
-            Command::DeleteNamespace { id } => {
+            Command::DeleteNamespace { id, .. } => {
                 let Some(rec) = self.namespace(&id)? else {
-                    return Ok(CommandResult::Rejected(NamespaceNotFound));
+                    return Ok(Err(NamespaceNotFound));
                 };
                 wb.delete_cf(self.cf(CF_NS_TITLES), rec.title.as_bytes());
                 wb.delete_cf(self.cf(CF_NAMESPACES), id.0);
@@ -148,18 +212,24 @@ impl StateMachine {
                     expiration: None,
                 };
                 wb.put_cf(self.cf(CF_CHANGES), index_key(index), bincode::serialize(&vec![change])?);
-                CommandResult::NamespaceDeleted
+                done(None)
             }
-            Command::Sweep { now_ms, budget, tombstones_before } => {
-                let due = (now_ms / 1000).saturating_add(1);
-                let expired = self
-                    .sweep_index(wb, CF_EXPIRY, due, budget, |m, t| !m.tombstone && m.expiration == Some(t as i64))?;
-                let tombs = self
-                    .sweep_index(wb, CF_TOMBSTONES, tombstones_before, budget, |m, t| m.tombstone && m.version == t)?;
-                self.metrics.swept.inc_by(expired + tombs);
-                CommandResult::Swept { removed: expired + tombs }
+            Command::Write { .. } | Command::Sweep { .. } => Err(anyhow::anyhow!("not a namespace command")),
+        }
+    }
+
+    /// Forgets up to `budget` request records made before `before_ms`.
+    fn sweep_requests(&self, wb: &mut WriteBatch, before_ms: u64, budget: u32) -> anyhow::Result<()> {
+        for item in self.db.iterator_cf(self.cf(CF_REQUEST_TIMES), IteratorMode::Start).take(budget as usize) {
+            let (k, _) = item?;
+            let Some((at, id)) = k.split_at_checked(8) else { continue };
+            if u64::from_be_bytes(at.try_into()?) >= before_ms {
+                break;
             }
-        })
+            wb.delete_cf(self.cf(CF_REQUEST_TIMES), &k);
+            wb.delete_cf(self.cf(CF_REQUESTS), id);
+        }
+        Ok(())
     }
 
     fn apply_op(&self, wb: &mut WriteBatch, index: u64, ns: &NamespaceId, op: Op) -> anyhow::Result<ChangeRecord> {
@@ -276,11 +346,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let dir = self.snapshots.clone();
         let meta_owned = meta.clone();
         let err = |e: String| StorageIOError::write_snapshot(Some(meta.signature()), any_error(e));
-        tokio::task::spawn_blocking(move || snapshot::install(&db, &dir, &meta_owned, file))
-            .await
-            .map_err(|e| err(e.to_string()))?
-            .map_err(|e| err(format!("{e:#}")))?;
-        self.applied_tx.send_replace(meta.last_log_id.map_or(0, |l| l.index));
+        // Reads that overlap the install are refused (see `InstallCounter`).
+        self.installs.begin();
+        let installed = tokio::task::spawn_blocking(move || snapshot::install(&db, &dir, &meta_owned, file)).await;
+        if let Ok(Ok(())) = &installed {
+            self.applied_tx.send_replace(meta.last_log_id.map_or(0, |l| l.index));
+        }
+        self.installs.finish();
+        installed.map_err(|e| err(e.to_string()))?.map_err(|e| err(format!("{e:#}")))?;
         self.metrics.snapshots_installed.inc();
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! A Prometheus registry with terse constructors, for the tiers' metric structs, and the
 //! read metrics both caching tiers export under their own prefix.
 
-use crate::cache::{Cached, VersionedCache};
+use crate::cache::VersionedCache;
+use crate::copy::Copy;
 use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
 
 /// Registers metrics under one registry and renders them as Prometheus text.
@@ -33,6 +34,7 @@ impl Registrar {
 
 /// How a caching tier answers reads, and how much its cache holds: the same figures at the
 /// edge (`kv_edge_*`) and at the regional tier (`kv_regional_*`), so dashboards line up.
+#[derive(Clone)]
 pub struct CacheMetrics {
     pub hits: IntCounter,
     pub negative_hits: IntCounter,
@@ -62,8 +64,8 @@ impl CacheMetrics {
     }
 
     /// Counts a read answered by `c`: a hit, or a negative hit when it holds no live value.
-    pub fn hit(&self, c: &Cached) {
-        if c.visible(crate::time::now_secs()).is_some() {
+    pub fn hit(&self, c: &Copy) {
+        if c.visible(kv_common::time::now_secs()).is_some() {
             self.hits.inc();
         } else {
             self.negative_hits.inc();
@@ -80,9 +82,9 @@ impl CacheMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::Value;
+    use crate::copy::Value;
     use std::sync::Arc;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn cache_metrics_count_under_the_tier_prefix() {
@@ -90,10 +92,10 @@ mod tests {
         let m = CacheMetrics::register(&r, "kv_test", "the tier above");
         let ttl = Duration::from_secs(60);
         let value = Value { bytes: "v".into(), metadata_json: None, expiration: None };
-        m.hit(&Cached::new(Some(value), 1, ttl, ttl, 0));
-        m.hit(&Cached::new(None, 2, ttl, ttl, 0));
+        m.hit(&Copy::new(Some(value), 1, Instant::now(), ttl, ttl, 0));
+        m.hit(&Copy::new(None, 2, Instant::now(), ttl, ttl, 0));
         let cache = VersionedCache::new(1 << 20);
-        cache.offer(("ns".into(), "k".into()), Arc::new(Cached::new(None, 3, ttl, ttl, 0)));
+        cache.offer(("ns".into(), "k".into()), Arc::new(Copy::new(None, 3, Instant::now(), ttl, ttl, 0)));
         m.measure(&cache);
         let text = r.render();
         for line in ["kv_test_hits_total 1", "kv_test_negative_hits_total 1", "kv_test_cache_entries 1"] {

@@ -1,0 +1,196 @@
+//! The context of the gRPC call a node is serving: its trace and its deadline.
+//!
+//! A server layer (`CallLayer`) runs every call in a span tied to the caller's `traceparent`
+//! (or a new trace when none came) and notes the caller's deadline from `grpc-timeout`, or a
+//! default budget when the caller set none. Every call the node makes upstream while serving
+//! it goes through `outgoing`, which carries both on: the trace with this node's span as the
+//! parent, and the deadline as what is left of it. A request is so followed from the edge's
+//! log to the central store's, and one budget bounds all the work done for it, however many
+//! tiers and retries it crosses.
+
+use crate::trace::TraceContext;
+use std::future::Future;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::task::futures::TaskLocalFuture;
+use tonic::codegen::http;
+use tracing::instrument::Instrumented;
+use tracing::Instrument;
+
+/// The W3C trace context header.
+pub const TRACEPARENT: &str = "traceparent";
+/// gRPC's deadline header.
+pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// What a served call hands on to the calls it makes.
+#[derive(Debug, Clone, Copy)]
+pub struct Call {
+    pub trace: TraceContext,
+    pub deadline: Instant,
+}
+
+tokio::task_local! {
+    static CURRENT: Call;
+}
+
+impl Call {
+    /// The call this task is serving, if any.
+    pub fn current() -> Option<Call> {
+        CURRENT.try_with(|c| *c).ok()
+    }
+
+    /// Runs `f` as part of `call` (for work a served call hands to another task).
+    pub fn scope<F: Future>(call: Call, f: F) -> TaskLocalFuture<Call, F> {
+        CURRENT.scope(call, f)
+    }
+}
+
+/// When the call being served must be answered by; `fallback` from now when no call is.
+pub fn deadline_or(fallback: Duration) -> Instant {
+    Call::current().map_or_else(|| Instant::now() + fallback, |c| c.deadline)
+}
+
+/// What is left of the served call's budget (`fallback` when no call is being served).
+pub fn remaining_or(fallback: Duration) -> Duration {
+    deadline_or(fallback).saturating_duration_since(Instant::now())
+}
+
+/// Parses a `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Formats a duration as a `grpc-timeout` value (milliseconds, rounded down; seconds when long).
+pub fn format_grpc_timeout(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 100_000_000 {
+        format!("{ms}m")
+    } else {
+        format!("{}S", d.as_secs().min(99_999_999))
+    }
+}
+
+/// The signature of `outgoing`, for naming intercepted clients.
+pub type Outgoing = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+
+/// A client interceptor: hands the served call's trace and what is left of its deadline on
+/// to the next tier. (Its shape is tonic's interceptor signature, `Status` and all.)
+#[allow(clippy::result_large_err)]
+pub fn outgoing(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    if let Some(call) = Call::current() {
+        if let Ok(v) = call.trace.header().parse() {
+            req.metadata_mut().insert(TRACEPARENT, v);
+        }
+        let left = call.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(tonic::Status::deadline_exceeded("the call's deadline has passed"));
+        }
+        if req.metadata().get(GRPC_TIMEOUT).is_none() {
+            if let Ok(v) = format_grpc_timeout(left).parse() {
+                req.metadata_mut().insert(GRPC_TIMEOUT, v);
+            }
+        }
+    }
+    Ok(req)
+}
+
+/// A server layer: each call runs in its own span of the caller's trace, with the caller's
+/// deadline, or `default_budget` when the caller gave none (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub struct CallLayer {
+    pub default_budget: Duration,
+}
+
+impl<S> tower_layer::Layer<S> for CallLayer {
+    type Service = Served<S>;
+
+    fn layer(&self, inner: S) -> Served<S> {
+        Served { inner, default_budget: self.default_budget }
+    }
+}
+
+/// A service whose calls run under `CallLayer`.
+#[derive(Debug, Clone)]
+pub struct Served<S> {
+    inner: S,
+    default_budget: Duration,
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for Served<S>
+where
+    S: tower_service::Service<http::Request<B>>,
+    S::Future: Future,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = TaskLocalFuture<Call, Instrumented<S::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let parent = header(TRACEPARENT).and_then(TraceContext::parse);
+        let budget = header(GRPC_TIMEOUT).and_then(parse_grpc_timeout).unwrap_or(self.default_budget);
+        let trace = TraceContext::child_of(parent.as_ref());
+        let span = tracing::info_span!(
+            "grpc",
+            method = %req.uri().path(),
+            trace_id = %format_args!("{:032x}", trace.trace_id),
+            span_id = %format_args!("{:016x}", trace.span_id),
+            parent_id = %parent.map(|p| format!("{:016x}", p.span_id)).unwrap_or_default(),
+        );
+        span.in_scope(|| tracing::debug!(budget_ms = budget.as_millis() as u64, "call received"));
+        let call = Call { trace, deadline: Instant::now() + budget };
+        CURRENT.scope(call, self.inner.call(req).instrument(span))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_and_format() {
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        for bad in ["", "m", "123456789m", "12x", "-1m", "1.5S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+        let d = Duration::from_millis(1234);
+        assert_eq!(parse_grpc_timeout(&format_grpc_timeout(d)), Some(d));
+        assert_eq!(format_grpc_timeout(Duration::from_secs(200_000)), "200000S");
+    }
+
+    #[tokio::test]
+    async fn outgoing_calls_carry_the_trace_and_what_is_left_of_the_deadline() {
+        let bare = outgoing(tonic::Request::new(())).unwrap();
+        assert!(bare.metadata().get(TRACEPARENT).is_none(), "no call being served, no context");
+        assert!(bare.metadata().get(GRPC_TIMEOUT).is_none());
+        let call = Call { trace: TraceContext::child_of(None), deadline: Instant::now() + Duration::from_secs(2) };
+        let req = CURRENT.scope(call, async { outgoing(tonic::Request::new(())).unwrap() }).await;
+        let md = req.metadata();
+        assert_eq!(md.get(TRACEPARENT).and_then(|v| v.to_str().ok()), Some(call.trace.header().as_str()));
+        let left = md.get(GRPC_TIMEOUT).and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout).unwrap();
+        assert!(left <= Duration::from_secs(2) && left > Duration::from_millis(1500), "{left:?}");
+
+        let spent = Call { trace: call.trace, deadline: Instant::now() };
+        let refused = CURRENT.scope(spent, async { outgoing(tonic::Request::new(())) }).await;
+        assert_eq!(refused.unwrap_err().code(), tonic::Code::DeadlineExceeded, "no budget, no call");
+    }
+}

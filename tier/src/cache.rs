@@ -1,0 +1,183 @@
+//! The versioned, byte-bounded store of copies (moka underneath).
+//!
+//! Versions settle every race between pulls and pushes: a copy is only ever replaced by one
+//! at least as new. Entries leave memory when their holding time ends (stale-if-error
+//! included) or when the byte bound needs room.
+
+use crate::copy::{Copy, Value};
+use moka::ops::compute::Op;
+use moka::sync::Cache;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A namespace id and a key.
+pub type CacheKey = (String, String);
+
+/// What `offer` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Stored: there was no copy, or an older (or equally old) one.
+    Stored,
+    /// Ignored: the cache already holds a newer version.
+    Older,
+}
+
+/// The copies one tier holds.
+pub struct VersionedCache {
+    inner: Cache<CacheKey, Arc<Copy>>,
+}
+
+struct HoldUntil;
+
+impl moka::Expiry<CacheKey, Arc<Copy>> for HoldUntil {
+    fn expire_after_create(&self, _: &CacheKey, c: &Arc<Copy>, now: Instant) -> Option<Duration> {
+        Some(c.hold_until.saturating_duration_since(now))
+    }
+
+    fn expire_after_update(&self, _: &CacheKey, c: &Arc<Copy>, now: Instant, _: Option<Duration>) -> Option<Duration> {
+        Some(c.hold_until.saturating_duration_since(now))
+    }
+}
+
+impl VersionedCache {
+    /// A cache holding at most `max_bytes` of keys, values and metadata.
+    pub fn new(max_bytes: u64) -> Self {
+        let inner = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|k: &CacheKey, v: &Arc<Copy>| v.weight(k.0.len() + k.1.len()))
+            .expire_after(HoldUntil)
+            .support_invalidation_closures()
+            .build();
+        VersionedCache { inner }
+    }
+
+    /// The copy held for `key`.
+    pub fn get(&self, key: &CacheKey) -> Option<Arc<Copy>> {
+        self.inner.get(key)
+    }
+
+    /// Stores `c` unless a newer version is already held.
+    pub fn offer(&self, key: CacheKey, c: Arc<Copy>) -> Offer {
+        let mut outcome = Offer::Stored;
+        self.inner.entry(key).and_compute_with(|held| match held {
+            Some(h) if h.value().version > c.version => {
+                outcome = Offer::Older;
+                Op::Nop
+            }
+            _ => Op::Put(c),
+        });
+        outcome
+    }
+
+    /// Stores `c` unless a newer version is held, and returns the newest copy held: a
+    /// fetch that lost a race with a push answers with the push's newer copy.
+    pub fn keep(&self, key: CacheKey, c: Arc<Copy>) -> Arc<Copy> {
+        let mut newest = c.clone();
+        self.inner.entry(key).and_compute_with(|held| match held {
+            Some(h) if h.value().version > c.version => {
+                newest = h.value().clone();
+                Op::Nop
+            }
+            _ => Op::Put(c),
+        });
+        newest
+    }
+
+    /// Replaces a held copy with a newer version in place; `None` when no copy is held.
+    pub fn replace_held(&self, key: CacheKey, value: Option<Value>, version: u64) -> Option<Offer> {
+        let mut outcome = None;
+        self.inner.entry(key).and_compute_with(|held| match held {
+            None => Op::Nop,
+            Some(h) if h.value().version >= version => {
+                outcome = Some(Offer::Older);
+                Op::Nop
+            }
+            Some(h) => {
+                outcome = Some(Offer::Stored);
+                Op::Put(Arc::new(h.value().replaced_by(value, version)))
+            }
+        });
+        outcome
+    }
+
+    /// Drops a held copy older than `version` (the key changed to a value not known here).
+    pub fn remove_older(&self, key: CacheKey, version: u64) -> bool {
+        let mut removed = false;
+        self.inner.entry(key).and_compute_with(|held| match held {
+            Some(h) if h.value().version < version => {
+                removed = true;
+                Op::Remove
+            }
+            _ => Op::Nop,
+        });
+        removed
+    }
+
+    /// Drops every entry of a namespace (it was deleted).
+    pub fn remove_namespace(&self, namespace_id: &str) {
+        let ns = namespace_id.to_string();
+        if self.inner.invalidate_entries_if(move |k, _| k.0 == ns).is_err() {
+            self.inner.invalidate_all();
+        }
+    }
+
+    pub fn clear(&self) {
+        self.inner.invalidate_all();
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.inner.run_pending_tasks();
+        self.inner.entry_count()
+    }
+
+    /// Bytes held, as the weigher counts them.
+    pub fn weighted_size(&self) -> u64 {
+        self.inner.run_pending_tasks();
+        self.inner.weighted_size()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn key(k: &str) -> CacheKey {
+        ("ns".into(), k.into())
+    }
+
+    fn copy(s: &str, version: u64) -> Arc<Copy> {
+        let v = Some(Value { bytes: Bytes::from(s.to_string()), metadata_json: None, expiration: None });
+        let min = Duration::from_secs(60);
+        Arc::new(Copy::new(v, version, Instant::now(), min, min, 0))
+    }
+
+    #[test]
+    fn only_newer_versions_replace() {
+        let c = VersionedCache::new(1 << 20);
+        assert_eq!(c.offer(key("a"), copy("v5", 5)), Offer::Stored);
+        assert_eq!(c.offer(key("a"), copy("v3", 3)), Offer::Older);
+        assert_eq!(c.keep(key("a"), copy("v4", 4)).version, 5, "keep answers with the newer held copy");
+        assert_eq!(c.get(&key("a")).unwrap().version, 5);
+        assert_eq!(c.replace_held(key("a"), None, 4), Some(Offer::Older));
+        assert_eq!(c.replace_held(key("a"), None, 7), Some(Offer::Stored));
+        let held = c.get(&key("a")).unwrap();
+        assert_eq!((held.version, held.value.is_none()), (7, true));
+        assert_eq!(c.replace_held(key("b"), None, 9), None, "pushes do not fill keys nobody read");
+        assert!(c.get(&key("b")).is_none());
+        assert!(!c.remove_older(key("a"), 7), "a copy as new as the change stays");
+        assert!(c.remove_older(key("a"), 8));
+        assert!(c.get(&key("a")).is_none());
+    }
+
+    #[test]
+    fn namespace_removal() {
+        let c = VersionedCache::new(1 << 20);
+        c.offer(key("a"), copy("1", 1));
+        c.offer(("other".into(), "a".into()), copy("1", 1));
+        c.remove_namespace("ns");
+        c.inner.run_pending_tasks();
+        assert!(c.get(&key("a")).is_none());
+        assert!(c.get(&("other".into(), "a".into())).is_some());
+    }
+}

@@ -1,0 +1,702 @@
+//! The one read path of every caching tier.
+//!
+//! A read of any number of keys goes through `Tier::read`: a held copy that the tier's
+//! `Policy` calls fresh answers at once (HIT); the other keys are fetched from the tier
+//! above (MISS); when that cannot answer, a held copy the policy allows answers instead
+//! (STALE). Single gets, bulk gets and background refreshes all take this path.
+//!
+//! Fetches are coalesced inside the tier, and ordered against the changes it applies
+//! (pushes, the feed, its own acknowledged writes). The rules, each kept under one lock:
+//! - a fetch is registered as a *flight* before it asks upstream, and asks with
+//!   `min_version` at least the tier's applied change position at that moment, so its
+//!   answer is never older than any change applied before it was registered;
+//! - a change applied while a flight is up is noted in the flight, and when the flight
+//!   lands, the newer of its answer and the noted change is what is kept and served; a
+//!   change whose value is not known here (too large for the feed, a namespace deletion)
+//!   makes the flight ask again, at that change's version;
+//! - a flight whose tier was reset meanwhile (`reset`) answers its readers but is not kept.
+//!
+//! Each flight runs as its own task and always lands: a reader that goes away abandons
+//! nothing, and no later reader can join a flight that is long over.
+
+use crate::cache::{CacheKey, VersionedCache};
+pub use crate::change::{Applied, Effect};
+use crate::copy::{Copy, Value};
+use crate::error::TierResult;
+use crate::metrics::CacheMetrics;
+use crate::wire::written_value;
+use kv_common::KvError;
+use kv_proto::store::v1 as pb;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tonic::Status;
+
+/// What a read asks of the tier above.
+#[derive(Debug, Clone, Default)]
+pub struct ReadSpec {
+    /// The answer must reflect at least this version (read-your-writes, monotonic reads).
+    pub min_version: u64,
+    /// The oldest answer accepted as fresh.
+    pub max_age: Duration,
+    /// The reader's cacheTtl, at an edge.
+    pub cache_ttl: Option<Duration>,
+    /// Asks the regional tier to push the keys' changes to this edge.
+    pub track: Option<pb::Tracking>,
+}
+
+/// One key's answer from the tier above.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub value: Option<Value>,
+    pub version: u64,
+    /// Fresh as of this instant on this node's clock (the send time minus the answer's age).
+    pub as_of: Instant,
+    /// The tier above could not meet `max_age` and answered from what it held.
+    pub stale: bool,
+}
+
+/// The tier above, as the engine sees it.
+pub trait Fetch: Send + Sync + 'static {
+    /// Reads `keys` of namespace `ns` in one call; one answer per key, in order.
+    fn read(
+        &self,
+        ns: &str,
+        keys: Vec<String>,
+        spec: &ReadSpec,
+    ) -> impl Future<Output = Result<Vec<Answer>, Status>> + Send;
+}
+
+/// What a tier decides about its copies.
+pub trait Policy: Send + Sync + 'static {
+    /// Whether `copy`, held in the tier's current `epoch`, answers `spec` without asking upstream.
+    fn fresh(&self, copy: &Copy, spec: &ReadSpec, epoch: u64) -> bool;
+    /// Whether a copy just fetched for `spec` is young enough to answer it as fresh.
+    fn young(&self, copy: &Copy, spec: &ReadSpec) -> bool;
+    /// Whether `copy` may answer `spec` when upstream cannot give a fresh answer.
+    fn stale_ok(&self, copy: &Copy, spec: &ReadSpec) -> bool;
+    /// How long a copy filled for `spec` stays fresh, and then how much longer it is held.
+    fn lifetimes(&self, spec: &ReadSpec) -> (Duration, Duration);
+    /// The instant an answer served from `copy` is fresh as of.
+    fn as_of(&self, copy: &Copy) -> Instant {
+        copy.as_of
+    }
+}
+
+/// Where an answer came from, as the reader sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Hit,
+    Miss,
+    Stale,
+}
+
+/// One key's answer at this tier.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub copy: Arc<Copy>,
+    pub source: Source,
+    /// The answer reflects every write acknowledged before this instant.
+    pub as_of: Instant,
+}
+
+/// A change noted in a flight while it was up.
+#[derive(Debug, Clone)]
+enum Noted {
+    Set(u64, Option<Value>),
+    Unknown(u64),
+}
+
+impl Noted {
+    fn version(&self) -> u64 {
+        match self {
+            Noted::Set(v, _) | Noted::Unknown(v) => *v,
+        }
+    }
+}
+
+type Landed = Option<TierResult<Arc<Copy>>>;
+
+/// A fetch of one key under way.
+struct Flight {
+    /// The version the fetch was asked to reflect at least.
+    min_version: u64,
+    epoch: u64,
+    noted: Option<Noted>,
+    done: watch::Sender<Landed>,
+}
+
+/// What is guarded by the tier's one lock.
+#[derive(Default)]
+struct State {
+    flights: HashMap<CacheKey, Flight>,
+    /// The newest change position applied (feed or push stream).
+    applied: u64,
+    /// Bumped by `reset`: copies and flights of older epochs are not trusted.
+    epoch: u64,
+}
+
+/// One tier's cache and read path.
+pub struct Tier<U, P> {
+    pub cache: VersionedCache,
+    state: Mutex<State>,
+    upstream: U,
+    pub policy: P,
+    pub metrics: CacheMetrics,
+}
+
+impl<U: Fetch, P: Policy> Tier<U, P> {
+    pub fn new(cache_bytes: u64, upstream: U, policy: P, metrics: CacheMetrics) -> Arc<Self> {
+        Arc::new(Tier { cache: VersionedCache::new(cache_bytes), state: Mutex::default(), upstream, policy, metrics })
+    }
+
+    pub fn upstream(&self) -> &U {
+        &self.upstream
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The newest change position applied.
+    pub fn applied(&self) -> u64 {
+        self.lock().applied
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.lock().epoch
+    }
+
+    /// Whether a fetch of `key` is under way.
+    pub fn in_flight(&self, key: &CacheKey) -> bool {
+        self.lock().flights.contains_key(key)
+    }
+
+    /// Keeps `copy` unless a newer one is held; returns the newest held.
+    pub fn keep(&self, key: CacheKey, copy: Arc<Copy>) -> Arc<Copy> {
+        let _st = self.lock();
+        self.cache.keep(key, copy)
+    }
+
+    /// Drops the held copy of `key`, if older than `version` (`u64::MAX`: whatever it is).
+    pub fn forget(&self, key: CacheKey, version: u64) {
+        let _st = self.lock();
+        self.cache.remove_older(key, version);
+    }
+
+    /// Reads `keys` of `ns`: held fresh copies, the rest fetched in one call, held copies
+    /// again (stale) where upstream cannot answer. One result per key, in order.
+    pub async fn read(self: &Arc<Self>, ns: &str, keys: &[String], spec: &ReadSpec) -> Vec<TierResult<Served>> {
+        let epoch = self.epoch();
+        let now_secs = kv_common::time::now_secs();
+        let mut out: Vec<Option<TierResult<Served>>> = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            match self.cache.get(&(ns.to_owned(), k.clone())) {
+                Some(c) if !c.is_expired(now_secs) && self.policy.fresh(&c, spec, epoch) => {
+                    self.metrics.hit(&c);
+                    out.push(Some(Ok(self.served(c, Source::Hit))));
+                }
+                _ => {
+                    self.metrics.misses.inc();
+                    missing.push(i);
+                    out.push(None);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let wanted: Vec<String> = missing.iter().map(|&i| keys[i].clone()).collect();
+            let fetched = self.fetch(ns, &wanted, spec, true).await;
+            for (&i, got) in missing.iter().zip(fetched) {
+                out[i] = Some(self.classify(ns, &keys[i], got, spec));
+            }
+        }
+        out.into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(Status::internal("a key was left unanswered").into())))
+            .collect()
+    }
+
+    fn served(&self, copy: Arc<Copy>, source: Source) -> Served {
+        let as_of = self.policy.as_of(&copy);
+        Served { copy, source, as_of }
+    }
+
+    /// Turns a fetch's outcome into an answer: fresh (MISS), too old but allowed (STALE),
+    /// or, when upstream could not answer, a held copy the policy allows (STALE).
+    fn classify(&self, ns: &str, key: &str, got: TierResult<Arc<Copy>>, spec: &ReadSpec) -> TierResult<Served> {
+        match got {
+            Ok(c) if self.policy.young(&c, spec) => Ok(self.served(c, Source::Miss)),
+            Ok(c) if self.policy.stale_ok(&c, spec) => {
+                self.metrics.stale_serves.inc();
+                Ok(self.served(c, Source::Stale))
+            }
+            Ok(_) => Err(KvError::Unavailable("no upstream could give an answer fresh enough; retry".into()).into()),
+            Err(e) if e.is_unreachable() => match self.cache.get(&(ns.to_owned(), key.to_owned())) {
+                Some(c) if self.policy.stale_ok(&c, spec) => {
+                    self.metrics.stale_serves.inc();
+                    Ok(self.served(c, Source::Stale))
+                }
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fetches `keys` of `ns` from upstream through the flights (see the module docs), and
+    /// keeps what lands when `keep` is set. One outcome per key, in order.
+    pub async fn fetch(
+        self: &Arc<Self>,
+        ns: &str,
+        keys: &[String],
+        spec: &ReadSpec,
+        keep: bool,
+    ) -> Vec<TierResult<Arc<Copy>>> {
+        let mut out: Vec<Option<TierResult<Arc<Copy>>>> = vec![None; keys.len()];
+        let mut pending: Vec<usize> = (0..keys.len()).collect();
+        while !pending.is_empty() {
+            let mut waits = Vec::with_capacity(pending.len());
+            let mut mine = Vec::new();
+            let floor;
+            {
+                let mut st = self.lock();
+                floor = spec.min_version.max(st.applied);
+                let epoch = st.epoch;
+                for &i in &pending {
+                    let key = (ns.to_owned(), keys[i].clone());
+                    match st.flights.get(&key) {
+                        Some(f) => {
+                            let good_enough = f.min_version >= spec.min_version && f.epoch == epoch;
+                            if good_enough {
+                                self.metrics.coalesced_waiters.inc();
+                            }
+                            waits.push((i, f.done.subscribe(), good_enough));
+                        }
+                        None => {
+                            let (done, rx) = watch::channel(None);
+                            st.flights.insert(key, Flight { min_version: floor, epoch, noted: None, done });
+                            waits.push((i, rx, true));
+                            mine.push(keys[i].clone());
+                        }
+                    }
+                }
+            }
+            if !mine.is_empty() {
+                self.metrics.upstream_fetches.inc();
+                let me = self.clone();
+                let (ns, spec) = (ns.to_owned(), ReadSpec { min_version: floor, ..spec.clone() });
+                let call = kv_common::call::Call::current();
+                let flight = async move { me.fly(ns, mine, spec, keep).await };
+                match call {
+                    Some(c) => tokio::spawn(kv_common::call::Call::scope(c, flight)),
+                    None => tokio::spawn(flight),
+                };
+            }
+            let mut again = Vec::new();
+            for (i, mut rx, good_enough) in waits {
+                let landed = match rx.wait_for(Option::is_some).await {
+                    Ok(v) => v.clone(),
+                    Err(_) => Some(Err(Status::internal("a fetch ended without an answer").into())),
+                };
+                match landed {
+                    Some(result) if good_enough => out[i] = Some(result),
+                    // A flight asked at an older version than this read needs: ask again.
+                    _ => again.push(i),
+                }
+            }
+            pending = again;
+        }
+        out.into_iter().map(|o| o.unwrap_or_else(|| Err(Status::internal("a fetch was lost").into()))).collect()
+    }
+
+    /// One flight: asks upstream, then lands every key under the lock, asking again for
+    /// keys whose noted change is newer than the answer and of unknown value.
+    async fn fly(self: Arc<Self>, ns: String, mut keys: Vec<String>, mut spec: ReadSpec, keep: bool) {
+        while !keys.is_empty() {
+            let answers = self.upstream.read(&ns, keys.clone(), &spec).await;
+            let mut st = self.lock();
+            let epoch = st.epoch;
+            let mut again = Vec::new();
+            let mut again_at = spec.min_version;
+            for (i, key) in keys.into_iter().enumerate() {
+                let ck = (ns.clone(), key);
+                let Some(flight) = st.flights.get_mut(&ck) else { continue };
+                let answer = match &answers {
+                    Ok(a) => match a.get(i) {
+                        Some(a) => a.clone(),
+                        None => {
+                            let f = st.flights.remove(&ck);
+                            land(f, Err(Status::internal("upstream left a key unanswered").into()));
+                            continue;
+                        }
+                    },
+                    Err(e) => {
+                        let f = st.flights.remove(&ck);
+                        land(f, Err(e.clone().into()));
+                        continue;
+                    }
+                };
+                let (value, version) = match flight.noted.take() {
+                    Some(Noted::Unknown(v)) if v > answer.version => {
+                        // Changed meanwhile to a value not known here: ask again at that version.
+                        flight.min_version = flight.min_version.max(v);
+                        again_at = again_at.max(v);
+                        again.push(ck.1);
+                        continue;
+                    }
+                    Some(Noted::Set(v, value)) if v > answer.version => (value, v),
+                    _ => (answer.value, answer.version),
+                };
+                let (fresh_for, hold_extra) = self.policy.lifetimes(&spec);
+                let copy = Arc::new(Copy::new(value, version, answer.as_of, fresh_for, hold_extra, flight.epoch));
+                let f = st.flights.remove(&ck);
+                let cacheable = keep && f.as_ref().is_some_and(|f| f.epoch == epoch);
+                let copy = if cacheable { self.cache.keep(ck, copy) } else { copy };
+                land(f, Ok(copy));
+            }
+            drop(st);
+            keys = again;
+            spec.min_version = again_at;
+        }
+    }
+
+    /// Applies the changes of one change set at `version` (a push, a feed entry).
+    pub fn apply(&self, version: u64, effects: impl IntoIterator<Item = Effect>) -> Vec<Applied> {
+        let mut st = self.lock();
+        let out = effects.into_iter().map(|e| self.apply_one(&mut st, version, e, None)).collect();
+        st.applied = st.applied.max(version);
+        out
+    }
+
+    /// Stores what this tier's own write made of a key, as of `as_of` (when the write was
+    /// sent): a held copy is replaced, a flight notes it, and otherwise it is filled.
+    pub fn write_through(&self, key: CacheKey, value: Option<Value>, version: u64, as_of: Instant, spec: &ReadSpec) {
+        let mut st = self.lock();
+        self.apply_one(&mut st, version, Effect::Set(key, value), Some((as_of, spec)));
+    }
+
+    fn apply_one(&self, st: &mut State, version: u64, effect: Effect, fill: Option<(Instant, &ReadSpec)>) -> Applied {
+        let note = |st: &mut State, key: &CacheKey, n: Noted| match st.flights.get_mut(key) {
+            Some(f) if f.noted.as_ref().is_none_or(|o| o.version() < n.version()) => {
+                f.noted = Some(n);
+                true
+            }
+            Some(_) => true,
+            None => false,
+        };
+        match effect {
+            Effect::Set(key, value) => {
+                let noted = note(st, &key, Noted::Set(version, value.clone()));
+                match self.cache.replace_held(key.clone(), value.clone(), version) {
+                    Some(crate::cache::Offer::Stored) => Applied::Stored,
+                    Some(crate::cache::Offer::Older) => Applied::Older,
+                    None => match fill {
+                        Some((as_of, spec)) => {
+                            let (fresh_for, hold_extra) = self.policy.lifetimes(spec);
+                            let c = Copy::new(value, version, as_of, fresh_for, hold_extra, st.epoch);
+                            self.cache.offer(key, Arc::new(c));
+                            Applied::Stored
+                        }
+                        None if noted => Applied::Stored,
+                        None => Applied::NotHeld,
+                    },
+                }
+            }
+            Effect::Unknown(key) => {
+                note(st, &key, Noted::Unknown(version));
+                self.cache.remove_older(key, version);
+                Applied::Dropped
+            }
+            Effect::DropNamespace(ns) => {
+                let keys: Vec<CacheKey> = st.flights.keys().filter(|k| k.0 == ns).cloned().collect();
+                for k in keys {
+                    note(st, &k, Noted::Unknown(version));
+                }
+                self.cache.remove_namespace(&ns);
+                Applied::Dropped
+            }
+            Effect::Ignore => Applied::NotHeld,
+        }
+    }
+
+    /// Stores what an acknowledged write made of its keys: per key, the item that decided it
+    /// (the last one naming it, as at every tier), as of `sent`, when the write was sent.
+    /// Returns the newest version written.
+    pub fn write_through_response(
+        &self,
+        req: &pb::WriteRequest,
+        resp: &pb::WriteResponse,
+        sent: Instant,
+        spec: &ReadSpec,
+    ) -> u64 {
+        let deciding = kv_common::validate::last_wins(req.ops.iter().map(|o| o.key.as_str()));
+        let mut newest = 0;
+        for (i, (op, result)) in req.ops.iter().zip(&resp.results).enumerate() {
+            if deciding[i] != i || result.error.is_some() || result.version == 0 {
+                continue;
+            }
+            let key = (req.namespace_id.clone(), op.key.clone());
+            self.write_through(key, written_value(op, result), result.version, sent, spec);
+            newest = newest.max(result.version);
+        }
+        newest
+    }
+
+    /// Starts a new epoch at change position `applied`: copies held so far are no longer
+    /// trusted as fresh (or are dropped, with `clear`), and flights under way are not kept.
+    pub fn reset(&self, applied: u64, clear: bool) {
+        let mut st = self.lock();
+        st.epoch += 1;
+        st.applied = applied;
+        if clear {
+            self.cache.clear();
+        }
+    }
+}
+
+/// Hands a landed flight's outcome to its readers.
+fn land(flight: Option<Flight>, outcome: TierResult<Arc<Copy>>) {
+    if let Some(f) = flight {
+        f.done.send_replace(Some(outcome));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Registrar;
+    use bytes::Bytes;
+    use tokio::sync::{mpsc, oneshot};
+
+    /// One upstream call the test answers by hand.
+    struct Call {
+        keys: Vec<String>,
+        spec: ReadSpec,
+        reply: oneshot::Sender<Result<Vec<Answer>, Status>>,
+    }
+
+    /// An upstream whose every call waits for the test: a fetch can be held at any point.
+    struct Gate(mpsc::UnboundedSender<Call>);
+
+    impl Fetch for Gate {
+        async fn read(&self, _ns: &str, keys: Vec<String>, spec: &ReadSpec) -> Result<Vec<Answer>, Status> {
+            let (reply, rx) = oneshot::channel();
+            let _ = self.0.send(Call { keys, spec: spec.clone(), reply });
+            rx.await.unwrap_or_else(|_| Err(Status::unavailable("the test dropped the call")))
+        }
+    }
+
+    /// Fresh for a minute, held a minute more.
+    struct Minute;
+
+    impl Policy for Minute {
+        fn fresh(&self, c: &Copy, _: &ReadSpec, epoch: u64) -> bool {
+            c.epoch == epoch && c.fresh_for_read(Instant::now(), Duration::from_secs(60))
+        }
+        fn young(&self, c: &Copy, _: &ReadSpec) -> bool {
+            c.fresh_for_read(Instant::now(), Duration::from_secs(60))
+        }
+        fn stale_ok(&self, _: &Copy, _: &ReadSpec) -> bool {
+            true
+        }
+        fn lifetimes(&self, _: &ReadSpec) -> (Duration, Duration) {
+            (Duration::from_secs(60), Duration::from_secs(60))
+        }
+    }
+
+    fn tier() -> (Arc<Tier<Gate, Minute>>, mpsc::UnboundedReceiver<Call>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let metrics = CacheMetrics::register(&Registrar::default(), "kv_test", "upstream");
+        (Tier::new(1 << 20, Gate(tx), Minute, metrics), rx)
+    }
+
+    fn val(s: &str) -> Option<Value> {
+        Some(Value { bytes: Bytes::from(s.to_string()), metadata_json: None, expiration: None })
+    }
+
+    fn answer(value: Option<Value>, version: u64) -> Answer {
+        Answer { value, version, as_of: Instant::now(), stale: false }
+    }
+
+    fn key(k: &str) -> CacheKey {
+        ("ns".into(), k.into())
+    }
+
+    fn text(s: &Served) -> Option<String> {
+        s.copy.value.as_ref().map(|v| String::from_utf8_lossy(&v.bytes).into_owned())
+    }
+
+    async fn read(t: &Arc<Tier<Gate, Minute>>, keys: &[&str]) -> Vec<Served> {
+        let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        t.read("ns", &keys, &ReadSpec::default()).await.into_iter().map(|r| r.expect("an answer")).collect()
+    }
+
+    #[tokio::test]
+    async fn a_change_that_lands_during_a_fetch_wins_over_its_older_answer() {
+        let (t, mut calls) = tier();
+        let reader = tokio::spawn({
+            let t = t.clone();
+            async move { read(&t, &["k"]).await }
+        });
+        let call = calls.recv().await.unwrap();
+        // The key is not held, but its fetch is under way: the change must not be lost.
+        assert_eq!(t.apply(10, [Effect::Set(key("k"), val("new"))]), vec![Applied::Stored]);
+        call.reply.send(Ok(vec![answer(val("old"), 5)])).unwrap();
+        let got = reader.await.unwrap();
+        assert_eq!((text(&got[0]).as_deref(), got[0].copy.version), (Some("new"), 10));
+        assert_eq!(t.cache.get(&key("k")).unwrap().version, 10, "the change is what is kept");
+    }
+
+    #[tokio::test]
+    async fn a_batch_fetch_is_ordered_against_changes_key_by_key() {
+        let (t, mut calls) = tier();
+        let reader = tokio::spawn({
+            let t = t.clone();
+            async move { read(&t, &["a", "b"]).await }
+        });
+        let call = calls.recv().await.unwrap();
+        assert_eq!(call.keys, vec!["a", "b"], "one upstream call for the batch");
+        t.apply(10, [Effect::Set(key("b"), None)]);
+        call.reply.send(Ok(vec![answer(val("a5"), 5), answer(val("b5"), 5)])).unwrap();
+        let got = reader.await.unwrap();
+        assert_eq!((text(&got[0]).as_deref(), got[0].copy.version), (Some("a5"), 5));
+        assert_eq!((text(&got[1]), got[1].copy.version), (None, 10), "the delete won over the older answer");
+    }
+
+    #[tokio::test]
+    async fn absent_keys_keep_their_own_versions() {
+        let (t, mut calls) = tier();
+        t.write_through(key("b"), val("x"), 5, Instant::now(), &ReadSpec::default());
+        t.reset(0, false); // the held copy must be revalidated
+        let reader = tokio::spawn({
+            let t = t.clone();
+            async move { read(&t, &["a", "b"]).await }
+        });
+        let call = calls.recv().await.unwrap();
+        call.reply.send(Ok(vec![answer(None, 3), answer(None, 8)])).unwrap();
+        let got = reader.await.unwrap();
+        assert_eq!((text(&got[1]), got[1].copy.version), (None, 8), "b was deleted at 8, after the held copy");
+    }
+
+    #[tokio::test]
+    async fn a_change_of_unknown_value_during_a_fetch_makes_it_ask_again() {
+        let (t, mut calls) = tier();
+        let reader = tokio::spawn({
+            let t = t.clone();
+            async move { read(&t, &["k"]).await }
+        });
+        let first = calls.recv().await.unwrap();
+        t.apply(10, [Effect::Unknown(key("k"))]);
+        first.reply.send(Ok(vec![answer(val("old"), 5)])).unwrap();
+        let second = calls.recv().await.unwrap();
+        assert!(second.spec.min_version >= 10, "asked again at the change's version");
+        second.reply.send(Ok(vec![answer(val("big"), 10)])).unwrap();
+        assert_eq!(text(&reader.await.unwrap()[0]).as_deref(), Some("big"));
+    }
+
+    #[tokio::test]
+    async fn a_namespace_deletion_during_a_fetch_is_not_undone_by_it() {
+        let (t, mut calls) = tier();
+        let reader = tokio::spawn({
+            let t = t.clone();
+            async move { t.read("ns", &["k".to_string()], &ReadSpec::default()).await }
+        });
+        let first = calls.recv().await.unwrap();
+        t.apply(10, [Effect::DropNamespace("ns".into())]);
+        first.reply.send(Ok(vec![answer(val("old"), 5)])).unwrap();
+        let second = calls.recv().await.unwrap();
+        second.reply.send(Err(KvError::NamespaceNotFound.to_status())).unwrap();
+        let got = reader.await.unwrap();
+        assert_eq!(got[0].as_ref().unwrap_err().to_string(), "namespace not found");
+        assert!(t.cache.get(&key("k")).is_none(), "nothing from before the deletion is kept");
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_goes_away_abandons_nothing() {
+        let (t, mut calls) = tier();
+        let reader = tokio::spawn({
+            let t = t.clone();
+            async move { read(&t, &["k"]).await }
+        });
+        let call = calls.recv().await.unwrap();
+        reader.abort();
+        let _ = reader.await;
+        call.reply.send(Ok(vec![answer(val("v1"), 1)])).unwrap();
+        // The flight still lands and is kept; a later reader does not join a finished flight.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while t.cache.get(&key("k")).is_none() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the abandoned fetch landed");
+        assert!(t.lock().flights.is_empty(), "no flight is left behind");
+        t.apply(20, [Effect::Set(key("k"), val("v20"))]);
+        assert_eq!(text(&read(&t, &["k"]).await[0]).as_deref(), Some("v20"));
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_fetch_and_a_later_floor_asks_again() {
+        let (t, mut calls) = tier();
+        let mut readers = Vec::new();
+        for _ in 0..20 {
+            let t = t.clone();
+            readers.push(tokio::spawn(async move { read(&t, &["k"]).await }));
+        }
+        let call = calls.recv().await.unwrap();
+        // A reader that needs a newer version than the flight was asked at does not join it.
+        let needs_newer = tokio::spawn({
+            let t = t.clone();
+            async move { t.read("ns", &["k".to_string()], &ReadSpec { min_version: 50, ..Default::default() }).await }
+        });
+        tokio::task::yield_now().await;
+        call.reply.send(Ok(vec![answer(val("v1"), 1)])).unwrap();
+        for r in readers {
+            assert_eq!(text(&r.await.unwrap()[0]).as_deref(), Some("v1"));
+        }
+        let second = calls.recv().await.unwrap();
+        assert_eq!(second.spec.min_version, 50);
+        second.reply.send(Ok(vec![answer(val("v1"), 1)])).unwrap();
+        assert!(needs_newer.await.unwrap()[0].is_ok());
+        assert!(calls.try_recv().is_err(), "exactly two upstream calls");
+    }
+
+    #[tokio::test]
+    async fn a_fetch_under_way_at_a_reset_answers_but_is_not_kept() {
+        let (t, mut calls) = tier();
+        let reader = tokio::spawn({
+            let t = t.clone();
+            async move { read(&t, &["k"]).await }
+        });
+        let call = calls.recv().await.unwrap();
+        t.reset(7, true);
+        call.reply.send(Ok(vec![answer(val("v1"), 1)])).unwrap();
+        assert_eq!(text(&reader.await.unwrap()[0]).as_deref(), Some("v1"));
+        assert!(t.cache.get(&key("k")).is_none());
+        // And a fetch registered after the reset asks at the new position at least.
+        let again = tokio::spawn({
+            let t = t.clone();
+            async move { read(&t, &["k"]).await }
+        });
+        let call = calls.recv().await.unwrap();
+        assert_eq!(call.spec.min_version, 7);
+        call.reply.send(Ok(vec![answer(val("v1"), 1)])).unwrap();
+        again.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unreachable_upstream_serves_the_held_copy_stale() {
+        let (t, mut calls) = tier();
+        t.write_through(key("k"), val("held"), 3, Instant::now(), &ReadSpec::default());
+        t.reset(3, false);
+        let reader = tokio::spawn({
+            let t = t.clone();
+            async move { read(&t, &["k"]).await }
+        });
+        let call = calls.recv().await.unwrap();
+        call.reply.send(Err(Status::unavailable("down"))).unwrap();
+        let got = reader.await.unwrap();
+        assert_eq!((text(&got[0]).as_deref(), got[0].source), (Some("held"), Source::Stale));
+    }
+}

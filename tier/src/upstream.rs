@@ -1,0 +1,246 @@
+//! The tier above, as a list of endpoints tried in turn, and the typed store API calls a
+//! caching tier makes on it.
+//!
+//! Every call runs within the deadline of the call being served (or a default budget):
+//! each attempt gets the smaller of the per-endpoint timeout and what is left, and says so
+//! upstream in `grpc-timeout`, so nobody upstream works for an answer nobody waits for. An
+//! endpoint that cannot serve (unreachable, overloaded, not fresh enough) is skipped, and
+//! the one that answered is preferred from then on; the edge's push stream follows the
+//! preferred endpoint (`watch_preferred`), so its reads, its tracking and its pushes are
+//! always on the same regional tier.
+
+use crate::engine::{Answer, Fetch, ReadSpec};
+use crate::wire::{as_of, value_of};
+use kv_common::call;
+use kv_common::client::{is_unreachable, store_client, StoreClient};
+use kv_proto::store::v1 as pb;
+use std::future::Future;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+/// Endpoints of the tier above.
+pub struct Upstream {
+    endpoints: Vec<(String, Channel)>,
+    preferred: watch::Sender<usize>,
+    attempt_timeout: Duration,
+    default_budget: Duration,
+}
+
+/// `msg` as a request that may take at most `timeout` upstream.
+fn within<T>(msg: T, timeout: Duration) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.set_timeout(timeout);
+    r
+}
+
+impl Upstream {
+    /// Lazily connecting channels to `addrs` (`host:port`). One attempt on one endpoint takes
+    /// at most `attempt_timeout`; a call made outside any served call gets `default_budget`.
+    pub fn new(addrs: &[String], attempt_timeout: Duration, default_budget: Duration) -> anyhow::Result<Upstream> {
+        anyhow::ensure!(!addrs.is_empty(), "at least one upstream endpoint is needed");
+        let endpoints = addrs
+            .iter()
+            .map(|a| {
+                let ep = Endpoint::from_shared(format!("http://{a}"))?
+                    .connect_timeout(attempt_timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(2))
+                    .keep_alive_timeout(Duration::from_secs(4))
+                    .keep_alive_while_idle(true);
+                Ok((a.clone(), ep.connect_lazy()))
+            })
+            .collect::<Result<_, tonic::transport::Error>>()?;
+        Ok(Upstream { endpoints, preferred: watch::Sender::new(0), attempt_timeout, default_budget })
+    }
+
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+
+    /// Endpoint `i` (modulo their number): its address and channel.
+    pub fn endpoint(&self, i: usize) -> (&str, Channel) {
+        let (addr, ch) = &self.endpoints[i % self.endpoints.len()];
+        (addr, ch.clone())
+    }
+
+    /// The endpoint calls start with.
+    pub fn preferred(&self) -> usize {
+        *self.preferred.borrow()
+    }
+
+    /// Makes endpoint `i` the one calls start with.
+    pub fn prefer(&self, i: usize) {
+        self.preferred.send_if_modified(|p| std::mem::replace(p, i % self.endpoints.len()) != *p);
+    }
+
+    /// Changes of the preferred endpoint.
+    pub fn watch_preferred(&self) -> watch::Receiver<usize> {
+        self.preferred.subscribe()
+    }
+
+    /// Runs `call` on each endpoint in turn, from the preferred one, until one answers or
+    /// the budget is spent. Errors of the contract are final.
+    pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, Status>
+    where
+        F: Fn(StoreClient, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = call::deadline_or(self.default_budget);
+        let start = self.preferred();
+        let mut last = Status::unavailable("no upstream endpoint answered in time");
+        for i in 0..self.endpoints.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let idx = (start + i) % self.endpoints.len();
+            let (addr, ch) = &self.endpoints[idx];
+            let attempt = self.attempt_timeout.min(left);
+            let outcome = match tokio::time::timeout(attempt, call(store_client(ch.clone()), attempt)).await {
+                Ok(r) => r.map(tonic::Response::into_inner),
+                Err(_) => Err(Status::deadline_exceeded(format!("{addr} did not answer within {attempt:?}"))),
+            };
+            match outcome {
+                Err(s) if is_unreachable(&s) => {
+                    tracing::debug!(upstream = %addr, error = %s, "upstream cannot serve; trying the next");
+                    last = Status::unavailable(format!("upstream unavailable: {}", s.message()));
+                }
+                other => {
+                    self.prefer(idx);
+                    return other;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    pub async fn write(&self, req: pb::WriteRequest) -> Result<pb::WriteResponse, Status> {
+        self.call(|mut c, t| {
+            let r = within(req.clone(), t);
+            async move { c.write(r).await }
+        })
+        .await
+    }
+
+    pub async fn list(&self, req: pb::ListRequest) -> Result<pb::ListResponse, Status> {
+        self.call(|mut c, t| {
+            let r = within(req.clone(), t);
+            async move { c.list(r).await }
+        })
+        .await
+    }
+
+    pub async fn create_namespace(&self, req: pb::CreateNamespaceRequest) -> Result<pb::Namespace, Status> {
+        self.call(|mut c, t| {
+            let r = within(req.clone(), t);
+            async move { c.create_namespace(r).await }
+        })
+        .await
+    }
+
+    pub async fn list_namespaces(&self, req: pb::ListNamespacesRequest) -> Result<pb::ListNamespacesResponse, Status> {
+        self.call(|mut c, t| {
+            let r = within(req, t);
+            async move { c.list_namespaces(r).await }
+        })
+        .await
+    }
+
+    pub async fn get_namespace(&self, req: pb::NamespaceRef) -> Result<pb::Namespace, Status> {
+        self.call(|mut c, t| {
+            let r = within(req.clone(), t);
+            async move { c.get_namespace(r).await }
+        })
+        .await
+    }
+
+    pub async fn rename_namespace(&self, req: pb::RenameNamespaceRequest) -> Result<pb::Namespace, Status> {
+        self.call(|mut c, t| {
+            let r = within(req.clone(), t);
+            async move { c.rename_namespace(r).await }
+        })
+        .await
+    }
+
+    pub async fn delete_namespace(&self, req: pb::NamespaceRef) -> Result<pb::DeleteNamespaceResponse, Status> {
+        self.call(|mut c, t| {
+            let r = within(req.clone(), t);
+            async move { c.delete_namespace(r).await }
+        })
+        .await
+    }
+
+    /// A version every write acknowledged before the returned instant is at or below.
+    pub async fn read_index(&self) -> Result<(u64, Instant), Status> {
+        let sent = Instant::now();
+        let r = self
+            .call(|mut c, t| {
+                let r = within(pb::ReadIndexRequest {}, t);
+                async move { c.read_index(r).await }
+            })
+            .await?;
+        Ok((r.version, as_of(sent, r.age_ms)))
+    }
+}
+
+fn max_age_ms(spec: &ReadSpec) -> u32 {
+    u32::try_from(spec.max_age.as_millis()).unwrap_or(u32::MAX).max(1)
+}
+
+impl Fetch for Upstream {
+    async fn read(&self, ns: &str, keys: Vec<String>, spec: &ReadSpec) -> Result<Vec<Answer>, Status> {
+        let sent = Instant::now();
+        if let [key] = keys.as_slice() {
+            let req = pb::GetRequest {
+                namespace_id: ns.to_owned(),
+                key: key.clone(),
+                min_version: spec.min_version,
+                track: spec.track.clone(),
+                max_age_ms: max_age_ms(spec),
+            };
+            let r = self
+                .call(|mut c, t| {
+                    let r = within(req.clone(), t);
+                    async move { c.get(r).await }
+                })
+                .await?;
+            let version = r.entry.as_ref().map_or(r.version, |e| e.version);
+            let answer =
+                Answer { value: r.entry.as_ref().map(value_of), version, as_of: as_of(sent, r.age_ms), stale: r.stale };
+            return Ok(vec![answer]);
+        }
+        let req = pb::BatchGetRequest {
+            namespace_id: ns.to_owned(),
+            keys,
+            min_version: spec.min_version,
+            track: spec.track.clone(),
+            max_age_ms: max_age_ms(spec),
+        };
+        let n = req.keys.len();
+        let r = self
+            .call(|mut c, t| {
+                let r = within(req.clone(), t);
+                async move { c.batch_get(r).await }
+            })
+            .await?;
+        if r.results.len() != n {
+            return Err(Status::internal(format!("upstream answered {} keys of {n}", r.results.len())));
+        }
+        let at = as_of(sent, r.age_ms);
+        Ok(r.results
+            .into_iter()
+            .map(|ke| Answer {
+                value: ke.entry.as_ref().map(value_of),
+                version: ke.entry.as_ref().map_or(ke.version, |e| e.version),
+                as_of: at,
+                stale: r.stale,
+            })
+            .collect())
+    }
+}

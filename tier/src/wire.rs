@@ -1,0 +1,58 @@
+//! Conversions between the store API's wire types and the tiers' own.
+
+use crate::change::Effect;
+use crate::copy::{Copy, Value};
+use kv_proto::store::v1 as pb;
+use std::time::{Duration, Instant};
+
+/// The cached form of a stored entry.
+pub fn value_of(e: &pb::Entry) -> Value {
+    Value { bytes: e.value.clone(), metadata_json: e.metadata_json.clone(), expiration: e.expiration }
+}
+
+/// The wire form of a copy visible at `now_secs`; `None` when absent or expired.
+pub fn entry_of(c: &Copy, now_secs: i64) -> Option<pb::Entry> {
+    c.visible(now_secs).map(|v| pb::Entry {
+        value: v.bytes.clone(),
+        metadata_json: v.metadata_json.clone(),
+        expiration: v.expiration,
+        version: c.version,
+    })
+}
+
+/// How a change of the feed acts on the copies of its key.
+pub fn effect_of(c: &pb::Change) -> Effect {
+    let key = || (c.namespace_id.clone(), c.key.clone());
+    match pb::ChangeKind::try_from(c.kind) {
+        Ok(pb::ChangeKind::Put) if c.value_omitted => Effect::Unknown(key()),
+        Ok(pb::ChangeKind::Put) => Effect::Set(
+            key(),
+            Some(Value { bytes: c.value.clone(), metadata_json: c.metadata_json.clone(), expiration: c.expiration }),
+        ),
+        Ok(pb::ChangeKind::Delete) => Effect::Set(key(), None),
+        Ok(pb::ChangeKind::NamespaceDeleted) => Effect::DropNamespace(c.namespace_id.clone()),
+        _ => Effect::Ignore,
+    }
+}
+
+/// The value a write item puts (`None` for a delete), with the expiration the store resolved.
+pub fn written_value(op: &pb::WriteOp, result: &pb::OpResult) -> Option<Value> {
+    match &op.op {
+        Some(pb::write_op::Op::Put(p)) => Some(Value {
+            bytes: p.value.clone(),
+            metadata_json: p.metadata_json.clone(),
+            expiration: result.expiration,
+        }),
+        _ => None,
+    }
+}
+
+/// An age as the wire carries it: whole milliseconds, rounded up.
+pub fn age_ms(age: Duration) -> u32 {
+    u32::try_from(age.as_micros().div_ceil(1000)).unwrap_or(u32::MAX)
+}
+
+/// The instant an answer is fresh as of, given when its request was sent and the age it came with.
+pub fn as_of(sent: Instant, age_ms: u32) -> Instant {
+    sent.checked_sub(Duration::from_millis(u64::from(age_ms))).unwrap_or(sent)
+}
