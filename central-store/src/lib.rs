@@ -12,6 +12,7 @@ pub mod batcher;
 pub mod config;
 pub mod error;
 pub mod freshness;
+pub mod in_flight;
 pub mod metrics;
 pub mod node;
 pub mod peers;

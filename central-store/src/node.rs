@@ -3,12 +3,12 @@
 use crate::batcher::Batcher;
 use crate::config::Config;
 use crate::freshness::Freshness;
+use crate::in_flight::InFlight;
 use crate::metrics::Metrics;
 use crate::peers::{self, Leader, Peers};
 use crate::rate_limit::RateLimiter;
 use crate::storage::reader::Reader;
 use crate::types::{NodeId, Raft};
-use crate::writes::InFlight;
 use std::sync::Arc;
 
 /// The handles of one running central node.

@@ -8,7 +8,7 @@
 //! ("revalidated on write", as in KV).
 
 use crate::config::Config;
-use crate::feed::FeedState;
+use crate::freshness::FeedState;
 use crate::metrics::Metrics;
 use crate::tracking::Tracker;
 use kv_common::{validate, NamespaceId};
