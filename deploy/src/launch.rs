@@ -3,7 +3,7 @@
 //! the `kv-local-cluster` command and by the cluster tests.
 
 use crate::link::DelayLink;
-use crate::topology::Topology;
+use crate::topology::{RegionSpec, Topology};
 use anyhow::{bail, Context};
 use kv_proto::admin::v1::{cluster_admin_client::ClusterAdminClient, MetricsRequest};
 use std::net::SocketAddr;
@@ -140,13 +140,22 @@ pub struct Region {
     pub regional: NodeProc,
     /// One link per central node, in central order: what the regional tier dials.
     pub central_links: Vec<DelayLink>,
+    /// More regional tiers of the region, which its edges fail over to.
+    pub standbys: Vec<Standby>,
     pub edges: Vec<Edge>,
 }
 
-/// An edge and the link to its regional tier.
+/// A standby regional tier and its links to the central nodes.
+pub struct Standby {
+    pub node: NodeProc,
+    pub central_links: Vec<DelayLink>,
+}
+
+/// An edge and its links to its regional tier (first) and to the standbys.
 pub struct Edge {
     pub node: NodeProc,
     pub link: DelayLink,
+    pub standby_links: Vec<DelayLink>,
 }
 
 /// A running local cluster; every process is stopped when it is dropped.
@@ -275,47 +284,72 @@ impl LocalCluster {
         }
 
         let mut edge_no = 0;
-        for (r, spec) in topology.regions.iter().enumerate() {
-            let delay = Duration::from_millis(spec.central_delay_ms);
-            let mut central_links = Vec::new();
-            for c in &cluster.central {
-                central_links.push(DelayLink::start(c.grpc, delay)?);
+        let mut regional_no = 0;
+        for spec in &topology.regions {
+            let mut regionals = Vec::new();
+            for k in 0..=spec.standbys {
+                let name = match k {
+                    0 => format!("regional-{}", spec.name),
+                    k => format!("regional-{}-{}", spec.name, k + 1),
+                };
+                let port = ports(base, 200, regional_no)?;
+                regional_no += 1;
+                regionals.push(cluster.start_regional(&name, spec, topology, root, &bins, port)?);
             }
-            let mut regional = node(
-                &format!("regional-{}", spec.name),
-                topology,
-                root,
-                binary(&bins, "regional-tier")?,
-                ports(base, 200, r)?,
-            )?;
-            let text = format!(
-                "region = \"{}\"\nlisten = \"{}\"\nhttp_listen = \"{}\"\ncentral = [{}]\n{}\n",
-                spec.name,
-                regional.grpc,
-                regional.http,
-                quoted_list(central_links.iter().map(|l| l.listen)),
-                topology.regional_config
-            );
-            std::fs::write(regional.config_path(), text)?;
-            regional.start()?;
             let mut edges = Vec::new();
             for e in &spec.edges {
-                let link = DelayLink::start(regional.grpc, Duration::from_millis(e.delay_ms))?;
+                let delay = Duration::from_millis(e.delay_ms);
+                let mut links =
+                    regionals.iter().map(|(r, _)| DelayLink::start(r.grpc, delay)).collect::<Result<Vec<_>, _>>()?;
                 let mut node = node(&e.name, topology, root, binary(&bins, "edge-node")?, ports(base, 400, edge_no)?)?;
                 edge_no += 1;
                 let mode = e.mode.as_ref().map(|m| format!("mode = \"{m}\"\n")).unwrap_or_default();
                 let text = format!(
-                    "id = \"{}\"\nlisten = \"{}\"\nhttp_listen = \"{}\"\nupstream = [\"{}\"]\n{mode}{}\n",
-                    e.name, node.grpc, node.http, link.listen, topology.edge_config
+                    "id = \"{}\"\nlisten = \"{}\"\nhttp_listen = \"{}\"\nupstream = [{}]\n{mode}{}\n",
+                    e.name,
+                    node.grpc,
+                    node.http,
+                    quoted_list(links.iter().map(|l| l.listen)),
+                    topology.edge_config
                 );
                 std::fs::write(node.config_path(), text)?;
                 node.start()?;
-                edges.push(Edge { node, link });
+                let link = links.remove(0);
+                edges.push(Edge { node, link, standby_links: links });
             }
-            cluster.regions.push(Region { name: spec.name.clone(), regional, central_links, edges });
+            let (regional, central_links) = regionals.remove(0);
+            let standbys = regionals.into_iter().map(|(node, central_links)| Standby { node, central_links }).collect();
+            cluster.regions.push(Region { name: spec.name.clone(), regional, central_links, standbys, edges });
         }
         cluster.wait_until_serving().await?;
         Ok(cluster)
+    }
+
+    /// Starts one regional tier of `spec`'s region, with its own links to every central node.
+    fn start_regional(
+        &self,
+        name: &str,
+        spec: &RegionSpec,
+        topology: &Topology,
+        root: &Path,
+        bins: &Path,
+        port: (SocketAddr, SocketAddr),
+    ) -> anyhow::Result<(NodeProc, Vec<DelayLink>)> {
+        let delay = Duration::from_millis(spec.central_delay_ms);
+        let central_links =
+            self.central.iter().map(|c| DelayLink::start(c.grpc, delay)).collect::<Result<Vec<_>, _>>()?;
+        let mut regional = node(name, topology, root, binary(bins, "regional-tier")?, port)?;
+        let text = format!(
+            "region = \"{}\"\nlisten = \"{}\"\nhttp_listen = \"{}\"\ncentral = [{}]\n{}\n",
+            spec.name,
+            regional.grpc,
+            regional.http,
+            quoted_list(central_links.iter().map(|l| l.listen)),
+            topology.regional_config
+        );
+        std::fs::write(regional.config_path(), text)?;
+        regional.start()?;
+        Ok((regional, central_links))
     }
 
     /// Starts one more central node that belongs to no cluster yet (to be added through the
@@ -369,10 +403,10 @@ impl LocalCluster {
     }
 
     /// The index of the voter that the running voters agree leads, if they do.
-    pub async fn central_leader(&mut self) -> Option<usize> {
+    pub async fn central_leader(&self) -> Option<usize> {
         let mut leaders = Vec::new();
-        for n in &mut self.central {
-            if n.is_running() {
+        for n in &self.central {
+            if n.has_child() {
                 leaders.push(central_leader(n.grpc).await);
             }
         }
@@ -410,6 +444,7 @@ impl LocalCluster {
         let deadline = Instant::now() + START_TIMEOUT;
         for region in &mut self.regions {
             let mut nodes: Vec<&mut NodeProc> = vec![&mut region.regional];
+            nodes.extend(region.standbys.iter_mut().map(|s| &mut s.node));
             nodes.extend(region.edges.iter_mut().map(|e| &mut e.node));
             for n in nodes {
                 loop {
@@ -443,6 +478,7 @@ impl LocalCluster {
         let mut all: Vec<&mut NodeProc> = self.central.iter_mut().collect();
         for r in &mut self.regions {
             all.push(&mut r.regional);
+            all.extend(r.standbys.iter_mut().map(|s| &mut s.node));
             all.extend(r.edges.iter_mut().map(|e| &mut e.node));
         }
         for n in &all {

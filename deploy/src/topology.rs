@@ -56,6 +56,9 @@ pub struct RegionSpec {
     /// One-way delay between the regional tier and every central node.
     #[serde(default)]
     pub central_delay_ms: u64,
+    /// More regional tiers of the region, which its edges fail over to.
+    #[serde(default)]
+    pub standbys: usize,
     pub edges: Vec<EdgeSpec>,
 }
 

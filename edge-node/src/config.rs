@@ -35,8 +35,9 @@ pub struct Config {
     pub max_stale_secs: u64,
     /// A hit past this fraction of its cacheTtl refreshes the key in the background.
     pub refresh_ahead: f64,
-    /// Deadline of one upstream call before trying the next endpoint.
-    pub upstream_timeout_ms: u64,
+    /// How long connecting to an upstream endpoint may take (a call's budget is split over
+    /// the endpoints, see `kv_tier::upstream`).
+    pub connect_timeout_ms: u64,
     /// The budget of a client call that set no deadline (`grpc-timeout`).
     pub request_timeout_ms: u64,
     /// The oldest answer the edge accepts from upstream as fresh (reads with a short
@@ -59,7 +60,7 @@ impl Default for Config {
             cache_bytes: 128 << 20,
             max_stale_secs: 300,
             refresh_ahead: 0.75,
-            upstream_timeout_ms: 2000,
+            connect_timeout_ms: 1000,
             request_timeout_ms: 10_000,
             fresh_within_ms: 1000,
             max_copy_secs: 86_400,

@@ -74,7 +74,7 @@ impl Edge {
     pub fn new(config: Config) -> anyhow::Result<Arc<Edge>> {
         let upstream = Upstream::new(
             &config.upstream,
-            Duration::from_millis(config.upstream_timeout_ms),
+            Duration::from_millis(config.connect_timeout_ms),
             Duration::from_millis(config.request_timeout_ms),
         )?;
         let policy = EdgePolicy {

@@ -22,8 +22,9 @@ pub struct Config {
     pub cache_bytes: u64,
     /// How long an entry stays; the change feed keeps it fresh meanwhile.
     pub entry_ttl_secs: u64,
-    /// Deadline of one call to a central node before trying the next.
-    pub upstream_timeout_ms: u64,
+    /// How long connecting to an upstream endpoint may take (a call's budget is split over
+    /// the endpoints, see `kv_tier::upstream`).
+    pub connect_timeout_ms: u64,
     /// The budget of a call whose caller set no deadline (`grpc-timeout`).
     pub request_timeout_ms: u64,
     /// How long a read that needs a newer feed position waits for the feed before reading centrally.
@@ -52,7 +53,7 @@ impl Default for Config {
             central: vec!["127.0.0.1:7101".into()],
             cache_bytes: 256 << 20,
             entry_ttl_secs: 3600,
-            upstream_timeout_ms: 2000,
+            connect_timeout_ms: 1000,
             request_timeout_ms: 10_000,
             catch_up_wait_ms: 50,
             tracking_slack_secs: 5,

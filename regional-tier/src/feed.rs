@@ -105,7 +105,7 @@ async fn follow_one(
 async fn prove(regional: Arc<Regional>, channel: Channel) {
     let sent = Instant::now();
     let mut req = tonic::Request::new(ReadIndexRequest {});
-    req.set_timeout(Duration::from_millis(regional.config.upstream_timeout_ms));
+    req.set_timeout(Duration::from_millis(regional.config.feed_switch_after_ms));
     match store_client(channel).read_index(req).await {
         Ok(r) => {
             let r = r.into_inner();

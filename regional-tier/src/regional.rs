@@ -85,7 +85,7 @@ impl Regional {
     pub fn new(config: Config) -> anyhow::Result<Arc<Regional>> {
         let upstream = Upstream::new(
             &config.central,
-            Duration::from_millis(config.upstream_timeout_ms),
+            Duration::from_millis(config.connect_timeout_ms),
             Duration::from_millis(config.request_timeout_ms),
         )?;
         let feed = Arc::new(FeedState::default());

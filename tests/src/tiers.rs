@@ -5,6 +5,8 @@ use crate::{dump_log, eventually, http_get, metric_value};
 use kv_client::{api, Client};
 use kv_deploy::launch::LocalCluster;
 use kv_deploy::topology::Topology;
+use kv_proto::admin::v1::{cluster_admin_client::ClusterAdminClient, TransferLeaderRequest};
+use kv_proto::store::v1::central_store_client::CentralStoreClient;
 use std::time::Duration;
 
 /// Limits scaled down for tests: cacheTtl and expirations of a second or two, and the
@@ -104,6 +106,38 @@ impl Tiers {
             sum += scrape(c.http, name).await;
         }
         sum
+    }
+
+    /// A store client of central node `i` (no link in between).
+    pub fn central_store(&self, i: usize) -> CentralStoreClient<tonic::transport::Channel> {
+        let addr = self.cluster.central[i].grpc;
+        CentralStoreClient::new(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("a valid address").connect_lazy(),
+        )
+    }
+
+    /// An admin client of central node `i`.
+    pub fn central_admin(&self, i: usize) -> ClusterAdminClient<tonic::transport::Channel> {
+        let addr = self.cluster.central[i].grpc;
+        ClusterAdminClient::new(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("a valid address").connect_lazy(),
+        )
+    }
+
+    /// Makes sure central node `i` does not lead (moving the leadership elsewhere if it does),
+    /// and returns the index of the leader.
+    pub async fn lead_elsewhere_than(&self, i: usize) -> anyhow::Result<usize> {
+        let leader = self.cluster.central_leader().await.ok_or_else(|| anyhow::anyhow!("no leader"))?;
+        if leader != i {
+            return Ok(leader);
+        }
+        let to = (i + 1) % self.cluster.central.len();
+        self.central_admin(leader).transfer_leader(TransferLeaderRequest { to: to as u64 + 1 }).await?;
+        eventually(Duration::from_secs(20), "the leadership to move", || async {
+            (self.cluster.central_leader().await == Some(to)).then_some(())
+        })
+        .await?;
+        Ok(to)
     }
 
     /// Creates a namespace through edge 0.

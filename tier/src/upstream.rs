@@ -1,11 +1,12 @@
 //! The tier above, as a list of endpoints tried in turn, and the typed store API calls a
 //! caching tier makes on it.
 //!
-//! Every call runs within the deadline of the call being served (or a default budget):
-//! each attempt gets the smaller of the per-endpoint timeout and what is left, and says so
-//! upstream in `grpc-timeout`, so nobody upstream works for an answer nobody waits for. An
-//! endpoint that cannot serve (unreachable, overloaded, not fresh enough) is skipped, and
-//! the one that answered is preferred from then on; the edge's push stream follows the
+//! Every call runs within the deadline of the call being served (or a default budget): what
+//! is left of it is split evenly over the endpoints not yet tried, so a hung endpoint leaves
+//! time to fail over to the next, and each attempt says its share upstream in
+//! `grpc-timeout`, so the tier above splits it again among its own endpoints and nobody works
+//! for an answer nobody waits for. An endpoint that cannot serve (unreachable, overloaded,
+//! not fresh enough) is skipped, and the one that answered is preferred from then on; the edge's push stream follows the
 //! preferred endpoint (`watch_preferred`), so its reads, its tracking and its pushes are
 //! always on the same regional tier.
 
@@ -24,7 +25,6 @@ use tonic::{Request, Status};
 pub struct Upstream {
     endpoints: Vec<(String, Channel)>,
     preferred: watch::Sender<usize>,
-    attempt_timeout: Duration,
     default_budget: Duration,
 }
 
@@ -36,15 +36,15 @@ fn within<T>(msg: T, timeout: Duration) -> Request<T> {
 }
 
 impl Upstream {
-    /// Lazily connecting channels to `addrs` (`host:port`). One attempt on one endpoint takes
-    /// at most `attempt_timeout`; a call made outside any served call gets `default_budget`.
-    pub fn new(addrs: &[String], attempt_timeout: Duration, default_budget: Duration) -> anyhow::Result<Upstream> {
+    /// Lazily connecting channels to `addrs` (`host:port`), each connecting within
+    /// `connect_timeout`; a call made outside any served call gets `default_budget`.
+    pub fn new(addrs: &[String], connect_timeout: Duration, default_budget: Duration) -> anyhow::Result<Upstream> {
         anyhow::ensure!(!addrs.is_empty(), "at least one upstream endpoint is needed");
         let endpoints = addrs
             .iter()
             .map(|a| {
                 let ep = Endpoint::from_shared(format!("http://{a}"))?
-                    .connect_timeout(attempt_timeout)
+                    .connect_timeout(connect_timeout)
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(2))
                     .keep_alive_timeout(Duration::from_secs(4))
@@ -52,7 +52,7 @@ impl Upstream {
                 Ok((a.clone(), ep.connect_lazy()))
             })
             .collect::<Result<_, tonic::transport::Error>>()?;
-        Ok(Upstream { endpoints, preferred: watch::Sender::new(0), attempt_timeout, default_budget })
+        Ok(Upstream { endpoints, preferred: watch::Sender::new(0), default_budget })
     }
 
     pub fn len(&self) -> usize {
@@ -94,14 +94,15 @@ impl Upstream {
         let deadline = call::deadline_or(self.default_budget);
         let start = self.preferred();
         let mut last = Status::unavailable("no upstream endpoint answered in time");
-        for i in 0..self.endpoints.len() {
+        let n = self.endpoints.len();
+        for i in 0..n {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            let idx = (start + i) % self.endpoints.len();
+            let idx = (start + i) % n;
             let (addr, ch) = &self.endpoints[idx];
-            let attempt = self.attempt_timeout.min(left);
+            let attempt = left / u32::try_from(n - i).unwrap_or(1);
             let outcome = match tokio::time::timeout(attempt, call(store_client(ch.clone()), attempt)).await {
                 Ok(r) => r.map(tonic::Response::into_inner),
                 Err(_) => Err(Status::deadline_exceeded(format!("{addr} did not answer within {attempt:?}"))),

@@ -58,6 +58,8 @@ type Sender = mpsc::Sender<Result<pb::WatchEvent, Status>>;
 async fn feed(node: &Node, from: u64, tx: &Sender) -> Result<(), Status> {
     let mut applied_rx = node.reader.subscribe();
     let mut last = from;
+    // The newest version the subscriber has been told of, by a change set or a progress.
+    let mut told = from;
     loop {
         // Mark the applied index seen before reading, so no apply slips between the read
         // and the wait below.
@@ -75,11 +77,21 @@ async fn feed(node: &Node, from: u64, tx: &Sender) -> Result<(), Status> {
                         return Ok(());
                     }
                     last = version;
+                    told = version;
                 }
             }
             FeedRead::Changes(_) => {
-                // Everything up to `applied` has been sent.
+                // Everything up to `applied` has been sent. Entries without data changes
+                // (namespace creates, sweeps, elections) still move the feed on: say so at
+                // once, so a subscriber waiting for that version need not.
                 last = last.max(applied);
+                if last > told {
+                    let p = pb::Progress { applied_version: last };
+                    if tx.send(Ok(event(pb::watch_event::Event::Progress(p)))).await.is_err() {
+                        return Ok(());
+                    }
+                    told = last;
+                }
                 tokio::select! {
                     changed = applied_rx.changed() => if changed.is_err() { return Ok(()) },
                     _ = tokio::time::sleep(PROGRESS_EVERY) => {
