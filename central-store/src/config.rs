@@ -33,6 +33,8 @@ pub struct Config {
     pub write_queue_bytes: usize,
     /// How long a request id's first outcome is kept to answer its retries.
     pub request_retention_ms: u64,
+    /// Calls served at once, at most; more are shed with UNAVAILABLE.
+    pub max_in_flight: usize,
     /// Peers this node reaches somewhere other than their membership address: node id (as
     /// text, TOML keys are strings) to `host:port`.
     pub peer_routes: std::collections::BTreeMap<String, String>,
@@ -121,6 +123,7 @@ impl Default for Config {
             request_timeout_ms: 10_000,
             write_queue_bytes: 512 << 20,
             request_retention_ms: 10 * 60 * 1000,
+            max_in_flight: 2048,
             peer_routes: Default::default(),
         }
     }

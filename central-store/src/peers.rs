@@ -16,6 +16,7 @@ use tonic::transport::Channel;
 pub fn lazy_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
     Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .tcp_nodelay(true)
+        .http2_adaptive_window(true)
         .connect_timeout(Duration::from_millis(500))
         .http2_keep_alive_interval(Duration::from_secs(1))
         .keep_alive_timeout(Duration::from_secs(2))

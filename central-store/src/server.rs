@@ -14,6 +14,7 @@ use crate::rate_limit::RateLimiter;
 use crate::storage::{log_store::LogStore, open_db, snapshot::SnapshotDir, state_machine};
 use crate::types::{Command, Node as RaftNode, NodeId, Raft};
 use anyhow::Context;
+use kv_common::call::CallLayer;
 use kv_common::serve;
 use kv_proto::admin::v1::cluster_admin_server::ClusterAdminServer;
 use kv_proto::raft::v1::raft_transport_server::RaftTransportServer;
@@ -83,8 +84,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     tokio::spawn(bootstrap(node.clone()));
     tokio::spawn(sweep_loop(node.clone()));
 
-    let server = tonic::transport::Server::builder()
-        .layer(kv_common::call::CallLayer { default_budget: config.request_budget() })
+    let server = kv_common::call::server(CallLayer::new(config.request_budget(), config.max_in_flight))
         .add_service(
             RaftTransportServer::new(RaftService::new(raft.clone()))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)

@@ -2,17 +2,24 @@
 //!
 //! A server layer (`CallLayer`) runs every call in a span tied to the caller's `traceparent`
 //! (or a new trace when none came) and notes the caller's deadline from `grpc-timeout`, or a
-//! default budget when the caller set none. Every call the node makes upstream while serving
+//! default budget when the caller set none. It also bounds the calls a node serves at once:
+//! past `max_in_flight`, a call is shed at once with UNAVAILABLE ("retry elsewhere or
+//! later"), so overload never turns into unbounded memory or latency. Every call the node makes upstream while serving
 //! it goes through `outgoing`, which carries both on: the trace with this node's span as the
 //! parent, and the deadline as what is left of it. A request is so followed from the edge's
 //! log to the central store's, and one budget bounds all the work done for it, however many
 //! tiers and retries it crosses.
 
 use crate::trace::TraceContext;
+use futures::future::{Either, Ready};
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::task::futures::TaskLocalFuture;
+use tonic::body::BoxBody;
 use tonic::codegen::http;
 use tracing::instrument::Instrumented;
 use tracing::Instrument;
@@ -108,17 +115,26 @@ pub fn outgoing(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic
 }
 
 /// A server layer: each call runs in its own span of the caller's trace, with the caller's
-/// deadline, or `default_budget` when the caller gave none (see the module docs).
-#[derive(Debug, Clone, Copy)]
+/// deadline, or `default_budget` when the caller gave none; at most `max_in_flight` calls are
+/// served at once (see the module docs).
+#[derive(Debug, Clone)]
 pub struct CallLayer {
-    pub default_budget: Duration,
+    default_budget: Duration,
+    max_in_flight: usize,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl CallLayer {
+    pub fn new(default_budget: Duration, max_in_flight: usize) -> Self {
+        CallLayer { default_budget, max_in_flight, in_flight: Arc::default() }
+    }
 }
 
 impl<S> tower_layer::Layer<S> for CallLayer {
     type Service = Served<S>;
 
     fn layer(&self, inner: S) -> Served<S> {
-        Served { inner, default_budget: self.default_budget }
+        Served { inner, layer: self.clone() }
     }
 }
 
@@ -126,26 +142,70 @@ impl<S> tower_layer::Layer<S> for CallLayer {
 #[derive(Debug, Clone)]
 pub struct Served<S> {
     inner: S,
-    default_budget: Duration,
+    layer: CallLayer,
 }
+
+/// One call's place among those in flight; given back when the call is answered.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A served call's future: answered by its deadline (DEADLINE_EXCEEDED then), and holding
+/// its slot until it is.
+pub struct Counted<F> {
+    inner: Pin<Box<tokio::time::Timeout<F>>>,
+    _slot: Slot,
+}
+
+impl<F, E> Future for Counted<F>
+where
+    F: Future<Output = Result<http::Response<BoxBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        match self.inner.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(answer)) => Poll::Ready(answer),
+            Poll::Ready(Err(_)) => {
+                let late = tonic::Status::deadline_exceeded("the call's deadline passed before it was answered");
+                Poll::Ready(Ok(late.into_http()))
+            }
+        }
+    }
+}
+
+type Answered<S, B> =
+    Counted<TaskLocalFuture<Call, Instrumented<<S as tower_service::Service<http::Request<B>>>::Future>>>;
 
 impl<S, B> tower_service::Service<http::Request<B>> for Served<S>
 where
-    S: tower_service::Service<http::Request<B>>,
-    S::Future: Future,
+    S: tower_service::Service<http::Request<B>, Response = http::Response<BoxBody>>,
+    S::Future: Future<Output = Result<http::Response<BoxBody>, S::Error>>,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = TaskLocalFuture<Call, Instrumented<S::Future>>;
+    type Future = Either<Ready<Result<S::Response, S::Error>>, Answered<S, B>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let in_flight = &self.layer.in_flight;
+        if in_flight.fetch_add(1, Ordering::AcqRel) >= self.layer.max_in_flight {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            let shed = tonic::Status::unavailable("this node is overloaded; retry elsewhere or later");
+            return Either::Left(futures::future::ready(Ok(shed.into_http())));
+        }
+        let slot = Slot(in_flight.clone());
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         let parent = header(TRACEPARENT).and_then(TraceContext::parse);
-        let budget = header(GRPC_TIMEOUT).and_then(parse_grpc_timeout).unwrap_or(self.default_budget);
+        let budget = header(GRPC_TIMEOUT).and_then(parse_grpc_timeout).unwrap_or(self.layer.default_budget);
         let trace = TraceContext::child_of(parent.as_ref());
         let span = tracing::info_span!(
             "grpc",
@@ -156,8 +216,16 @@ where
         );
         span.in_scope(|| tracing::debug!(budget_ms = budget.as_millis() as u64, "call received"));
         let call = Call { trace, deadline: Instant::now() + budget };
-        CURRENT.scope(call, self.inner.call(req).instrument(span))
+        let served = CURRENT.scope(call, self.inner.call(req).instrument(span));
+        Either::Right(Counted { inner: Box::pin(tokio::time::timeout_at(call.deadline.into(), served)), _slot: slot })
     }
+}
+
+/// The gRPC server every node runs: calls under `CallLayer`, HTTP/2 flow-control windows
+/// that grow with the link's bandwidth-delay product (large values over long links), and
+/// Nagle off (see `serve::grpc_incoming`).
+pub fn server(layer: CallLayer) -> tonic::transport::Server<tower_layer::Stack<CallLayer, tower_layer::Identity>> {
+    tonic::transport::Server::builder().http2_adaptive_window(Some(true)).layer(layer)
 }
 
 #[cfg(test)]
@@ -192,5 +260,42 @@ mod tests {
         let spent = Call { trace: call.trace, deadline: Instant::now() };
         let refused = CURRENT.scope(spent, async { outgoing(tonic::Request::new(())) }).await;
         assert_eq!(refused.unwrap_err().code(), tonic::Code::DeadlineExceeded, "no budget, no call");
+    }
+
+    /// A service that never answers.
+    #[derive(Clone)]
+    struct Hangs;
+
+    impl tower_service::Service<http::Request<()>> for Hangs {
+        type Response = http::Response<BoxBody>;
+        type Error = std::convert::Infallible;
+        type Future = futures::future::Pending<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            futures::future::pending()
+        }
+    }
+
+    fn grpc_status(r: &http::Response<BoxBody>) -> Option<&str> {
+        r.headers().get("grpc-status").and_then(|v| v.to_str().ok())
+    }
+
+    #[tokio::test]
+    async fn calls_past_the_bound_are_shed_and_every_call_ends_by_its_deadline() {
+        use tower_layer::Layer;
+        use tower_service::Service;
+        let mut svc = CallLayer::new(Duration::from_secs(3600), 1).layer(Hangs);
+        let first = svc.call(http::Request::new(()));
+        let shed = svc.call(http::Request::new(())).await.unwrap();
+        assert_eq!(grpc_status(&shed), Some("14"), "the second call is shed with UNAVAILABLE");
+        drop(first);
+        let mut req = http::Request::new(());
+        req.headers_mut().insert(GRPC_TIMEOUT, "20m".parse().unwrap());
+        let late = svc.call(req).await.unwrap();
+        assert_eq!(grpc_status(&late), Some("4"), "answered DEADLINE_EXCEEDED at its deadline");
     }
 }

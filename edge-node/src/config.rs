@@ -46,6 +46,8 @@ pub struct Config {
     /// The longest a copy stays fresh, whatever the cacheTtl (the regional tier tracks an
     /// edge's interest for as long, so keep them equal).
     pub max_copy_secs: u64,
+    /// Calls served at once, at most; more are shed with UNAVAILABLE.
+    pub max_in_flight: usize,
     pub limits: Limits,
 }
 
@@ -64,6 +66,7 @@ impl Default for Config {
             request_timeout_ms: 10_000,
             fresh_within_ms: 1000,
             max_copy_secs: 86_400,
+            max_in_flight: 2048,
             limits: Limits::default(),
         }
     }

@@ -4,6 +4,7 @@ use crate::api::KvApi;
 use crate::config::Config;
 use crate::edge::Edge;
 use anyhow::Context;
+use kv_common::call::CallLayer;
 use kv_common::client::MAX_MESSAGE_BYTES;
 use kv_common::serve;
 use kv_proto::client::v1::kv_server::KvServer;
@@ -25,8 +26,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     tokio::spawn(crate::pushes::follow(edge.clone()));
     tokio::spawn(edge.clone().learn_start_version());
 
-    let server = tonic::transport::Server::builder()
-        .layer(kv_common::call::CallLayer { default_budget: edge.default_budget() })
+    let server = kv_common::call::server(CallLayer::new(edge.default_budget(), edge.config.max_in_flight))
         .add_service(
             KvServer::new(KvApi(edge))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

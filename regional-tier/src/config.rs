@@ -41,6 +41,8 @@ pub struct Config {
     pub probe_interval_ms: u64,
     /// A feed without a new proof for this long is left for the next central node.
     pub feed_switch_after_ms: u64,
+    /// Calls served at once, at most; more are shed with UNAVAILABLE.
+    pub max_in_flight: usize,
     pub limits: Limits,
 }
 
@@ -62,6 +64,7 @@ impl Default for Config {
             max_feed_age_ms: 1000,
             probe_interval_ms: 200,
             feed_switch_after_ms: 3000,
+            max_in_flight: 2048,
             limits: Limits::default(),
         }
     }

@@ -4,6 +4,7 @@ use crate::config::Config;
 use crate::regional::Regional;
 use crate::service::{RegionalPushes, RegionalStore};
 use anyhow::Context;
+use kv_common::call::CallLayer;
 use kv_common::client::MAX_MESSAGE_BYTES;
 use kv_common::serve;
 use kv_proto::store::v1::central_store_server::CentralStoreServer;
@@ -50,8 +51,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         }
     });
 
-    let server = tonic::transport::Server::builder()
-        .layer(kv_common::call::CallLayer { default_budget: Duration::from_millis(regional.config.request_timeout_ms) })
+    let budget = Duration::from_millis(regional.config.request_timeout_ms);
+    let server = kv_common::call::server(CallLayer::new(budget, regional.config.max_in_flight))
         .add_service(
             CentralStoreServer::new(RegionalStore(regional.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -26,13 +26,15 @@ const MAX_MESSAGE: usize = 256 << 20;
 pub struct ClusterOptions {
     /// Extra TOML appended to each node's config (e.g. `[limits]` or `[feed]` sections).
     pub extra_toml: String,
+    /// One-way delay on the link between every two voters.
+    pub peer_delay_ms: u64,
 }
 
 impl ClusterOptions {
     /// No per-key write limit, for the few tests whose subject is many writes to one key at
     /// once (the limit has its own tests; every other test runs with it on).
     pub fn without_rate_limit() -> Self {
-        ClusterOptions { extra_toml: "[limits]\nkey_write_interval_ms = 0\n".into() }
+        ClusterOptions { extra_toml: "[limits]\nkey_write_interval_ms = 0\n".into(), peer_delay_ms: 0 }
     }
 }
 
@@ -56,7 +58,10 @@ pub use kv_deploy::launch::free_port;
 
 /// A central-only topology of `n` voters.
 fn central_topology(n: usize, options: &ClusterOptions, initialize: bool) -> anyhow::Result<Topology> {
-    let mut t = Topology::parse(&format!("regions = []\n[central]\nvoters = {n}\ninitialize = {initialize}\n"))?;
+    let mut t = Topology::parse(&format!(
+        "regions = []\n[central]\nvoters = {n}\ninitialize = {initialize}\npeer_delay_ms = {}\n",
+        options.peer_delay_ms
+    ))?;
     t.central.config = options.extra_toml.clone();
     Ok(t)
 }

@@ -225,6 +225,21 @@ async fn a_cluster_is_formed_through_the_admin_api() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_of_the_maximum_size_replicates_over_a_150_ms_round_trip_between_voters() {
+    let c = Cluster::start(3, ClusterOptions { peer_delay_ms: 75, ..Default::default() }).await.unwrap();
+    let ns = c.create_namespace(0, "far").await.unwrap();
+    let value: Vec<u8> = (0..kv_common::Limits::default().max_value_bytes).map(|i| (i % 253) as u8).collect();
+    let r = write_one(&c, 0, &ns, put_op("large", &value)).await.unwrap();
+    assert!(r.error.is_none(), "{:?}", r.error);
+    // Every voter holds it, and keeps up with what follows.
+    let later = write_one(&c, 0, &ns, put_op("after", b"v")).await.unwrap();
+    for i in 0..3 {
+        let e = read_at(&c, i, &ns, "large", later.version).await.unwrap().expect("large value present");
+        assert!(e.value == value, "node {i} returned a different value");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_value_of_the_maximum_size_round_trips_through_raft() {
     let c = Cluster::start(3, ClusterOptions::default()).await.unwrap();
     let ns = c.create_namespace(0, "large").await.unwrap();
@@ -287,6 +302,7 @@ async fn the_leader_sweeps_expired_entries_and_old_tombstones_on_every_replica()
         extra_toml:
             "sweep_interval_ms = 200\n[limits]\nmin_expiration_ttl_secs = 1\nkey_write_interval_ms = 0\n[feed]\nretention = 4\ntrim_every = 4\n"
                 .into(),
+        ..Default::default()
     };
     let c = Cluster::start(3, opts).await.unwrap();
     let ns = c.create_namespace(0, "sweep").await.unwrap();

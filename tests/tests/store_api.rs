@@ -120,7 +120,7 @@ async fn watch_delivers_every_change_in_order_and_resumes_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_says_resync_when_history_was_dropped() {
-    let opts = ClusterOptions { extra_toml: "[feed]\nretention = 8\ntrim_every = 8\n".into() };
+    let opts = ClusterOptions { extra_toml: "[feed]\nretention = 8\ntrim_every = 8\n".into(), ..Default::default() };
     let c = Cluster::start(3, opts).await.unwrap();
     let ns = c.create_namespace(0, "resync").await.unwrap();
     let mut last = 0;

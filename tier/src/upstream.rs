@@ -46,6 +46,7 @@ impl Upstream {
                 let ep = Endpoint::from_shared(format!("http://{a}"))?
                     .connect_timeout(connect_timeout)
                     .tcp_nodelay(true)
+                    .http2_adaptive_window(true)
                     .http2_keep_alive_interval(Duration::from_secs(2))
                     .keep_alive_timeout(Duration::from_secs(4))
                     .keep_alive_while_idle(true);

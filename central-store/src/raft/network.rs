@@ -1,12 +1,20 @@
 //! The client side of the Raft transport.
 //!
-//! Payloads are openraft's types encoded with bincode inside a `RaftMessage`. An append
-//! batch larger than `APPEND_CHUNK_BYTES` is sent as several consecutive AppendEntries
-//! calls, each a valid Raft request on its own, so big values never make one huge message.
+//! Payloads are openraft's types encoded with bincode inside a `RaftMessage`.
+//!
+//! Appends are sized for real links. openraft 0.9 gives every AppendEntries the heartbeat
+//! interval as its deadline, which a large value over a long link cannot meet; retried from
+//! scratch each time, it would never arrive and the follower would never catch up. So an
+//! append that carries entries runs as a *transfer*: a task of its own, with a deadline sized
+//! by its bytes, that outlives openraft's attempt. openraft's retry of the same entries joins
+//! the transfer under way instead of starting over. One transfer carries at most
+//! `MAX_TRANSFER_BYTES` (the rest goes in the next, reported as a partial success), split
+//! into messages of at most `APPEND_CHUNK_BYTES`, each a valid Raft request on its own.
 
 use super::MAX_RAFT_MESSAGE_BYTES;
 use crate::peers::Peers;
-use crate::types::{Node, NodeId, TypeConfig};
+use crate::types::{Entry, LogId, Node, NodeId, TypeConfig, Vote};
+use futures::future::{BoxFuture, FutureExt, Shared};
 use kv_proto::raft::v1::{raft_transport_client::RaftTransportClient, RaftMessage};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -16,10 +24,17 @@ use openraft::raft::{
 };
 use serde::{de::DeserializeOwned, Serialize};
 use std::sync::Arc;
+use std::time::Duration;
 use tonic::transport::Channel;
 
-/// Above this many encoded bytes an append batch is split.
+/// Above this many encoded bytes an append is split into several messages.
 const APPEND_CHUNK_BYTES: u64 = 8 << 20;
+/// One transfer carries at most this many bytes (or a single larger entry).
+const MAX_TRANSFER_BYTES: u64 = 32 << 20;
+/// The slowest link a transfer's deadline allows for.
+const MIN_BYTES_PER_SEC: u64 = 4 << 20;
+/// A transfer's deadline on top of its bytes' time: round trips, the follower's fsync.
+const TRANSFER_BASE: Duration = Duration::from_secs(2);
 
 /// Reaches peers through this node's shared channels (`Peers`), which connect lazily and
 /// reconnect by themselves.
@@ -37,8 +52,50 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         });
-        Connection { target, addr: node.addr.clone(), client }
+        Connection { target, addr: node.addr.clone(), client, transfer: None }
     }
+}
+
+type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
+type AppendReply = RpcResult<AppendEntriesResponse<NodeId>>;
+
+/// A transfer's answer, kept for every attempt that joins it (openraft's reply type is not `Clone`).
+#[derive(Clone)]
+enum Landed {
+    Success,
+    Partial(Option<LogId>),
+    Conflict,
+    HigherVote(Vote),
+    Failed(Box<RPCError<NodeId, Node, RaftError<NodeId>>>),
+}
+
+impl Landed {
+    fn from_reply(r: AppendReply) -> Landed {
+        match r {
+            Ok(AppendEntriesResponse::Success) => Landed::Success,
+            Ok(AppendEntriesResponse::PartialSuccess(l)) => Landed::Partial(l),
+            Ok(AppendEntriesResponse::Conflict) => Landed::Conflict,
+            Ok(AppendEntriesResponse::HigherVote(v)) => Landed::HigherVote(v),
+            Err(e) => Landed::Failed(Box::new(e)),
+        }
+    }
+
+    fn into_reply(self) -> AppendReply {
+        match self {
+            Landed::Success => Ok(AppendEntriesResponse::Success),
+            Landed::Partial(l) => Ok(AppendEntriesResponse::PartialSuccess(l)),
+            Landed::Conflict => Ok(AppendEntriesResponse::Conflict),
+            Landed::HigherVote(v) => Ok(AppendEntriesResponse::HigherVote(v)),
+            Landed::Failed(e) => Err(*e),
+        }
+    }
+}
+
+/// An append under way: the entries after `prev` up to `last`.
+struct Transfer {
+    prev: Option<LogId>,
+    last: Option<LogId>,
+    reply: Shared<BoxFuture<'static, Landed>>,
 }
 
 /// The link to one peer.
@@ -46,38 +103,7 @@ pub struct Connection {
     target: NodeId,
     addr: String,
     client: Option<RaftTransportClient<Channel>>,
-}
-
-type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
-
-impl Connection {
-    /// Sends one message and decodes the peer's `Result<Resp, RaftError<E>>`.
-    async fn call<Req, Resp, E>(&mut self, kind: Rpc, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        let Some(client) = self.client.as_mut() else {
-            let e = std::io::Error::other(format!("bad peer address {:?}", self.addr));
-            return Err(RPCError::Unreachable(Unreachable::new(&e)));
-        };
-        let data = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut request = tonic::Request::new(RaftMessage { data });
-        request.set_timeout(option.hard_ttl());
-        let reply = match kind {
-            Rpc::Append => client.append_entries(request).await,
-            Rpc::Vote => client.vote(request).await,
-            Rpc::Snapshot => client.install_snapshot(request).await,
-        };
-        let reply = reply.map_err(|status| match status.code() {
-            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
-            _ => RPCError::Network(NetworkError::new(&status)),
-        })?;
-        let decoded: Result<Resp, RaftError<NodeId, E>> =
-            bincode::deserialize(&reply.into_inner().data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-    }
+    transfer: Option<Transfer>,
 }
 
 #[derive(Clone, Copy)]
@@ -87,9 +113,70 @@ enum Rpc {
     Snapshot,
 }
 
-/// Splits an append batch into requests of bounded encoded size, chained by `prev_log_id`.
+/// Sends one message to `target` within `timeout` and decodes its `Result<Resp, RaftError<E>>`.
+async fn call<Req, Resp, E>(
+    client: &mut RaftTransportClient<Channel>,
+    target: NodeId,
+    kind: Rpc,
+    req: &Req,
+    timeout: Duration,
+) -> RpcResult<Resp, E>
+where
+    Req: Serialize,
+    Resp: DeserializeOwned,
+    E: std::error::Error + DeserializeOwned,
+{
+    let data = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+    let mut request = tonic::Request::new(RaftMessage { data });
+    request.set_timeout(timeout);
+    let reply = match kind {
+        Rpc::Append => client.append_entries(request).await,
+        Rpc::Vote => client.vote(request).await,
+        Rpc::Snapshot => client.install_snapshot(request).await,
+    };
+    let reply = reply.map_err(|status| match status.code() {
+        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+        _ => RPCError::Network(NetworkError::new(&status)),
+    })?;
+    let decoded: Result<Resp, RaftError<NodeId, E>> =
+        bincode::deserialize(&reply.into_inner().data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+    decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
+}
+
+impl Connection {
+    fn client(&self) -> Result<RaftTransportClient<Channel>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        self.client.clone().ok_or_else(|| {
+            let e = std::io::Error::other(format!("bad peer address {:?}", self.addr));
+            RPCError::Unreachable(Unreachable::new(&e))
+        })
+    }
+}
+
+fn size_of(e: &Entry) -> u64 {
+    bincode::serialized_size(e).unwrap_or(0)
+}
+
+/// Keeps the first entries of `entries` that fit in one transfer (always at least one);
+/// returns whether any were left out.
+fn take_transfer(entries: &mut Vec<Entry>) -> bool {
+    let mut bytes = 0;
+    let mut keep = 0;
+    for e in entries.iter() {
+        let s = size_of(e);
+        if keep > 0 && bytes + s > MAX_TRANSFER_BYTES {
+            break;
+        }
+        bytes += s;
+        keep += 1;
+    }
+    let cut = keep < entries.len();
+    entries.truncate(keep.max(1));
+    cut
+}
+
+/// Splits an append into requests of bounded encoded size, chained by `prev_log_id`.
 fn split_append(rpc: AppendEntriesRequest<TypeConfig>) -> Vec<AppendEntriesRequest<TypeConfig>> {
-    let total: u64 = rpc.entries.iter().map(|e| bincode::serialized_size(e).unwrap_or(0)).sum();
+    let total: u64 = rpc.entries.iter().map(size_of).sum();
     if total <= APPEND_CHUNK_BYTES || rpc.entries.len() <= 1 {
         return vec![rpc];
     }
@@ -99,9 +186,9 @@ fn split_append(rpc: AppendEntriesRequest<TypeConfig>) -> Vec<AppendEntriesReque
     let mut chunk = Vec::new();
     let mut size = 0u64;
     for entry in entries {
-        let s = bincode::serialized_size(&entry).unwrap_or(0);
+        let s = size_of(&entry);
         if !chunk.is_empty() && size + s > APPEND_CHUNK_BYTES {
-            let next_prev = chunk.last().map(|e: &crate::types::Entry| e.log_id);
+            let next_prev = chunk.last().map(|e: &Entry| e.log_id);
             out.push(AppendEntriesRequest {
                 vote,
                 prev_log_id: prev,
@@ -118,28 +205,76 @@ fn split_append(rpc: AppendEntriesRequest<TypeConfig>) -> Vec<AppendEntriesReque
     out
 }
 
+/// Sends the messages of one transfer in order; a later one failing leaves the earlier ones
+/// accepted (a partial success).
+async fn send_transfer(
+    mut client: RaftTransportClient<Channel>,
+    target: NodeId,
+    chunks: Vec<AppendEntriesRequest<TypeConfig>>,
+    deadline: Duration,
+) -> AppendReply {
+    let n = chunks.len();
+    let mut accepted = None;
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let last = chunk.entries.last().map(|e| e.log_id);
+        match call(&mut client, target, Rpc::Append, &chunk, deadline).await {
+            Ok(AppendEntriesResponse::Success) if i + 1 < n => accepted = last,
+            Ok(AppendEntriesResponse::Conflict) | Err(_) if i > 0 => {
+                return Ok(AppendEntriesResponse::PartialSuccess(accepted));
+            }
+            other => return other,
+        }
+    }
+    Ok(AppendEntriesResponse::Success)
+}
+
 impl RaftNetwork<TypeConfig> for Connection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        let chunks = split_append(rpc);
-        let n = chunks.len();
-        let mut accepted = None;
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            let last = chunk.entries.last().map(|e| e.log_id);
-            let reply = self.call(Rpc::Append, &chunk, &option).await;
-            match reply {
-                Ok(AppendEntriesResponse::Success) if i + 1 < n => accepted = last,
-                // A later chunk failing still leaves the earlier ones accepted.
-                Ok(AppendEntriesResponse::Conflict) | Err(_) if i > 0 => {
-                    return Ok(AppendEntriesResponse::PartialSuccess(accepted));
-                }
-                other => return other,
-            }
+        let mut client = self.client()?;
+        if rpc.entries.is_empty() {
+            // A heartbeat: small, and due within openraft's deadline.
+            return call(&mut client, self.target, Rpc::Append, &rpc, option.hard_ttl()).await;
         }
-        Ok(AppendEntriesResponse::Success)
+        if std::env::var_os("KV_OLD_APPEND").is_some() {
+            return send_transfer(client, self.target, split_append(rpc), option.hard_ttl()).await;
+        }
+        let wanted = rpc.entries.last().map(|e| e.log_id);
+        let joins = self
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.prev == rpc.prev_log_id && rpc.entries.iter().any(|e| Some(e.log_id) == t.last));
+        if !joins {
+            let cut = take_transfer(&mut rpc.entries);
+            let (prev, last) = (rpc.prev_log_id, rpc.entries.last().map(|e| e.log_id));
+            let bytes: u64 = rpc.entries.iter().map(size_of).sum();
+            let deadline = TRANSFER_BASE + Duration::from_millis(bytes * 1000 / MIN_BYTES_PER_SEC);
+            let task = tokio::spawn(send_transfer(client, self.target, split_append(rpc), deadline));
+            let reply = async move {
+                Landed::from_reply(
+                    task.await.unwrap_or_else(|e| Err(RPCError::Network(NetworkError::new(&std::io::Error::other(e))))),
+                )
+            }
+            .boxed()
+            .shared();
+            if cut {
+                tracing::debug!(target = self.target, bytes, "append split over several transfers");
+            }
+            self.transfer = Some(Transfer { prev, last, reply });
+        }
+        let Some(t) = &self.transfer else { return Err(RPCError::Network(NetworkError::new(&no_transfer()))) };
+        let (reply, last) = (t.reply.clone(), t.last);
+        // openraft may give up on this attempt (its deadline); the transfer goes on, and its
+        // next attempt for these entries joins it here.
+        let out = reply.await.into_reply();
+        self.transfer = None;
+        match out {
+            Ok(AppendEntriesResponse::Success) if last != wanted => Ok(AppendEntriesResponse::PartialSuccess(last)),
+            other => other,
+        }
     }
 
     async fn install_snapshot(
@@ -147,10 +282,19 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call(Rpc::Snapshot, &rpc, &option).await
+        let Some(client) = self.client.as_mut() else {
+            let e = std::io::Error::other(format!("bad peer address {:?}", self.addr));
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        };
+        call(client, self.target, Rpc::Snapshot, &rpc, option.hard_ttl()).await
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
-        self.call(Rpc::Vote, &rpc, &option).await
+        let mut client = self.client()?;
+        call(&mut client, self.target, Rpc::Vote, &rpc, option.hard_ttl()).await
     }
+}
+
+fn no_transfer() -> std::io::Error {
+    std::io::Error::other("the transfer vanished")
 }
