@@ -57,7 +57,7 @@ impl KvApi {
         metadata_json: Option<String>,
     ) -> Result<pb::WriteOp, KvError> {
         let limits = &self.0.config.limits;
-        let now = time::now_secs();
+        let now = time::central_now_secs();
         let checked =
             validate::put(&key, expiration, expiration_ttl, metadata_json.as_deref(), value.len(), now, limits)?;
         let put = pb::Put { value, metadata_json: checked.metadata, expiration, expiration_ttl };
@@ -215,7 +215,7 @@ impl Kv for KvApi {
     async fn get(&self, req: Request<api::GetRequest>) -> Result<Response<api::GetResponse>, Status> {
         let req = req.into_inner();
         let s = self.read(&req).await?;
-        let visible = s.copy.visible(time::now_secs());
+        let visible = s.copy.visible(time::central_now_secs());
         Ok(Response::new(api::GetResponse {
             found: visible.is_some(),
             value: visible.map(|v| v.bytes.clone()).unwrap_or_default(),
@@ -242,7 +242,7 @@ impl Kv for KvApi {
         }
         let ttl = self.cache_ttl(req.cache_ttl)?;
         let answers = self.0.read(&ns, &req.keys, ttl).await;
-        let now = time::now_secs();
+        let now = time::central_now_secs();
         let mut total = 0usize;
         let mut values = Vec::with_capacity(answers.len());
         let mut overall = api::CacheStatus::Hit;
@@ -276,7 +276,7 @@ impl Kv for KvApi {
     async fn get_stream(&self, req: Request<api::GetRequest>) -> Result<Response<GetStreamOut>, Status> {
         let req = req.into_inner();
         let s = self.read(&req).await?;
-        let visible = s.copy.visible(time::now_secs());
+        let visible = s.copy.visible(time::central_now_secs());
         let value = visible.map(|v| v.bytes.clone()).unwrap_or_default();
         let header = api::GetStreamHeader {
             found: visible.is_some(),

@@ -103,12 +103,13 @@ async fn follow_one(
 
 /// Asks the followed node for its read index, and records the proof it gives.
 async fn prove(regional: Arc<Regional>, channel: Channel) {
-    let sent = Instant::now();
+    let (sent, sent_ms) = (Instant::now(), kv_common::time::now_ms());
     let mut req = tonic::Request::new(ReadIndexRequest {});
     req.set_timeout(Duration::from_millis(regional.config.feed_switch_after_ms));
     match store_client(channel).read_index(req).await {
         Ok(r) => {
             let r = r.into_inner();
+            kv_common::time::learn_central_clock(sent_ms, r.central_time_ms);
             regional.feed.prove(r.version, as_of(sent, r.age_ms));
         }
         Err(e) => tracing::debug!(error = %e, "no freshness proof from the followed node"),

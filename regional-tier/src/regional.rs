@@ -196,6 +196,6 @@ impl Regional {
 impl Answers {
     /// The wire form of one answer visible now.
     pub fn entry(s: &Served) -> Option<pb::Entry> {
-        entry_of(&s.copy, kv_common::time::now_secs())
+        entry_of(&s.copy, kv_common::time::central_now_secs())
     }
 }

@@ -29,6 +29,7 @@ impl CentralStore for RegionalStore {
             version: s.copy.version,
             stale: a.stale,
             age_ms: a.age_ms,
+            central_time_ms: kv_common::time::central_now_ms(),
         }))
     }
 
@@ -44,7 +45,12 @@ impl CentralStore for RegionalStore {
             .zip(&a.served)
             .map(|(key, s)| pb::KeyEntry { key, entry: Answers::entry(s), version: s.copy.version })
             .collect();
-        Ok(Response::new(pb::BatchGetResponse { results, stale: a.stale, age_ms: a.age_ms }))
+        Ok(Response::new(pb::BatchGetResponse {
+            results,
+            stale: a.stale,
+            age_ms: a.age_ms,
+            central_time_ms: kv_common::time::central_now_ms(),
+        }))
     }
 
     async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
@@ -96,12 +102,14 @@ impl CentralStore for RegionalStore {
     /// This tier's own proof while its feed is live; otherwise the central store's.
     async fn read_index(&self, _: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {
         if let Some((version, age)) = self.0.proof() {
-            return Ok(Response::new(pb::ReadIndexResponse { version, age_ms: age_ms(age) }));
+            let central_time_ms = kv_common::time::central_now_ms();
+            return Ok(Response::new(pb::ReadIndexResponse { version, age_ms: age_ms(age), central_time_ms }));
         }
         let sent = std::time::Instant::now();
         let (version, as_of) = self.0.tier.upstream().read_index().await?;
         let age = sent.saturating_duration_since(as_of) + sent.elapsed();
-        Ok(Response::new(pb::ReadIndexResponse { version, age_ms: age_ms(age) }))
+        let central_time_ms = kv_common::time::central_now_ms();
+        Ok(Response::new(pb::ReadIndexResponse { version, age_ms: age_ms(age), central_time_ms }))
     }
 }
 

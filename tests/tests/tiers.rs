@@ -146,6 +146,37 @@ async fn expiration_wins_over_a_long_cache_ttl_at_every_tier() {
 }
 
 #[tokio::test]
+async fn expiration_follows_the_central_clock_at_tiers_whose_clocks_are_wrong() {
+    let mut t = Tiers::start(5).await.unwrap();
+    // Region b runs 30 s (edge) and 20 s (regional tier) behind the central clock.
+    let region = &mut t.cluster.regions[1];
+    for (node, skew) in [(&mut region.regional, "-20000"), (&mut region.edges[0].node, "-30000")] {
+        node.stop(Duration::from_secs(10));
+        node.env = vec![(kv_common::time::SKEW_VAR.into(), skew.into())];
+        node.start().unwrap();
+    }
+    let ns = t.namespace().await.unwrap();
+    let (a, b) = (t.edge(A_PUSH).await.unwrap(), t.edge(B_PUSH).await.unwrap());
+    let w = a.put(api::PutRequest { expiration_ttl: Some(2), ..put(&ns, "brief", "v") }).await.unwrap();
+    let expires = w.expiration.expect("a put with expiration_ttl reports its expiration");
+    until_value(&b, &ns, "brief", LONG_TTL, Some("v"), WAIT).await.unwrap();
+    eventually(WAIT, "the key to expire at the skewed edge", || async {
+        let started = kv_common::time::now_secs();
+        let r = b.get(&ns, "brief", Some(LONG_TTL)).await.ok()?;
+        if r.found {
+            assert!(started < expires, "the value was served {} s past its expiration", started - expires);
+            return None;
+        }
+        Some(())
+    })
+    .await
+    .unwrap();
+    // Its expiration checks of new writes use the central clock too: 90 s ahead is valid there.
+    let at = kv_common::time::now_secs() + 90;
+    b.put(api::PutRequest { expiration: Some(at), ..put(&ns, "later", "v") }).await.expect("90 s ahead is valid");
+}
+
+#[tokio::test]
 async fn a_hundred_concurrent_misses_make_one_central_read() {
     let t = Tiers::start(20).await.unwrap();
     let ns = t.namespace().await.unwrap();

@@ -103,7 +103,7 @@ fn cap_by_expiration(from: Instant, span: Duration, value: Option<&Value>) -> In
     let until = from.checked_add(span).unwrap_or(from + Duration::from_secs(86_400 * 365));
     match value.and_then(|v| v.expiration) {
         Some(exp) => {
-            let left = Duration::from_secs(u64::try_from(exp - kv_common::time::now_secs()).unwrap_or(0));
+            let left = Duration::from_secs(u64::try_from(exp - kv_common::time::central_now_secs()).unwrap_or(0));
             until.min(Instant::now() + left)
         }
         None => until,

@@ -190,7 +190,7 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
     /// again (stale) where upstream cannot answer. One result per key, in order.
     pub async fn read(self: &Arc<Self>, ns: &str, keys: &[String], spec: &ReadSpec) -> Vec<TierResult<Served>> {
         let epoch = self.epoch();
-        let now_secs = kv_common::time::now_secs();
+        let now_secs = kv_common::time::central_now_secs();
         let mut out: Vec<Option<TierResult<Served>>> = Vec::with_capacity(keys.len());
         let mut missing = Vec::new();
         for (i, k) in keys.iter().enumerate() {

@@ -65,7 +65,7 @@ impl CacheMetrics {
 
     /// Counts a read answered by `c`: a hit, or a negative hit when it holds no live value.
     pub fn hit(&self, c: &Copy) {
-        if c.visible(kv_common::time::now_secs()).is_some() {
+        if c.visible(kv_common::time::central_now_secs()).is_some() {
             self.hits.inc();
         } else {
             self.negative_hits.inc();

@@ -12,8 +12,8 @@
 
 use crate::engine::{Answer, Fetch, ReadSpec};
 use crate::wire::{as_of, value_of};
-use kv_common::call;
 use kv_common::client::{is_unreachable, store_client, StoreClient};
+use kv_common::{call, time};
 use kv_proto::store::v1 as pb;
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -180,13 +180,14 @@ impl Upstream {
 
     /// A version every write acknowledged before the returned instant is at or below.
     pub async fn read_index(&self) -> Result<(u64, Instant), Status> {
-        let sent = Instant::now();
+        let (sent, sent_ms) = (Instant::now(), time::now_ms());
         let r = self
             .call(|mut c, t| {
                 let r = within(pb::ReadIndexRequest {}, t);
                 async move { c.read_index(r).await }
             })
             .await?;
+        time::learn_central_clock(sent_ms, r.central_time_ms);
         Ok((r.version, as_of(sent, r.age_ms)))
     }
 }
@@ -197,7 +198,7 @@ fn max_age_ms(spec: &ReadSpec) -> u32 {
 
 impl Fetch for Upstream {
     async fn read(&self, ns: &str, keys: Vec<String>, spec: &ReadSpec) -> Result<Vec<Answer>, Status> {
-        let sent = Instant::now();
+        let (sent, sent_ms) = (Instant::now(), time::now_ms());
         if let [key] = keys.as_slice() {
             let req = pb::GetRequest {
                 namespace_id: ns.to_owned(),
@@ -231,6 +232,7 @@ impl Fetch for Upstream {
                 async move { c.batch_get(r).await }
             })
             .await?;
+        time::learn_central_clock(sent_ms, r.central_time_ms);
         if r.results.len() != n {
             return Err(Status::internal(format!("upstream answered {} keys of {n}", r.results.len())));
         }

@@ -111,6 +111,7 @@ impl CentralStore for StoreService {
             version: r.version,
             stale: false,
             age_ms: age_ms(&proof),
+            central_time_ms: time::now_ms(),
         }))
     }
 
@@ -138,7 +139,12 @@ impl CentralStore for StoreService {
                 pb::KeyEntry { key, entry: e.map(to_entry), version }
             })
             .collect();
-        Ok(Response::new(pb::BatchGetResponse { results, stale: false, age_ms: age_ms(&proof) }))
+        Ok(Response::new(pb::BatchGetResponse {
+            results,
+            stale: false,
+            age_ms: age_ms(&proof),
+            central_time_ms: time::now_ms(),
+        }))
     }
 
     async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
@@ -264,6 +270,10 @@ impl CentralStore for StoreService {
         let proof = self.node.freshness.current().ok_or_else(|| {
             StoreError::Kv(KvError::Unavailable("this replica has not proved its freshness yet".into()))
         })?;
-        Ok(Response::new(pb::ReadIndexResponse { version: proof.index, age_ms: age_ms(&proof) }))
+        Ok(Response::new(pb::ReadIndexResponse {
+            version: proof.index,
+            age_ms: age_ms(&proof),
+            central_time_ms: time::now_ms(),
+        }))
     }
 }
