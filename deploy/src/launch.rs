@@ -440,7 +440,7 @@ impl LocalCluster {
 
     /// Waits until every regional tier follows the central feed and every edge is ready
     /// (in mode `push`: subscribed to its regional tier).
-    async fn wait_until_serving(&mut self) -> anyhow::Result<()> {
+    pub async fn wait_until_serving(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         for region in &mut self.regions {
             let mut nodes: Vec<&mut NodeProc> = vec![&mut region.regional];

@@ -95,7 +95,10 @@ impl KvApi {
             let resp = self.0.write(write_request(ns, ops)).await?;
             for r in resp.results {
                 match r.error {
-                    None => out.successful_key_count += 1,
+                    None => {
+                        out.successful_key_count += 1;
+                        out.version = out.version.max(r.version);
+                    }
                     Some(e) => out.errors.push(key_error(r.key, e.http_status, e.message)),
                 }
             }

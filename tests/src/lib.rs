@@ -6,6 +6,7 @@
 //!
 //! `Cluster` is a central group alone; `tiers::Tiers` adds regional tiers and edges.
 
+pub mod fault;
 pub mod tiers;
 
 use anyhow::{bail, Context};

@@ -1,0 +1,463 @@
+//! Checks a fault-suite history against SPEC section 4.
+//!
+//! Values are unique per write, so a value read names its write; versions order writes to
+//! a key. What is checked, by violation kind:
+//! - `unknown_value`: a read returned a value no write of that key asked for;
+//! - `version_mismatch`: a value was read with a version other than the one its write got;
+//! - `lost_write`: the final central state of a key is older than an acknowledged write, or
+//!   holds another value at the same version;
+//! - `read_your_writes`: after a write was acknowledged at an edge, a read of the key at that
+//!   edge returned an older version (STALE answers included);
+//! - `monotonic_reads`: a read at an edge returned an older state of a key than a read at the
+//!   same edge that had ended before it began;
+//! - `bounded_staleness`: a read that began more than its cacheTtl (plus `max_stale` for a
+//!   STALE answer) after a write to the key was acknowledged anywhere did not reflect it;
+//! - `expired_value`: a value was returned by a read that began at or after its expiration;
+//! - `list_read_your_writes`: a list at an edge missed a key put there (or showed one
+//!   deleted there) when no other write to the key could explain it;
+//! - `not_converged`: after the faults healed, a push-mode edge still served (with a long
+//!   cacheTtl) another version than the central store holds;
+//! - `stale_without_fault`: an answer was STALE although no fault could keep its edge from
+//!   the central store around that time.
+
+use super::history::{Call, KeyRead, Op, Recorded, Scope, WriteResult};
+use std::collections::HashMap;
+
+/// One way the history breaks SPEC section 4.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    pub kind: &'static str,
+    pub detail: String,
+    /// The calls that show it.
+    pub ops: Vec<usize>,
+}
+
+/// What the checker must know about the run.
+pub struct Settings {
+    /// The edges' stale-if-error bound.
+    pub max_stale_ms: u64,
+    /// How long after a fault healed a STALE answer is still explained by it.
+    pub stale_grace_ms: u64,
+    /// Region of each edge, in edge order.
+    pub edge_region: Vec<usize>,
+}
+
+/// The central store's final state of a key: its version and value (`None`: absent).
+pub type Final = (u64, Option<String>);
+
+/// How one write of one key ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Acked { version: u64 },
+    Refused,
+    Unknown,
+}
+
+/// One key's write, as the checker sees it.
+#[derive(Debug, Clone)]
+struct Write {
+    op: usize,
+    edge: usize,
+    key: String,
+    value: Option<String>,
+    start: u64,
+    end: u64,
+    state: State,
+    expiration: Option<i64>,
+}
+
+/// One key as one read returned it.
+#[derive(Debug, Clone)]
+struct Read {
+    op: usize,
+    edge: usize,
+    start: u64,
+    end: u64,
+    start_wall_ms: u64,
+    cache_ttl_ms: u64,
+    got: KeyRead,
+}
+
+fn writes_of(ops: &[Op]) -> Vec<Write> {
+    let mut out = Vec::new();
+    for op in ops {
+        let Call::Write { writes, result } = &op.call else { continue };
+        let deciding = kv_common::validate::last_wins(writes.iter().map(|w| w.key.as_str()));
+        for (i, w) in writes.iter().enumerate() {
+            if deciding[i] != i {
+                continue; // superseded by a later item of the same request: never applied
+            }
+            let (state, expiration) = match result {
+                WriteResult::Done(items) => match items.get(i) {
+                    Some(item) if item.refused.is_none() && item.version > 0 => {
+                        (State::Acked { version: item.version }, item.expiration)
+                    }
+                    Some(_) => (State::Refused, None),
+                    None => (State::Unknown, None),
+                },
+                WriteResult::Refused(_) => (State::Refused, None),
+                WriteResult::Unknown(_) => (State::Unknown, None),
+            };
+            out.push(Write {
+                op: op.id,
+                edge: op.edge,
+                key: w.key.clone(),
+                value: w.value.clone(),
+                start: op.start,
+                end: op.end,
+                state,
+                expiration,
+            });
+        }
+    }
+    out
+}
+
+fn reads_of(ops: &[Op]) -> Vec<Read> {
+    let mut out = Vec::new();
+    for op in ops {
+        let Call::Read { cache_ttl_secs, result: Ok(results), .. } = &op.call else { continue };
+        for got in results {
+            out.push(Read {
+                op: op.id,
+                edge: op.edge,
+                start: op.start,
+                end: op.end,
+                start_wall_ms: op.start_wall_ms,
+                cache_ttl_ms: u64::try_from(*cache_ttl_secs).unwrap_or(0) * 1000,
+                got: got.clone(),
+            });
+        }
+    }
+    out
+}
+
+fn version_of(w: &Write) -> Option<u64> {
+    match w.state {
+        State::Acked { version } => Some(version),
+        _ => None,
+    }
+}
+
+/// Checks `rec` (the run's calls and faults), given the central store's final state of each
+/// key and the reads made at push-mode edges once everything had healed and settled.
+pub fn check(rec: &Recorded, finals: &HashMap<String, Final>, final_reads: &[Op], s: &Settings) -> Vec<Violation> {
+    let writes = writes_of(&rec.ops);
+    let reads = reads_of(&rec.ops);
+    let mut out = Vec::new();
+    let by_value: HashMap<&str, &Write> = writes.iter().filter_map(|w| w.value.as_deref().map(|v| (v, w))).collect();
+
+    // What each read saw, and whether its value is one that was written.
+    let mut seen_version: HashMap<&str, (u64, usize)> = HashMap::new();
+    for r in &reads {
+        let Some(v) = r.got.value.as_deref() else { continue };
+        match by_value.get(v) {
+            Some(w) if w.key == r.got.key => {
+                match w.state {
+                    State::Acked { version } if version != r.got.version => out.push(Violation {
+                        kind: "version_mismatch",
+                        detail: format!("{v:?} was written at {version} but read at {}", r.got.version),
+                        ops: vec![w.op, r.op],
+                    }),
+                    State::Refused => out.push(Violation {
+                        kind: "unknown_value",
+                        detail: format!("{v:?} was refused yet read"),
+                        ops: vec![w.op, r.op],
+                    }),
+                    _ => {}
+                }
+                let first = *seen_version.entry(v).or_insert((r.got.version, r.op));
+                if first.0 != r.got.version {
+                    out.push(Violation {
+                        kind: "version_mismatch",
+                        detail: format!("{v:?} read at {} and at {}", first.0, r.got.version),
+                        ops: vec![first.1, r.op],
+                    });
+                }
+                if let Some(exp) = w.expiration {
+                    if r.start_wall_ms >= u64::try_from(exp).unwrap_or(0) * 1000 {
+                        out.push(Violation {
+                            kind: "expired_value",
+                            detail: format!(
+                                "{v:?} expired at {exp} s, read {} ms after it",
+                                r.start_wall_ms - u64::try_from(exp).unwrap_or(0) * 1000
+                            ),
+                            ops: vec![w.op, r.op],
+                        });
+                    }
+                }
+            }
+            _ => out.push(Violation {
+                kind: "unknown_value",
+                detail: format!("{v:?} read for {} was never written to it", r.got.key),
+                ops: vec![r.op],
+            }),
+        }
+    }
+
+    // Per key: acknowledged writes, for the checks below.
+    let mut acked: HashMap<&str, Vec<&Write>> = HashMap::new();
+    for w in writes.iter().filter(|w| version_of(w).is_some()) {
+        acked.entry(w.key.as_str()).or_default().push(w);
+    }
+
+    // No acknowledged write lost.
+    for (key, ws) in &acked {
+        let Some((fv, fval)) = finals.get(*key) else { continue };
+        for w in ws {
+            let v = version_of(w).unwrap_or(0);
+            let expired = w.expiration.is_some_and(|e| e <= kv_common::time::now_secs());
+            if v > *fv {
+                out.push(Violation {
+                    kind: "lost_write",
+                    detail: format!("{key}: write at {v} acknowledged, the store ends at {fv}"),
+                    ops: vec![w.op],
+                });
+            } else if v == *fv && !expired && w.value != *fval {
+                out.push(Violation {
+                    kind: "lost_write",
+                    detail: format!("{key}: at {v} the store holds {fval:?}, not {:?}", w.value),
+                    ops: vec![w.op],
+                });
+            }
+        }
+    }
+
+    for r in &reads {
+        let key = r.got.key.as_str();
+        let ws = acked.get(key).map(Vec::as_slice).unwrap_or_default();
+        // Read-your-writes at the writing edge.
+        if let Some(w) = ws.iter().filter(|w| w.edge == r.edge && w.end < r.start).max_by_key(|w| version_of(w)) {
+            let v = version_of(w).unwrap_or(0);
+            if r.got.version < v {
+                out.push(Violation {
+                    kind: "read_your_writes",
+                    detail: format!("{key} at edge {}: wrote version {v}, then read {}", r.edge, r.got.version),
+                    ops: vec![w.op, r.op],
+                });
+            }
+        }
+        // Bounded staleness.
+        let bound = r.cache_ttl_ms + if r.got.stale { s.max_stale_ms } else { 0 };
+        let due = r.start.saturating_sub(bound * 1000);
+        if let Some(w) = ws.iter().filter(|w| w.end < due).max_by_key(|w| version_of(w)) {
+            let v = version_of(w).unwrap_or(0);
+            if r.got.version < v {
+                out.push(Violation {
+                    kind: "bounded_staleness",
+                    detail: format!(
+                        "{key} at edge {} (cacheTtl {} s{}): version {v} acknowledged {} ms before the read, which saw {}",
+                        r.edge,
+                        r.cache_ttl_ms / 1000,
+                        if r.got.stale { ", STALE" } else { "" },
+                        (r.start - w.end) / 1000,
+                        r.got.version
+                    ),
+                    ops: vec![w.op, r.op],
+                });
+            }
+        }
+    }
+
+    // Monotonic reads per edge and key.
+    let mut per_edge_key: HashMap<(usize, &str), Vec<&Read>> = HashMap::new();
+    for r in &reads {
+        per_edge_key.entry((r.edge, r.got.key.as_str())).or_default().push(r);
+    }
+    for ((edge, key), rs) in &per_edge_key {
+        for r2 in rs {
+            for r1 in rs.iter().filter(|r1| r1.end < r2.start) {
+                let older = match (&r1.got.value, &r2.got.value) {
+                    // Both absent: the same state, whatever versions stamp it.
+                    (None, None) => false,
+                    (Some(_), _) => r2.got.version < r1.got.version,
+                    // Absent, then a value written before that absence: older only if a
+                    // delete came in between.
+                    (None, Some(_)) => acked.get(*key).is_some_and(|ws| {
+                        ws.iter().any(|w| {
+                            w.value.is_none()
+                                && version_of(w).is_some_and(|v| v > r2.got.version && v <= r1.got.version)
+                        })
+                    }),
+                };
+                if older {
+                    out.push(Violation {
+                        kind: "monotonic_reads",
+                        detail: format!("{key} at edge {edge}: read {} after {}", r2.got.version, r1.got.version),
+                        ops: vec![r1.op, r2.op],
+                    });
+                    break;
+                }
+            }
+        }
+    }
+
+    out.extend(check_lists(&rec.ops, &writes));
+
+    // Convergence after heal (push-mode edges, long cacheTtl).
+    for op in final_reads {
+        let Call::Read { result: Ok(results), .. } = &op.call else {
+            out.push(Violation {
+                kind: "not_converged",
+                detail: format!("final read at edge {} failed", op.edge),
+                ops: vec![op.id],
+            });
+            continue;
+        };
+        for got in results {
+            let Some((fv, fval)) = finals.get(&got.key) else { continue };
+            let same = match (&got.value, fval) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a == b && got.version == *fv,
+                _ => false,
+            };
+            if !same || got.stale {
+                out.push(Violation {
+                    kind: "not_converged",
+                    detail: format!(
+                        "{} at edge {}: serves {:?}@{} (stale: {}), the store holds {fval:?}@{fv}",
+                        got.key, op.edge, got.value, got.version, got.stale
+                    ),
+                    ops: vec![op.id],
+                });
+            }
+        }
+    }
+
+    // STALE only when a fault could explain it.
+    for r in reads.iter().filter(|r| r.got.stale) {
+        let region = s.edge_region.get(r.edge).copied();
+        let explained = rec.faults.iter().any(|f| {
+            let touches = match f.scope {
+                Scope::All => true,
+                Scope::Region(x) => Some(x) == region,
+                Scope::Edge(e) => e == r.edge,
+            };
+            touches && f.start <= r.end && f.end + s.stale_grace_ms * 1000 >= r.start
+        });
+        if !explained {
+            out.push(Violation {
+                kind: "stale_without_fault",
+                detail: format!("{} at edge {} answered STALE with no fault near", r.got.key, r.edge),
+                ops: vec![r.op],
+            });
+        }
+    }
+    out
+}
+
+/// Lists reflect writes made at the same edge, when nothing else could have changed the key.
+fn check_lists(ops: &[Op], writes: &[Write]) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let mut by_key: HashMap<&str, Vec<&Write>> = HashMap::new();
+    for w in writes.iter().filter(|w| w.state != State::Refused) {
+        by_key.entry(w.key.as_str()).or_default().push(w);
+    }
+    for op in ops {
+        let Call::List { prefix, result: Ok(names) } = &op.call else { continue };
+        for (key, ws) in &by_key {
+            if !key.starts_with(prefix.as_str()) {
+                continue;
+            }
+            let mine = ws.iter().filter(|w| w.edge == op.edge && w.end < op.start && version_of(w).is_some());
+            let Some(w) = mine.max_by_key(|w| version_of(w)) else { continue };
+            // Every other write of the key must have ended before this one began.
+            let quiet = ws.iter().all(|o| o.op == w.op || o.end < w.start || o.start > op.end);
+            let expires = w.expiration.is_some();
+            if !quiet || expires {
+                continue;
+            }
+            let listed = names.iter().any(|n| n == key);
+            let should = w.value.is_some();
+            if listed != should {
+                out.push(Violation {
+                    kind: "list_read_your_writes",
+                    detail: format!(
+                        "{key} at edge {}: {} there, then a list {} it",
+                        op.edge,
+                        if should { "put" } else { "deleted" },
+                        if listed { "showed" } else { "missed" }
+                    ),
+                    ops: vec![w.op, op.id],
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::history::{Fault, ItemDone, KeyWrite};
+    use super::*;
+
+    fn op(id: usize, edge: usize, start: u64, end: u64, call: Call) -> Op {
+        Op { id, client: 0, edge, start, end, start_wall_ms: 0, call }
+    }
+
+    fn put(id: usize, edge: usize, at: u64, key: &str, value: &str, version: u64) -> Op {
+        let write = KeyWrite { key: key.into(), value: Some(value.into()), expiration_ttl: None };
+        let done = ItemDone { version, expiration: None, refused: None };
+        op(id, edge, at, at + 1000, Call::Write { writes: vec![write], result: WriteResult::Done(vec![done]) })
+    }
+
+    fn get(id: usize, edge: usize, at: u64, key: &str, value: Option<&str>, version: u64, stale: bool) -> Op {
+        let got = KeyRead { key: key.into(), value: value.map(String::from), version, stale, age_ms: 0 };
+        op(id, edge, at, at + 1000, Call::Read { keys: vec![key.into()], cache_ttl_secs: 1, result: Ok(vec![got]) })
+    }
+
+    fn settings() -> Settings {
+        Settings { max_stale_ms: 5_000, stale_grace_ms: 1_000, edge_region: vec![0, 0, 1] }
+    }
+
+    fn kinds(ops: Vec<Op>, faults: Vec<Fault>, finals: &[(&str, u64, Option<&str>)]) -> Vec<&'static str> {
+        let finals = finals.iter().map(|(k, v, val)| (k.to_string(), (*v, val.map(String::from)))).collect();
+        let mut k: Vec<_> =
+            check(&Recorded { ops, faults }, &finals, &[], &settings()).into_iter().map(|v| v.kind).collect();
+        k.sort();
+        k
+    }
+
+    const S: u64 = 1_000_000;
+
+    #[test]
+    fn a_clean_history_passes() {
+        let ops = vec![
+            put(0, 0, 0, "k", "a", 5),
+            get(1, 0, 2 * S, "k", Some("a"), 5, false),
+            get(2, 1, 3 * S, "k", Some("a"), 5, false),
+        ];
+        assert!(kinds(ops, vec![], &[("k", 5, Some("a"))]).is_empty());
+    }
+
+    #[test]
+    fn each_kind_of_violation_is_caught() {
+        // Read-your-writes, then monotonic reads, at edge 0.
+        let ops = vec![
+            put(0, 0, 0, "k", "a", 5),
+            put(1, 1, 10_000, "k", "b", 7),
+            get(2, 0, 20_000, "k", None, 3, false),
+            get(3, 1, 30_000, "k", Some("b"), 7, false),
+            get(4, 1, 40_000, "k", Some("a"), 5, false),
+        ];
+        let got = kinds(ops, vec![], &[("k", 7, Some("b"))]);
+        assert_eq!(got, vec!["monotonic_reads", "read_your_writes", "read_your_writes"]);
+        // A value never written, a lost write, a mismatched version.
+        let ops = vec![
+            put(0, 0, 0, "k", "a", 5),
+            get(1, 2, 2 * S, "k", Some("zzz"), 9, false),
+            get(2, 1, 3 * S, "k", Some("a"), 6, false),
+        ];
+        assert_eq!(kinds(ops, vec![], &[("k", 4, None)]), vec!["lost_write", "unknown_value", "version_mismatch"]);
+        // Stale past the cacheTtl (1 s) with no fault; a STALE answer with no fault.
+        let ops =
+            vec![put(0, 0, 0, "k", "a", 5), put(1, 0, 3 * S, "k", "b", 9), get(2, 2, 10 * S, "k", Some("a"), 5, true)];
+        let got = kinds(ops, vec![], &[("k", 9, Some("b"))]);
+        assert_eq!(got, vec!["bounded_staleness", "stale_without_fault"]);
+        // The same STALE answer during a fault of its region is explained (still within max_stale).
+        let ops =
+            vec![put(0, 0, 0, "k", "a", 5), put(1, 0, 3 * S, "k", "b", 9), get(2, 2, 5 * S, "k", Some("a"), 5, true)];
+        let fault = Fault { what: "cut".into(), scope: Scope::Region(1), start: 4 * S, end: 6 * S };
+        assert!(kinds(ops, vec![fault], &[("k", 9, Some("b"))]).is_empty());
+    }
+}

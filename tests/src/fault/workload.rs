@@ -1,0 +1,248 @@
+//! The clients of a fault-suite run: each is bound to one edge and, from its own seeded
+//! random stream, calls get, bulk get, put (some with an expiration), delete, bulk put and
+//! delete, and list on a small set of shared keys, with random cacheTtls. Every value
+//! written is unique, so any value read names the one write that made it.
+
+use super::history::{Call, ItemDone, KeyRead, KeyWrite, Op, Recorder, WriteResult};
+use kv_client::api::{self, kv_client::KvClient};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// How long one call may take before it counts as unanswered.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// The cacheTtls reads pick from (seconds): short ones revalidate often, long ones rely on pushes.
+const CACHE_TTLS: [i64; 5] = [1, 2, 5, 30, 300];
+/// Calls per second per client, at most.
+const PACE: Duration = Duration::from_millis(25);
+
+/// One client of a run.
+pub struct Client {
+    pub id: usize,
+    pub edge: usize,
+    pub endpoint: SocketAddr,
+    pub namespace: String,
+    pub keys: usize,
+    pub seed: u64,
+}
+
+/// The keys a run uses.
+pub fn key_name(i: usize) -> String {
+    format!("k{i}")
+}
+
+fn channel(addr: SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a valid loopback address")
+        .connect_timeout(Duration::from_secs(1))
+        .connect_lazy()
+}
+
+/// `msg` as a request that gives up after `CALL_TIMEOUT`.
+fn timed<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(CALL_TIMEOUT);
+    r
+}
+
+/// Whether a failed write certainly changed nothing (the contract refused it).
+fn refused(s: &Status) -> bool {
+    matches!(s.code(), Code::InvalidArgument | Code::NotFound | Code::ResourceExhausted | Code::FailedPrecondition)
+}
+
+fn write_failure(s: Status) -> WriteResult {
+    let why = format!("{:?}: {}", s.code(), s.message());
+    if refused(&s) {
+        WriteResult::Refused(why)
+    } else {
+        WriteResult::Unknown(why)
+    }
+}
+
+fn read_of(key: String, found: bool, value: &[u8], version: u64, status: i32, age_ms: u64) -> KeyRead {
+    KeyRead {
+        key,
+        value: found.then(|| String::from_utf8_lossy(value).into_owned()),
+        version,
+        stale: status == api::CacheStatus::Stale as i32,
+        age_ms,
+    }
+}
+
+impl Client {
+    /// Calls until `until`, recording each call.
+    pub async fn run(self, rec: Recorder, until: Instant) {
+        let mut rng = StdRng::seed_from_u64(self.seed);
+        let mut kv = KvClient::new(channel(self.endpoint));
+        let mut seq = 0u64;
+        while Instant::now() < until {
+            let next = Instant::now() + PACE;
+            let start = rec.now();
+            let start_wall_ms = kv_common::time::now_ms();
+            let call = self.one(&mut rng, &mut kv, &mut seq).await;
+            rec.op(Op { id: 0, client: self.id, edge: self.edge, start, end: rec.now(), start_wall_ms, call });
+            tokio::time::sleep_until(next.into()).await;
+        }
+    }
+
+    fn key(&self, rng: &mut StdRng) -> String {
+        key_name(rng.gen_range(0..self.keys))
+    }
+
+    fn value(&self, seq: &mut u64) -> String {
+        *seq += 1;
+        format!("c{}-{}", self.id, seq)
+    }
+
+    async fn one(&self, rng: &mut StdRng, kv: &mut KvClient<Channel>, seq: &mut u64) -> Call {
+        let ns = self.namespace.clone();
+        let roll = rng.gen_range(0..100);
+        let cache_ttl = CACHE_TTLS[rng.gen_range(0..CACHE_TTLS.len())];
+        match roll {
+            0..=39 => {
+                let key = self.key(rng);
+                let req = api::GetRequest {
+                    namespace_id: ns,
+                    key: key.clone(),
+                    cache_ttl: Some(cache_ttl),
+                    with_metadata: false,
+                };
+                let result = kv
+                    .get(timed(req))
+                    .await
+                    .map(|r| {
+                        let r = r.into_inner();
+                        vec![read_of(key.clone(), r.found, &r.value, r.version, r.cache_status, r.age_ms)]
+                    })
+                    .map_err(|s| format!("{:?}: {}", s.code(), s.message()));
+                Call::Read { keys: vec![key], cache_ttl_secs: cache_ttl, result }
+            }
+            40..=49 => {
+                let n = rng.gen_range(2..=4);
+                let keys: Vec<String> = (0..n).map(|_| self.key(rng)).collect();
+                let req = api::GetBulkRequest {
+                    namespace_id: ns,
+                    keys: keys.clone(),
+                    r#type: api::ValueType::Text as i32,
+                    with_metadata: false,
+                    cache_ttl: Some(cache_ttl),
+                };
+                let result = kv
+                    .get_bulk(timed(req))
+                    .await
+                    .map(|r| {
+                        r.into_inner()
+                            .values
+                            .into_iter()
+                            .map(|v| read_of(v.key, v.found, v.value.as_bytes(), v.version, v.cache_status, v.age_ms))
+                            .collect()
+                    })
+                    .map_err(|s| format!("{:?}: {}", s.code(), s.message()));
+                Call::Read { keys, cache_ttl_secs: cache_ttl, result }
+            }
+            50..=67 => {
+                let write = KeyWrite {
+                    key: self.key(rng),
+                    value: Some(self.value(seq)),
+                    expiration_ttl: rng.gen_bool(0.15).then(|| rng.gen_range(2..=4)),
+                };
+                let req = api::PutRequest {
+                    namespace_id: ns,
+                    key: write.key.clone(),
+                    value: write.value.clone().unwrap_or_default().into(),
+                    expiration_ttl: write.expiration_ttl,
+                    ..Default::default()
+                };
+                let result = match kv.put(timed(req)).await {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        WriteResult::Done(vec![ItemDone {
+                            version: r.version,
+                            expiration: r.expiration,
+                            refused: None,
+                        }])
+                    }
+                    Err(s) => write_failure(s),
+                };
+                Call::Write { writes: vec![write], result }
+            }
+            68..=72 => {
+                let write = KeyWrite { key: self.key(rng), value: None, expiration_ttl: None };
+                let req = api::DeleteRequest { namespace_id: ns, key: write.key.clone() };
+                let result = match kv.delete(timed(req)).await {
+                    Ok(r) => WriteResult::Done(vec![ItemDone {
+                        version: r.into_inner().version,
+                        expiration: None,
+                        refused: None,
+                    }]),
+                    Err(s) => write_failure(s),
+                };
+                Call::Write { writes: vec![write], result }
+            }
+            73..=81 => {
+                let deletes = roll >= 79;
+                let n = rng.gen_range(2..=3);
+                let writes: Vec<KeyWrite> = (0..n)
+                    .map(|_| KeyWrite {
+                        key: self.key(rng),
+                        value: (!deletes).then(|| self.value(seq)),
+                        expiration_ttl: None,
+                    })
+                    .collect();
+                let answer = if deletes {
+                    let keys = writes.iter().map(|w| w.key.clone()).collect();
+                    kv.delete_bulk(timed(api::DeleteBulkRequest { namespace_id: ns, keys })).await
+                } else {
+                    let items = writes
+                        .iter()
+                        .map(|w| api::BulkPutItem {
+                            key: w.key.clone(),
+                            value: w.value.clone().unwrap_or_default().into(),
+                            ..Default::default()
+                        })
+                        .collect();
+                    kv.put_bulk(timed(api::PutBulkRequest { namespace_id: ns, items })).await
+                };
+                let result = match answer {
+                    Ok(r) => WriteResult::Done(bulk_items(&writes, r.into_inner())),
+                    Err(s) => write_failure(s),
+                };
+                Call::Write { writes, result }
+            }
+            _ => {
+                let prefix = if rng.gen_bool(0.3) { "k1".to_string() } else { String::new() };
+                let result = list_all(kv, &ns, &prefix).await.map_err(|s| format!("{:?}: {}", s.code(), s.message()));
+                Call::List { prefix, result }
+            }
+        }
+    }
+}
+
+/// Each item's outcome in a bulk write's answer (all accepted items share its version).
+fn bulk_items(writes: &[KeyWrite], r: api::BulkWriteResponse) -> Vec<ItemDone> {
+    writes
+        .iter()
+        .map(|w| match r.errors.iter().find(|e| e.key == w.key) {
+            Some(e) => ItemDone { version: 0, expiration: None, refused: Some(e.message.clone()) },
+            None => ItemDone { version: r.version, expiration: None, refused: None },
+        })
+        .collect()
+}
+
+/// Every key of a list, page after page, from the start.
+async fn list_all(kv: &mut KvClient<Channel>, ns: &str, prefix: &str) -> Result<Vec<String>, Status> {
+    let mut names = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let req = api::ListRequest { namespace_id: ns.into(), prefix: prefix.into(), limit: Some(5), cursor };
+        let page = kv.list(timed(req)).await?.into_inner();
+        names.extend(page.keys.into_iter().map(|k| k.name));
+        if page.list_complete {
+            return Ok(names);
+        }
+        cursor = page.cursor;
+    }
+}
