@@ -241,6 +241,12 @@ impl Edge {
         self.metrics.writes.inc_by(written as u64);
         let spec = self.spec(secs(self.config.limits.default_cache_ttl_secs));
         self.observe(self.tier.write_through_response(&req, &resp, sent, &spec));
+        // A copy refreshed ahead of time before this write must never be promoted over it.
+        for (op, r) in req.ops.iter().zip(&resp.results) {
+            if r.error.is_none() && r.version > 0 {
+                self.refreshed.remove_older((req.namespace_id.clone(), op.key.clone()), r.version + 1);
+            }
+        }
         Ok(resp)
     }
 

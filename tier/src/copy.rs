@@ -33,6 +33,8 @@ pub struct Copy {
     fresh_ms: AtomicU64,
     /// Until when the copy stays in memory (for stale-if-error), capped by its expiration.
     pub hold_until: Instant,
+    /// How long after `as_of` the copy is held, before its value's expiration caps it.
+    hold_for: Duration,
     /// The tier's epoch it was filled in; copies of an older epoch must be revalidated.
     pub epoch: u64,
 }
@@ -48,19 +50,21 @@ impl Copy {
         hold_extra: Duration,
         epoch: u64,
     ) -> Self {
-        let hold_until = cap_by_expiration(as_of, fresh_for.saturating_add(hold_extra), value.as_ref());
-        Copy { value, version, as_of, fresh_ms: AtomicU64::new(millis(fresh_for)), hold_until, epoch }
+        let hold_for = fresh_for.saturating_add(hold_extra);
+        let hold_until = cap_by_expiration(as_of, hold_for, value.as_ref());
+        Copy { value, version, as_of, fresh_ms: AtomicU64::new(millis(fresh_for)), hold_until, hold_for, epoch }
     }
 
-    /// A newer version replacing this copy in place (a push): same deadlines, new contents.
+    /// A newer version replacing this copy in place (a push): same deadlines, new contents;
+    /// holding is capped by the new value's expiration, not the old one's.
     pub fn replaced_by(&self, value: Option<Value>, version: u64) -> Self {
-        let held = self.hold_until.saturating_duration_since(self.as_of);
         Copy {
-            hold_until: cap_by_expiration(self.as_of, held, value.as_ref()),
+            hold_until: cap_by_expiration(self.as_of, self.hold_for, value.as_ref()),
             value,
             version,
             as_of: self.as_of,
             fresh_ms: AtomicU64::new(self.fresh_ms.load(Ordering::Relaxed)),
+            hold_for: self.hold_for,
             epoch: self.epoch,
         }
     }
@@ -126,6 +130,16 @@ mod tests {
         assert!(c.fresh_for_read(now, Duration::from_secs(600)));
         assert!(!c.fresh_for_read(now, Duration::from_secs(5)), "10 s old is stale for a 5 s cacheTtl");
         assert!(!c.fresh_for_read(now, Duration::from_secs(600)), "and the shorter life stays");
+    }
+
+    #[test]
+    fn a_replacement_is_held_as_long_as_its_own_value_allows() {
+        let soon = kv_common::time::now_secs() + 2;
+        let v = Some(Value { bytes: Bytes::from_static(b"x"), metadata_json: None, expiration: Some(soon) });
+        let c = Copy::new(v, 1, Instant::now(), Duration::from_secs(60), Duration::from_secs(60), 0);
+        assert!(c.hold_until <= Instant::now() + Duration::from_secs(3));
+        let r = c.replaced_by(val("lasting"), 2);
+        assert!(r.hold_until >= Instant::now() + Duration::from_secs(100), "the old expiration no longer caps it");
     }
 
     #[test]

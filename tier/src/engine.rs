@@ -388,19 +388,20 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
         match effect {
             Effect::Set(key, value) => {
                 let noted = note(st, &key, Noted::Set(version, value.clone()));
-                match self.cache.replace_held(key.clone(), value.clone(), version) {
+                if let Some((as_of, spec)) = fill {
+                    // This tier's own write: a new copy, fresh as of when it was sent.
+                    let (fresh_for, hold_extra) = self.policy.lifetimes(spec);
+                    let c = Copy::new(value, version, as_of, fresh_for, hold_extra, st.epoch);
+                    return match self.cache.offer(key, Arc::new(c)) {
+                        crate::cache::Offer::Stored => Applied::Stored,
+                        crate::cache::Offer::Older => Applied::Older,
+                    };
+                }
+                match self.cache.replace_held(key, value, version) {
                     Some(crate::cache::Offer::Stored) => Applied::Stored,
                     Some(crate::cache::Offer::Older) => Applied::Older,
-                    None => match fill {
-                        Some((as_of, spec)) => {
-                            let (fresh_for, hold_extra) = self.policy.lifetimes(spec);
-                            let c = Copy::new(value, version, as_of, fresh_for, hold_extra, st.epoch);
-                            self.cache.offer(key, Arc::new(c));
-                            Applied::Stored
-                        }
-                        None if noted => Applied::Stored,
-                        None => Applied::NotHeld,
-                    },
+                    None if noted => Applied::Stored,
+                    None => Applied::NotHeld,
                 }
             }
             Effect::Unknown(key) => {

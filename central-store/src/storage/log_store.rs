@@ -21,7 +21,23 @@ use std::sync::{mpsc, Arc};
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    flush_tx: mpsc::Sender<LogFlushed<TypeConfig>>,
+    flusher: Arc<Flusher>,
+}
+
+/// The flusher thread and the way to it; dropping the last handle stops the thread and
+/// waits for it, so no thread outlives the database it syncs.
+struct Flusher {
+    tx: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl LogStore {
@@ -29,11 +45,11 @@ impl LogStore {
     pub fn new(db: Arc<DB>, metrics: Arc<Metrics>) -> Self {
         let (flush_tx, flush_rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let flush_db = db.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("raft-log-flusher".into())
             .spawn(move || flush_loop(&flush_db, &flush_rx, &metrics))
             .expect("spawning the log flusher thread");
-        LogStore { db, flush_tx }
+        LogStore { db, flusher: Arc::new(Flusher { tx: Some(flush_tx), thread: Some(thread) }) }
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -154,7 +170,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
         self.db.write_opt(batch, &opts).map_err(|e| StorageIOError::write_logs(&e))?;
-        self.flush_tx.send(callback).map_err(|_| StorageIOError::write_logs(any_error("log flusher stopped")))?;
+        let tx =
+            self.flusher.tx.as_ref().ok_or_else(|| StorageIOError::write_logs(any_error("log flusher stopped")))?;
+        tx.send(callback).map_err(|_| StorageIOError::write_logs(any_error("log flusher stopped")))?;
         Ok(())
     }
 

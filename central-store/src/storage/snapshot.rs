@@ -69,6 +69,29 @@ impl SnapshotDir {
             .await
     }
 
+    /// The receiving file holding the snapshot in `file`: `file` itself when it is the
+    /// receiving file (as `begin_receiving` made it), else a copy of it there, so what is
+    /// installed is always what becomes the current snapshot.
+    fn adopt(&self, mut file: File) -> anyhow::Result<File> {
+        use std::os::unix::fs::MetadataExt;
+        let receiving = self.path.join(RECEIVING);
+        let same = match std::fs::metadata(&receiving) {
+            Ok(m) => {
+                let f = file.metadata()?;
+                (m.dev(), m.ino()) == (f.dev(), f.ino())
+            }
+            Err(_) => false,
+        };
+        if same {
+            return Ok(file);
+        }
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0))?;
+        let mut copy =
+            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&receiving)?;
+        std::io::copy(&mut file, &mut copy)?;
+        Ok(copy)
+    }
+
     /// The newest complete snapshot, opened for reading.
     pub async fn current(&self) -> anyhow::Result<Option<Snapshot>> {
         let meta_path = self.path.join(CURRENT_META);
@@ -185,6 +208,7 @@ fn write_snapshot(db: &DB, dir: &SnapshotDir) -> anyhow::Result<()> {
 /// crash in between is finished at the next start by `resume_interrupted_install`.
 pub fn install(db: &DB, dir: &SnapshotDir, meta: &SnapshotMeta, file: File) -> anyhow::Result<()> {
     let _busy = dir.exclusive();
+    let file = dir.adopt(file)?;
     file.sync_all()?;
     let mut input = BufReader::with_capacity(1 << 20, file);
     // First make sure the file is whole, so a bad transfer never wipes the current state.
