@@ -85,8 +85,9 @@ pub struct MemberConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RaftTiming {
-    /// Also the deadline openraft 0.9 gives every AppendEntries, the follower's fsync
-    /// included, so it must cover a slow disk's worst sync, not just its average.
+    /// Also the deadline openraft 0.9 gives every heartbeat (appends with entries run as
+    /// transfers with deadlines of their own, see `raft::network`), so it must exceed the
+    /// round trip between voters: raise it (and the election timeouts) for distant voters.
     pub heartbeat_ms: u64,
     pub election_min_ms: u64,
     pub election_max_ms: u64,
@@ -132,9 +133,9 @@ impl Default for Config {
 impl Default for RaftTiming {
     fn default() -> Self {
         RaftTiming {
-            heartbeat_ms: 300,
-            election_min_ms: 1500,
-            election_max_ms: 3000,
+            heartbeat_ms: 100,
+            election_min_ms: 350,
+            election_max_ms: 700,
             snapshot_every: 20_000,
             keep_logs: 1_000,
         }

@@ -29,6 +29,7 @@ pub const MAX_STORE_MESSAGE_BYTES: usize = kv_common::client::MAX_MESSAGE_BYTES;
 
 /// Runs a node until `shutdown` resolves, then stops Raft and returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    crate::storage::check_format(&config.data_dir)?;
     let db = open_db(&config.data_dir.join("db")).context("opening RocksDB")?;
     let metrics = Metrics::new();
     let log_store = LogStore::new(db.clone(), metrics.clone());

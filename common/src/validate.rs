@@ -51,12 +51,17 @@ pub fn expiration(
 /// Returns the compact form, which is what gets stored.
 pub fn metadata(json: Option<&str>, limits: &Limits) -> KvResult<Option<String>> {
     let Some(text) = json else { return Ok(None) };
-    let parsed: serde_json::Value = serde_json::from_str(text).map_err(|_| KvError::MetadataNotJson)?;
-    let compact = parsed.to_string();
+    let compact = compact_json(text).ok_or(KvError::MetadataNotJson)?;
     if compact.len() > limits.max_metadata_bytes {
         return Err(KvError::MetadataTooLarge { len: compact.len(), limit: limits.max_metadata_bytes });
     }
     Ok(Some(compact))
+}
+
+/// JSON text in the compact form the store keeps (`None` when it is not JSON): a tier that
+/// keeps what a write stored uses the same form.
+pub fn compact_json(text: &str) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(text).ok().map(|v| v.to_string())
 }
 
 /// Checks a value's size.

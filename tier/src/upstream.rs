@@ -213,6 +213,7 @@ impl Fetch for Upstream {
                     async move { c.get(r).await }
                 })
                 .await?;
+            time::learn_central_clock(sent_ms, r.central_time_ms);
             let version = r.entry.as_ref().map_or(r.version, |e| e.version);
             let answer =
                 Answer { value: r.entry.as_ref().map(value_of), version, as_of: as_of(sent, r.age_ms), stale: r.stale };

@@ -35,12 +35,13 @@ pub fn effect_of(c: &pb::Change) -> Effect {
     }
 }
 
-/// The value a write item puts (`None` for a delete), with the expiration the store resolved.
+/// The value a write item stored (`None` for a delete): its metadata in the compact form the
+/// store keeps, and the expiration the store resolved.
 pub fn written_value(op: &pb::WriteOp, result: &pb::OpResult) -> Option<Value> {
     match &op.op {
         Some(pb::write_op::Op::Put(p)) => Some(Value {
             bytes: p.value.clone(),
-            metadata_json: p.metadata_json.clone(),
+            metadata_json: p.metadata_json.as_deref().and_then(kv_common::validate::compact_json),
             expiration: result.expiration,
         }),
         _ => None,
@@ -55,4 +56,18 @@ pub fn age_ms(age: Duration) -> u32 {
 /// The instant an answer is fresh as of, given when its request was sent and the age it came with.
 pub fn as_of(sent: Instant, age_ms: u32) -> Instant {
     sent.checked_sub(Duration::from_millis(u64::from(age_ms))).unwrap_or(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_value_holds_its_metadata_as_the_store_keeps_it() {
+        let put = pb::Put { value: "v".into(), metadata_json: Some("{ \"a\" : [1, 2] }".into()), ..Default::default() };
+        let op = pb::WriteOp { key: "k".into(), op: Some(pb::write_op::Op::Put(put)) };
+        let result = pb::OpResult { key: "k".into(), version: 3, error: None, expiration: Some(99) };
+        let v = written_value(&op, &result).expect("a put");
+        assert_eq!((v.metadata_json.as_deref(), v.expiration), (Some("{\"a\":[1,2]}"), Some(99)));
+    }
 }

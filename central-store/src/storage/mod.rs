@@ -15,6 +15,31 @@ use std::sync::Arc;
 /// Values at least this large go to RocksDB blob files, so compaction never rewrites them.
 const MIN_BLOB_SIZE: u64 = 4096;
 
+/// What this build writes to disk; data written by another format is refused, not misread.
+const FORMAT: &str = "kv-central-store data format 2 (request records, freshness proofs)";
+
+/// Checks that `data_dir` holds data this build can read (or is new, then marks it).
+pub fn check_format(data_dir: &Path) -> anyhow::Result<()> {
+    let marker = data_dir.join("FORMAT");
+    match std::fs::read_to_string(&marker) {
+        Ok(found) if found.trim() == FORMAT => Ok(()),
+        Ok(found) => anyhow::bail!(
+            "{} holds data of another format ({:?}); this build writes {FORMAT:?}: remove the directory",
+            data_dir.display(),
+            found.trim()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if data_dir.join("db").exists() {
+                anyhow::bail!("{} holds data written by an older build: remove the directory", data_dir.display());
+            }
+            std::fs::create_dir_all(data_dir)?;
+            std::fs::write(&marker, format!("{FORMAT}\n"))?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Opens (or creates) the node's database with every column family.
 pub fn open_db(dir: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     let mut opts = Options::default();
