@@ -37,6 +37,13 @@ impl NodeProc {
         self.dir.join("node.log")
     }
 
+    /// Writes the node's config file: its own lines (`specific`), its listeners, then `extra`
+    /// (the topology's TOML for every node of its kind). TOML tables go in `tables`, last.
+    fn write_config(&self, specific: &str, extra: &str, tables: &str) -> std::io::Result<()> {
+        let text = format!("{specific}listen = \"{}\"\nhttp_listen = \"{}\"\n{extra}\n{tables}", self.grpc, self.http);
+        std::fs::write(self.config_path(), text)
+    }
+
     /// Starts the process (again) from its config file; it dies with this process.
     pub fn start(&mut self) -> anyhow::Result<()> {
         let child = spawn_node(&self.bin, &self.config_path(), &self.log_path(), self.log_filter.as_deref(), &self.env)
@@ -268,15 +275,12 @@ impl LocalCluster {
                 .filter_map(|(j, l)| l.as_ref().map(|l| format!("\"{}\" = \"{}\"\n", j + 1, l.listen)))
                 .collect();
             let n = &mut cluster.central[i];
-            let text = format!(
-                "node_id = {}\nlisten = \"{}\"\nhttp_listen = \"{}\"\ndata_dir = \"{}\"\ninitial_members = [{members}]\n{}\n[peer_routes]\n{routes}",
+            let specific = format!(
+                "node_id = {}\ndata_dir = \"{}\"\ninitial_members = [{members}]\n",
                 i + 1,
-                n.grpc,
-                n.http,
-                n.dir.join("data").display(),
-                cluster.central_config,
+                n.dir.join("data").display()
             );
-            std::fs::write(n.config_path(), text)?;
+            n.write_config(&specific, &cluster.central_config, &format!("[peer_routes]\n{routes}"))?;
             n.start()?;
         }
         if topology.central.initialize {
@@ -304,15 +308,12 @@ impl LocalCluster {
                 let mut node = node(&e.name, topology, root, binary(&bins, "edge-node")?, ports(base, 400, edge_no)?)?;
                 edge_no += 1;
                 let mode = e.mode.as_ref().map(|m| format!("mode = \"{m}\"\n")).unwrap_or_default();
-                let text = format!(
-                    "id = \"{}\"\nlisten = \"{}\"\nhttp_listen = \"{}\"\nupstream = [{}]\n{mode}{}\n",
-                    e.name,
-                    node.grpc,
-                    node.http,
-                    quoted_list(links.iter().map(|l| l.listen)),
-                    topology.edge_config
-                );
-                std::fs::write(node.config_path(), text)?;
+                let upstream = quoted_list(links.iter().map(|l| l.listen));
+                node.write_config(
+                    &format!("id = \"{}\"\nupstream = [{upstream}]\n{mode}", e.name),
+                    &topology.edge_config,
+                    "",
+                )?;
                 node.start()?;
                 let link = links.remove(0);
                 edges.push(Edge { node, link, standby_links: links });
@@ -339,15 +340,12 @@ impl LocalCluster {
         let central_links =
             self.central.iter().map(|c| DelayLink::start(c.grpc, delay)).collect::<Result<Vec<_>, _>>()?;
         let mut regional = node(name, topology, root, binary(bins, "regional-tier")?, port)?;
-        let text = format!(
-            "region = \"{}\"\nlisten = \"{}\"\nhttp_listen = \"{}\"\ncentral = [{}]\n{}\n",
-            spec.name,
-            regional.grpc,
-            regional.http,
-            quoted_list(central_links.iter().map(|l| l.listen)),
-            topology.regional_config
-        );
-        std::fs::write(regional.config_path(), text)?;
+        let central = quoted_list(central_links.iter().map(|l| l.listen));
+        regional.write_config(
+            &format!("region = \"{}\"\ncentral = [{central}]\n", spec.name),
+            &topology.regional_config,
+            "",
+        )?;
         regional.start()?;
         Ok((regional, central_links))
     }
@@ -371,15 +369,8 @@ impl LocalCluster {
             env: Vec::new(),
             child: None,
         };
-        let text = format!(
-            "node_id = {}\nlisten = \"{}\"\nhttp_listen = \"{}\"\ndata_dir = \"{}\"\n{}\n",
-            i + 1,
-            n.grpc,
-            n.http,
-            n.dir.join("data").display(),
-            self.central_config,
-        );
-        std::fs::write(n.config_path(), text)?;
+        let specific = format!("node_id = {}\ndata_dir = \"{}\"\n", i + 1, n.dir.join("data").display());
+        n.write_config(&specific, &self.central_config, "")?;
         n.start()?;
         self.central.push(n);
         Ok(i)

@@ -14,16 +14,20 @@ use std::time::Duration;
 pub const TEST_LIMITS: &str =
     "[limits]\nkey_write_interval_ms = 200\nmin_expiration_ttl_secs = 1\nmin_cache_ttl_secs = 1\n";
 
+/// The real shape with test limits: 3 voters (a cuttable 1 ms link between every two), the
+/// limits of `TEST_LIMITS` everywhere, and the `[[regions]]` of `regions`.
+pub fn test_topology(regions: &str) -> Topology {
+    let text = format!("[central]\nvoters = 3\npeer_delay_ms = 1\nconfig = \"\"\"{TEST_LIMITS}\"\"\"\n{regions}");
+    let mut t = Topology::parse(&text).expect("the test topology parses");
+    t.edge_config = format!("max_stale_secs = 120\n{TEST_LIMITS}");
+    t
+}
+
 /// Two regions, each with a push-mode edge and a ttl-mode edge:
 /// edge 0 = a-push, 1 = a-ttl (region a), 2 = b-push, 3 = b-ttl (region b).
 pub fn two_regions(delay_ms: u64) -> Topology {
     let text = format!(
         r#"
-[central]
-voters = 3
-peer_delay_ms = 1
-config = """{TEST_LIMITS}"""
-
 [[regions]]
 name = "a"
 central_delay_ms = {delay_ms}
@@ -35,9 +39,8 @@ central_delay_ms = {delay_ms}
 edges = [{{ name = "b-push", delay_ms = 1 }}, {{ name = "b-ttl", delay_ms = 1, mode = "ttl" }}]
 "#
     );
-    let mut t = Topology::parse(&text).expect("the test topology parses");
+    let mut t = test_topology(&text);
     t.regional_config = "catch_up_wait_ms = 50\n".into();
-    t.edge_config = format!("max_stale_secs = 120\n{TEST_LIMITS}");
     t
 }
 

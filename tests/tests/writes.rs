@@ -6,7 +6,7 @@
 use kv_client::api::{self, CacheStatus};
 use kv_deploy::topology::Topology;
 use kv_proto::store::v1 as pb;
-use kv_tests::tiers::{put, seen, until_value, Tiers, A_PUSH, B_PUSH, TEST_LIMITS};
+use kv_tests::tiers::{put, seen, test_topology, until_value, Tiers, A_PUSH, B_PUSH};
 use kv_tests::*;
 use std::time::Duration;
 
@@ -86,28 +86,20 @@ async fn reads_right_after_a_create_or_a_put_at_the_same_edge_see_them() {
 
 /// Region a has a standby regional tier; edge 0 (a-push) may use either, edge 1 (b-push) writes.
 fn with_standby() -> Topology {
-    let text = format!(
+    test_topology(
         r#"
-[central]
-voters = 3
-peer_delay_ms = 1
-config = """{TEST_LIMITS}"""
-
 [[regions]]
 name = "a"
 central_delay_ms = 5
 standbys = 1
-edges = [{{ name = "a-push", delay_ms = 1 }}]
+edges = [{ name = "a-push", delay_ms = 1 }]
 
 [[regions]]
 name = "b"
 central_delay_ms = 5
-edges = [{{ name = "b-push", delay_ms = 1 }}]
-"#
-    );
-    let mut t = Topology::parse(&text).expect("the test topology parses");
-    t.edge_config = format!("max_stale_secs = 120\n{TEST_LIMITS}");
-    t
+edges = [{ name = "b-push", delay_ms = 1 }]
+"#,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

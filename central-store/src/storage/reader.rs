@@ -101,6 +101,15 @@ impl Reader {
         Ok(out)
     }
 
+    /// A RocksDB snapshot to read namespace `ns` from, or NOT_FOUND if it does not exist in it.
+    fn snapshot_of(&self, ns: &NamespaceId) -> StoreResult<SnapshotWithThreadMode<'_, DB>> {
+        let snap = self.db.snapshot();
+        if snap.get_cf(cf(&self.db, CF_NAMESPACES), ns.0)?.is_none() {
+            return Err(KvError::NamespaceNotFound.into());
+        }
+        Ok(snap)
+    }
+
     /// The highest log index applied on this replica.
     pub fn applied(&self) -> u64 {
         *self.applied.borrow()
@@ -139,18 +148,16 @@ impl Reader {
 
     /// Every namespace, ordered by title.
     pub fn namespaces(&self) -> StoreResult<Vec<NamespaceRecord>> {
-        self.consistent(|| self.namespaces_inner())
-    }
-
-    fn namespaces_inner(&self) -> StoreResult<Vec<NamespaceRecord>> {
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf(&self.db, CF_NS_TITLES), IteratorMode::Start) {
-            let (_, id) = item?;
-            if let Some(rec) = read_bincode::<NamespaceRecord>(&self.db, CF_NAMESPACES, &id)? {
-                out.push(rec);
+        self.consistent(|| {
+            let mut out = Vec::new();
+            for item in self.db.iterator_cf(cf(&self.db, CF_NS_TITLES), IteratorMode::Start) {
+                let (_, id) = item?;
+                if let Some(rec) = read_bincode::<NamespaceRecord>(&self.db, CF_NAMESPACES, &id)? {
+                    out.push(rec);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// One key of an existing namespace.
@@ -169,31 +176,21 @@ impl Reader {
         keys: &[K],
         now_secs: i64,
     ) -> StoreResult<(Vec<Option<StoredEntry>>, u64)> {
-        self.consistent(|| self.get_many_inner(ns, keys, now_secs))
-    }
-
-    fn get_many_inner<K: AsRef<str>>(
-        &self,
-        ns: &NamespaceId,
-        keys: &[K],
-        now_secs: i64,
-    ) -> StoreResult<(Vec<Option<StoredEntry>>, u64)> {
-        let read_version = self.applied();
-        let snap = self.db.snapshot();
-        if snap.get_cf(cf(&self.db, CF_NAMESPACES), ns.0)?.is_none() {
-            return Err(KvError::NamespaceNotFound.into());
-        }
-        let mut out = Vec::with_capacity(keys.len());
-        let mut newest = read_version;
-        for key in keys {
-            let ek = entry_key(ns, key.as_ref().as_bytes());
-            let entry = read_live(&self.db, &snap, &ek, now_secs)?;
-            if let Some(e) = &entry {
-                newest = newest.max(e.meta.version);
+        self.consistent(|| {
+            let read_version = self.applied();
+            let snap = self.snapshot_of(ns)?;
+            let mut out = Vec::with_capacity(keys.len());
+            let mut newest = read_version;
+            for key in keys {
+                let ek = entry_key(ns, key.as_ref().as_bytes());
+                let entry = read_live(&self.db, &snap, &ek, now_secs)?;
+                if let Some(e) = &entry {
+                    newest = newest.max(e.meta.version);
+                }
+                out.push(entry);
             }
-            out.push(entry);
-        }
-        Ok((out, newest))
+            Ok((out, newest))
+        })
     }
 
     /// One page of keys in byte order, after `cursor`, starting with `prefix`.
@@ -205,56 +202,44 @@ impl Reader {
         cursor: Option<&str>,
         now_secs: i64,
     ) -> StoreResult<ListPage> {
-        self.consistent(|| self.list_inner(ns, prefix, limit, cursor, now_secs))
-    }
-
-    fn list_inner(
-        &self,
-        ns: &NamespaceId,
-        prefix: &str,
-        limit: u32,
-        cursor: Option<&str>,
-        now_secs: i64,
-    ) -> StoreResult<ListPage> {
-        let snap = self.db.snapshot();
-        if snap.get_cf(cf(&self.db, CF_NAMESPACES), ns.0)?.is_none() {
-            return Err(KvError::NamespaceNotFound.into());
-        }
-        let after = cursor.map(decode_cursor).transpose()?;
-        let scope = entry_key(ns, prefix.as_bytes());
-        let start = match &after {
-            // Strictly after the cursor's key: the smallest key greater than it.
-            Some(last) if last.as_bytes() >= prefix.as_bytes() => {
-                let mut k = entry_key(ns, last.as_bytes());
-                k.push(0);
-                k
+        self.consistent(|| {
+            let snap = self.snapshot_of(ns)?;
+            let after = cursor.map(decode_cursor).transpose()?;
+            let scope = entry_key(ns, prefix.as_bytes());
+            let start = match &after {
+                // Strictly after the cursor's key: the smallest key greater than it.
+                Some(last) if last.as_bytes() >= prefix.as_bytes() => {
+                    let mut k = entry_key(ns, last.as_bytes());
+                    k.push(0);
+                    k
+                }
+                _ => scope.clone(),
+            };
+            let mut opts = ReadOptions::default();
+            opts.set_snapshot(&snap);
+            if let Some(end) = prefix_end(&scope) {
+                opts.set_iterate_upper_bound(end);
             }
-            _ => scope.clone(),
-        };
-        let mut opts = ReadOptions::default();
-        opts.set_snapshot(&snap);
-        if let Some(end) = prefix_end(&scope) {
-            opts.set_iterate_upper_bound(end);
-        }
-        let it =
-            self.db.iterator_cf_opt(cf(&self.db, CF_ENTRIES), opts, IteratorMode::From(&start, Direction::Forward));
-        let mut page = ListPage::default();
-        let mut last_seen: Option<String> = None;
-        for (examined, item) in it.enumerate() {
-            let (k, v) = item?;
-            let name = key_name(&k)?;
-            if page.keys.len() == limit as usize || examined == list_scan_budget(limit) {
-                // More keys follow: the page ends after the last key looked at.
-                page.cursor = last_seen.map(|n| encode_cursor(&n));
-                return Ok(page);
+            let it =
+                self.db.iterator_cf_opt(cf(&self.db, CF_ENTRIES), opts, IteratorMode::From(&start, Direction::Forward));
+            let mut page = ListPage::default();
+            let mut last_seen: Option<String> = None;
+            for (examined, item) in it.enumerate() {
+                let (k, v) = item?;
+                let name = key_name(&k)?;
+                if page.keys.len() == limit as usize || examined == list_scan_budget(limit) {
+                    // More keys follow: the page ends after the last key looked at.
+                    page.cursor = last_seen.map(|n| encode_cursor(&n));
+                    return Ok(page);
+                }
+                let meta: EntryMeta = bincode::deserialize(&v)?;
+                if !meta.tombstone && !kv_common::time::is_expired(meta.expiration, now_secs) {
+                    page.keys.push((name.clone(), meta));
+                }
+                last_seen = Some(name);
             }
-            let meta: EntryMeta = bincode::deserialize(&v)?;
-            if !meta.tombstone && !kv_common::time::is_expired(meta.expiration, now_secs) {
-                page.keys.push((name.clone(), meta));
-            }
-            last_seen = Some(name);
-        }
-        Ok(page)
+            Ok(page)
+        })
     }
 
     /// Change sets with versions greater than `from`, at most `max` of them. The floor and

@@ -7,7 +7,7 @@ use super::checker::{check, Final, Settings, Violation};
 use super::history::{Call, KeyRead, Op, Recorded, Recorder};
 use super::nemesis::Nemesis;
 use super::workload::{key_name, Client};
-use crate::tiers::TEST_LIMITS;
+use crate::tiers::{test_topology, TEST_LIMITS};
 use anyhow::Context;
 use kv_client::api::{self, kv_client::KvClient};
 use kv_deploy::launch::LocalCluster;
@@ -43,25 +43,19 @@ pub struct Outcome {
 /// The topology of a run: region 0 near the central store, region 1 far; edges in order
 /// near-push, near-ttl, far-push, far-ttl.
 pub fn topology() -> Topology {
-    let text = format!(
+    let mut t = test_topology(
         r#"
-[central]
-voters = 3
-peer_delay_ms = 1
-config = """{TEST_LIMITS}"""
-
 [[regions]]
 name = "near"
 central_delay_ms = 5
-edges = [{{ name = "near-push", delay_ms = 1 }}, {{ name = "near-ttl", delay_ms = 1, mode = "ttl" }}]
+edges = [{ name = "near-push", delay_ms = 1 }, { name = "near-ttl", delay_ms = 1, mode = "ttl" }]
 
 [[regions]]
 name = "far"
 central_delay_ms = 30
-edges = [{{ name = "far-push", delay_ms = 1 }}, {{ name = "far-ttl", delay_ms = 1, mode = "ttl" }}]
-"#
+edges = [{ name = "far-push", delay_ms = 1 }, { name = "far-ttl", delay_ms = 1, mode = "ttl" }]
+"#,
     );
-    let mut t = Topology::parse(&text).expect("the fault topology parses");
     t.edge_config = format!("max_stale_secs = {MAX_STALE_SECS}\n{TEST_LIMITS}");
     t
 }
