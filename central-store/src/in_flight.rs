@@ -29,7 +29,8 @@ impl InFlight {
             match map.get(id) {
                 Some(a) => a.clone(),
                 None => {
-                    let task = tokio::spawn(attempt);
+                    // The attempt keeps the first caller's trace and deadline.
+                    let task = kv_common::call::spawn(attempt);
                     let a = async move { task.await.unwrap_or_else(|e| Err(KvError::Internal(e.to_string()))) }
                         .boxed()
                         .shared();

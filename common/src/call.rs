@@ -52,6 +52,19 @@ impl Call {
     }
 }
 
+/// Spawns `fut` as a task that carries on the call being served (its trace and deadline),
+/// for work that must finish even if the handler that started it goes away.
+pub fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match Call::current() {
+        Some(call) => tokio::spawn(Call::scope(call, fut)),
+        None => tokio::spawn(fut),
+    }
+}
+
 /// When the call being served must be answered by; `fallback` from now when no call is.
 pub fn deadline_or(fallback: Duration) -> Instant {
     Call::current().map_or_else(|| Instant::now() + fallback, |c| c.deadline)

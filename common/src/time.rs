@@ -12,6 +12,7 @@
 //! Only a leader's proposal time ever reaches replicated state.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -39,6 +40,8 @@ pub fn now_secs() -> i64 {
 
 /// Recent upper bounds of (central clock - this clock), in milliseconds.
 static OFFSETS: Mutex<VecDeque<i64>> = Mutex::new(VecDeque::new());
+/// The tightest of them, read on every expiration check without the lock.
+static OFFSET: AtomicI64 = AtomicI64::new(0);
 
 /// Records what a central answer said of the central clock: `central_ms` was read there
 /// after this process sent the request at `sent_ms` (its own clock).
@@ -52,13 +55,12 @@ pub fn learn_central_clock(sent_ms: u64, central_ms: u64) {
         offsets.pop_front();
     }
     offsets.push_back(bound);
+    OFFSET.store(offsets.iter().copied().min().unwrap_or(0), Ordering::Release);
 }
 
 /// This process's best upper bound of the central clock, in milliseconds since the epoch.
 pub fn central_now_ms() -> u64 {
-    let offsets = OFFSETS.lock().unwrap_or_else(PoisonError::into_inner);
-    let offset = offsets.iter().copied().min().unwrap_or(0);
-    u64::try_from((now_ms() as i64).saturating_add(offset)).unwrap_or(0)
+    u64::try_from((now_ms() as i64).saturating_add(OFFSET.load(Ordering::Acquire))).unwrap_or(0)
 }
 
 /// `central_now_ms` in whole seconds: what expiration is judged on.

@@ -130,6 +130,9 @@ impl Edge {
 
     /// Waits (within the call's deadline) until the edge knows its start version.
     async fn until_ready(&self) -> TierResult<()> {
+        if self.is_ready() {
+            return Ok(());
+        }
         let mut rx = self.ready.subscribe();
         let wait = kv_common::call::remaining_or(self.default_budget());
         let ready = matches!(tokio::time::timeout(wait, rx.wait_for(|r| *r)).await, Ok(Ok(_)));

@@ -199,3 +199,37 @@ impl Answers {
         entry_of(&s.copy, kv_common::time::central_now_secs())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(feed: &Arc<FeedState>) -> RegionalPolicy {
+        let (entry_ttl, max_feed_age) = (Duration::from_secs(3600), Duration::from_secs(1));
+        RegionalPolicy { feed: feed.clone(), entry_ttl, max_feed_age }
+    }
+
+    fn copy(version: u64, as_of: Instant) -> Copy {
+        Copy::new(None, version, as_of, Duration::from_secs(3600), Duration::ZERO, 0)
+    }
+
+    #[test]
+    fn a_held_copy_is_fresh_only_while_the_feed_is_proved_and_has_reached_the_reader() {
+        let feed = Arc::new(FeedState::default());
+        let p = policy(&feed);
+        let old = Instant::now() - Duration::from_secs(10);
+        let c = copy(5, old);
+        let spec = |min_version| ReadSpec { min_version, max_age: Duration::from_secs(1), ..Default::default() };
+        assert!(!p.fresh(&c, &spec(0), 0), "never proved: an hour-old copy is not fresh");
+        feed.advance(20);
+        feed.prove(20, Instant::now());
+        assert!(p.fresh(&c, &spec(0), 0), "the feed keeps it current");
+        assert!(p.fresh(&c, &spec(20), 0));
+        assert!(!p.fresh(&c, &spec(21), 0), "the reader has seen a version the feed has not reached");
+        assert!(!p.fresh(&c, &spec(0), 1), "a copy of an older epoch");
+        // Stale answers too must reach what the reader has seen.
+        assert!(p.stale_ok(&c, &spec(20)));
+        assert!(!p.stale_ok(&c, &spec(21)), "older than the reader's own write: no stale answer");
+        assert!(p.stale_ok(&copy(30, old), &spec(21)), "unless the copy itself is that new");
+    }
+}

@@ -29,6 +29,7 @@ use kv_common::KvError;
 use kv_proto::store::v1 as pb;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -142,6 +143,8 @@ struct State {
 pub struct Tier<U, P> {
     pub cache: VersionedCache,
     state: Mutex<State>,
+    /// `State::epoch`, readable without the lock (hot reads check it), set with it.
+    epoch: AtomicU64,
     upstream: U,
     pub policy: P,
     pub metrics: CacheMetrics,
@@ -149,7 +152,14 @@ pub struct Tier<U, P> {
 
 impl<U: Fetch, P: Policy> Tier<U, P> {
     pub fn new(cache_bytes: u64, upstream: U, policy: P, metrics: CacheMetrics) -> Arc<Self> {
-        Arc::new(Tier { cache: VersionedCache::new(cache_bytes), state: Mutex::default(), upstream, policy, metrics })
+        Arc::new(Tier {
+            cache: VersionedCache::new(cache_bytes),
+            state: Mutex::default(),
+            epoch: AtomicU64::new(0),
+            upstream,
+            policy,
+            metrics,
+        })
     }
 
     pub fn upstream(&self) -> &U {
@@ -166,7 +176,7 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
     }
 
     pub fn epoch(&self) -> u64 {
-        self.lock().epoch
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// Whether a fetch of `key` is under way.
@@ -286,12 +296,7 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
                 self.metrics.upstream_fetches.inc();
                 let me = self.clone();
                 let (ns, spec) = (ns.to_owned(), ReadSpec { min_version: floor, ..spec.clone() });
-                let call = kv_common::call::Call::current();
-                let flight = async move { me.fly(ns, mine, spec, keep).await };
-                match call {
-                    Some(c) => tokio::spawn(kv_common::call::Call::scope(c, flight)),
-                    None => tokio::spawn(flight),
-                };
+                kv_common::call::spawn(async move { me.fly(ns, mine, spec, keep).await });
             }
             let mut again = Vec::new();
             for (i, mut rx, good_enough) in waits {
@@ -449,6 +454,7 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
     pub fn reset(&self, applied: u64, clear: bool) {
         let mut st = self.lock();
         st.epoch += 1;
+        self.epoch.store(st.epoch, Ordering::Release);
         st.applied = applied;
         if clear {
             self.cache.clear();

@@ -6,7 +6,7 @@
 use super::checker::{check, Final, Settings, Violation};
 use super::history::{Call, KeyRead, Op, Recorded, Recorder};
 use super::nemesis::Nemesis;
-use super::workload::{key_name, Client};
+use super::workload::{key_name, recorded, Client};
 use crate::tiers::{test_topology, TEST_LIMITS};
 use anyhow::Context;
 use kv_client::api::{self, kv_client::KvClient};
@@ -155,7 +155,7 @@ async fn final_state(
             async move { s.get(req).await }
         })
         .await?;
-        let value = r.entry.as_ref().map(|e| String::from_utf8_lossy(&e.value).into_owned());
+        let value = r.entry.as_ref().map(|e| recorded(&String::from_utf8_lossy(&e.value)));
         let version = r.entry.as_ref().map_or(r.version, |e| e.version);
         out.insert(key, (version, value));
         store = store.clone();
@@ -181,7 +181,7 @@ async fn final_reads(rec: &Recorder, edge: usize, addr: std::net::SocketAddr, ns
                 let r = r.into_inner();
                 vec![KeyRead {
                     key: key.clone(),
-                    value: r.found.then(|| String::from_utf8_lossy(&r.value).into_owned()),
+                    value: r.found.then(|| recorded(&String::from_utf8_lossy(&r.value))),
                     version: r.version,
                     stale: r.cache_status == api::CacheStatus::Stale as i32,
                     age_ms: r.age_ms,

@@ -62,10 +62,21 @@ fn write_failure(s: Status) -> WriteResult {
     }
 }
 
+/// Bytes of padding of a large value.
+const LARGE: usize = 70 * 1024;
+
+/// How a value is recorded: as it is, or a large one by its unique head and its length.
+pub fn recorded(value: &str) -> String {
+    match value.find('x') {
+        Some(at) if value.len() > 1024 => format!("{}+{}", &value[..at], value.len() - at),
+        _ => value.to_owned(),
+    }
+}
+
 fn read_of(key: String, found: bool, value: &[u8], version: u64, status: i32, age_ms: u64) -> KeyRead {
     KeyRead {
         key,
-        value: found.then(|| String::from_utf8_lossy(value).into_owned()),
+        value: found.then(|| recorded(&String::from_utf8_lossy(value))),
         version,
         stale: status == api::CacheStatus::Stale as i32,
         age_ms,
@@ -92,9 +103,12 @@ impl Client {
         key_name(rng.gen_range(0..self.keys))
     }
 
-    fn value(&self, seq: &mut u64) -> String {
+    /// A unique value; some are large enough that the change feed leaves them out (over
+    /// 64 KiB), so the tiers must fetch them.
+    fn value(&self, rng: &mut StdRng, seq: &mut u64) -> String {
         *seq += 1;
-        format!("c{}-{}", self.id, seq)
+        let large = if rng.gen_bool(0.05) { LARGE } else { 0 };
+        format!("c{}-{}{}", self.id, seq, "x".repeat(large))
     }
 
     async fn one(&self, rng: &mut StdRng, kv: &mut KvClient<Channel>, seq: &mut u64) -> Call {
@@ -144,15 +158,17 @@ impl Client {
                 Call::Read { keys, cache_ttl_secs: cache_ttl, result }
             }
             50..=67 => {
+                let key = self.key(rng);
+                let value = self.value(rng, seq);
                 let write = KeyWrite {
-                    key: self.key(rng),
-                    value: Some(self.value(seq)),
+                    key: key.clone(),
+                    value: Some(recorded(&value)),
                     expiration_ttl: rng.gen_bool(0.15).then(|| rng.gen_range(2..=4)),
                 };
                 let req = api::PutRequest {
                     namespace_id: ns,
-                    key: write.key.clone(),
-                    value: write.value.clone().unwrap_or_default().into(),
+                    key,
+                    value: value.into(),
                     expiration_ttl: write.expiration_ttl,
                     ..Default::default()
                 };
@@ -185,22 +201,25 @@ impl Client {
             73..=81 => {
                 let deletes = roll >= 79;
                 let n = rng.gen_range(2..=3);
-                let writes: Vec<KeyWrite> = (0..n)
-                    .map(|_| KeyWrite {
-                        key: self.key(rng),
-                        value: (!deletes).then(|| self.value(seq)),
+                let items: Vec<(String, Option<String>)> =
+                    (0..n).map(|_| (self.key(rng), (!deletes).then(|| self.value(rng, seq)))).collect();
+                let writes: Vec<KeyWrite> = items
+                    .iter()
+                    .map(|(key, value)| KeyWrite {
+                        key: key.clone(),
+                        value: value.as_deref().map(recorded),
                         expiration_ttl: None,
                     })
                     .collect();
                 let answer = if deletes {
-                    let keys = writes.iter().map(|w| w.key.clone()).collect();
+                    let keys = items.iter().map(|(k, _)| k.clone()).collect();
                     kv.delete_bulk(timed(api::DeleteBulkRequest { namespace_id: ns, keys })).await
                 } else {
-                    let items = writes
+                    let items = items
                         .iter()
-                        .map(|w| api::BulkPutItem {
-                            key: w.key.clone(),
-                            value: w.value.clone().unwrap_or_default().into(),
+                        .map(|(key, value)| api::BulkPutItem {
+                            key: key.clone(),
+                            value: value.clone().unwrap_or_default().into(),
                             ..Default::default()
                         })
                         .collect();
