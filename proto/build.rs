@@ -20,6 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_build::configure()
         .build_server(true)
         .build_client(true)
+        .codec_path("crate::codec::Codec")
         // Values are shared between caches, pushes and replies without copying.
         .bytes([".kv.client.v1", ".kv.store.v1.Entry.value", ".kv.store.v1.Change.value", ".kv.store.v1.Put.value"])
         .compile_fds(fds)?;

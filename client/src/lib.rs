@@ -108,7 +108,7 @@ impl Client {
     pub async fn list_namespaces(&self) -> Result<Vec<api::Namespace>, Status> {
         let mut all = Vec::new();
         for page in 1.. {
-            let req = api::ListNamespacesRequest { page, per_page: 100 };
+            let req = api::ListNamespacesRequest { page, per_page: 1000, ..Default::default() };
             let r = call!(self, list_namespaces, req)?;
             let done = r.namespaces.is_empty() || all.len() + r.namespaces.len() >= r.total_count as usize;
             all.extend(r.namespaces);

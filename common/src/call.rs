@@ -24,6 +24,11 @@ use tonic::codegen::http;
 use tracing::instrument::Instrumented;
 use tracing::Instrument;
 
+/// What a call shed for overload is told.
+pub const OVERLOADED: &str = "this node is overloaded; retry elsewhere or later";
+/// What a call that outlived its deadline is told.
+pub const LATE: &str = "the call's deadline passed before it was answered";
+
 /// The W3C trace context header.
 pub const TRACEPARENT: &str = "traceparent";
 /// gRPC's deadline header.
@@ -141,6 +146,55 @@ impl CallLayer {
     pub fn new(default_budget: Duration, max_in_flight: usize) -> Self {
         CallLayer { default_budget, max_in_flight, in_flight: Arc::default() }
     }
+
+    /// Admits one call to be served, or `None` when `max_in_flight` calls already are. The
+    /// gRPC server and the REST gateway admit through one layer, so one bound covers both.
+    /// `api` and `method` name the call in its span; `traceparent` and `budget` are what the
+    /// caller sent (the default budget when it sent none).
+    pub fn admit(
+        &self,
+        api: &'static str,
+        method: &str,
+        traceparent: Option<&str>,
+        budget: Option<Duration>,
+    ) -> Option<Admitted> {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max_in_flight {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let slot = Slot(self.in_flight.clone());
+        let parent = traceparent.and_then(TraceContext::parse);
+        let budget = budget.unwrap_or(self.default_budget);
+        let trace = TraceContext::child_of(parent.as_ref());
+        let span = tracing::info_span!(
+            "call",
+            api,
+            method = %method,
+            trace_id = %format_args!("{:032x}", trace.trace_id),
+            span_id = %format_args!("{:016x}", trace.span_id),
+            parent_id = %parent.map(|p| format!("{:016x}", p.span_id)).unwrap_or_default(),
+        );
+        span.in_scope(|| tracing::debug!(budget_ms = budget.as_millis() as u64, "call received"));
+        Some(Admitted { call: Call { trace, deadline: Instant::now() + budget }, span, slot })
+    }
+}
+
+/// A call admitted by `CallLayer::admit`: its context, its span, and its place among the
+/// calls in flight, held until it is dropped.
+pub struct Admitted {
+    pub call: Call,
+    pub span: tracing::Span,
+    slot: Slot,
+}
+
+impl Admitted {
+    /// Runs `f` as this call: in its span and context, until its deadline (`None` past it).
+    pub async fn serve<F: Future>(self, f: F) -> Option<F::Output> {
+        let Admitted { call, span, slot } = self;
+        let out = tokio::time::timeout_at(call.deadline.into(), CURRENT.scope(call, f.instrument(span))).await;
+        drop(slot);
+        out.ok()
+    }
 }
 
 impl<S> tower_layer::Layer<S> for CallLayer {
@@ -185,7 +239,7 @@ where
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(answer)) => Poll::Ready(answer),
             Poll::Ready(Err(_)) => {
-                let late = tonic::Status::deadline_exceeded("the call's deadline passed before it was answered");
+                let late = tonic::Status::deadline_exceeded(LATE);
                 Poll::Ready(Ok(late.into_http()))
             }
         }
@@ -209,26 +263,13 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let in_flight = &self.layer.in_flight;
-        if in_flight.fetch_add(1, Ordering::AcqRel) >= self.layer.max_in_flight {
-            in_flight.fetch_sub(1, Ordering::AcqRel);
-            let shed = tonic::Status::unavailable("this node is overloaded; retry elsewhere or later");
-            return Either::Left(futures::future::ready(Ok(shed.into_http())));
-        }
-        let slot = Slot(in_flight.clone());
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-        let parent = header(TRACEPARENT).and_then(TraceContext::parse);
-        let budget = header(GRPC_TIMEOUT).and_then(parse_grpc_timeout).unwrap_or(self.layer.default_budget);
-        let trace = TraceContext::child_of(parent.as_ref());
-        let span = tracing::info_span!(
-            "grpc",
-            method = %req.uri().path(),
-            trace_id = %format_args!("{:032x}", trace.trace_id),
-            span_id = %format_args!("{:016x}", trace.span_id),
-            parent_id = %parent.map(|p| format!("{:016x}", p.span_id)).unwrap_or_default(),
-        );
-        span.in_scope(|| tracing::debug!(budget_ms = budget.as_millis() as u64, "call received"));
-        let call = Call { trace, deadline: Instant::now() + budget };
+        let budget = header(GRPC_TIMEOUT).and_then(parse_grpc_timeout);
+        let Some(admitted) = self.layer.admit("grpc", req.uri().path(), header(TRACEPARENT), budget) else {
+            let shed = tonic::Status::unavailable(OVERLOADED);
+            return Either::Left(futures::future::ready(Ok(shed.into_http())));
+        };
+        let Admitted { call, span, slot } = admitted;
         let served = CURRENT.scope(call, self.inner.call(req).instrument(span));
         Either::Right(Counted { inner: Box::pin(tokio::time::timeout_at(call.deadline.into(), served)), _slot: slot })
     }

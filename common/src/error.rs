@@ -6,8 +6,7 @@
 use serde::{Deserialize, Serialize};
 use tonic::{metadata::MetadataValue, Code, Status};
 
-/// Metadata key that carries the HTTP-equivalent status of a gRPC error.
-pub const HTTP_STATUS_TRAILER: &str = "kv-http-status";
+pub use kv_proto::HTTP_STATUS_TRAILER;
 /// Metadata key that carries the Cloudflare-style error code, where the contract names one.
 pub const ERROR_CODE_TRAILER: &str = "kv-error-code";
 
@@ -19,7 +18,9 @@ pub type KvResult<T> = Result<T, KvError>;
 pub enum KvError {
     #[error("Key names must not be empty")]
     KeyEmpty,
-    #[error("Illegal key name \"{key}\" . Please use a different name.")]
+    #[error("{}", kv_proto::KEY_NOT_UTF8)]
+    KeyNotUtf8,
+    #[error("Illegal key name \"{key}\". Please use a different name.")]
     KeyIllegal { key: String },
     #[error("UTF-8 encoded length of {len} exceeds key length limit of {limit}.")]
     KeyTooLong { len: usize, limit: usize },
@@ -61,6 +62,9 @@ pub enum KvError {
     BulkWriteTooLarge { bytes: usize, max: usize },
     #[error("Too Many Requests")]
     TooManyRequests,
+    /// Only the REST API, whose value and metadata reads answer 404 for a missing key.
+    #[error("key not found")]
+    KeyNotFound,
     #[error("namespace not found")]
     NamespaceNotFound,
     #[error("a namespace with this account ID and title already exists")]
@@ -88,7 +92,7 @@ impl KvError {
             | BulkWriteTooMany { .. }
             | BulkWriteTooLarge { .. } => 413,
             TooManyRequests => 429,
-            NamespaceNotFound => 404,
+            NamespaceNotFound | KeyNotFound => 404,
             Unavailable(_) => 503,
             Internal(_) => 500,
             _ => 400,
@@ -111,6 +115,7 @@ impl KvError {
         match self {
             KvError::NamespaceTitleExists => Some(10014),
             KvError::NamespaceNotFound => Some(10013),
+            KvError::KeyNotFound => Some(10009),
             KvError::TooManyRequests => Some(10049),
             _ => None,
         }

@@ -15,7 +15,17 @@ pub async fn serve_http(
     render: RenderMetrics,
     health: CheckHealth,
 ) -> std::io::Result<()> {
-    let app = Router::new().route("/metrics", get(move || async move { render() })).route(
+    serve_http_with(listener, render, health, Router::new()).await
+}
+
+/// `serve_http`, with `routes` served beside `/metrics` and `/health` (an edge's REST API).
+pub async fn serve_http_with(
+    listener: tokio::net::TcpListener,
+    render: RenderMetrics,
+    health: CheckHealth,
+    routes: Router,
+) -> std::io::Result<()> {
+    let app = routes.route("/metrics", get(move || async move { render() })).route(
         "/health",
         get(move || async move {
             let (ok, text) = health();

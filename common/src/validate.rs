@@ -17,6 +17,14 @@ pub fn key(key: &str, limits: &Limits) -> KvResult<()> {
     Ok(())
 }
 
+/// Checks a list prefix: at most as long as a key may be (an empty prefix lists everything).
+pub fn prefix(prefix: &str, limits: &Limits) -> KvResult<()> {
+    if prefix.len() > limits.max_key_bytes {
+        return Err(KvError::KeyTooLong { len: prefix.len(), limit: limits.max_key_bytes });
+    }
+    Ok(())
+}
+
 /// Resolves `expiration` / `expiration_ttl` into one absolute expiration (Unix seconds)
 /// measured from `now_secs`; the TTL wins when both are given.
 pub fn expiration(
@@ -62,6 +70,16 @@ pub fn metadata(json: Option<&str>, limits: &Limits) -> KvResult<Option<String>>
 /// keeps what a write stored uses the same form.
 pub fn compact_json(text: &str) -> Option<String> {
     serde_json::from_str::<serde_json::Value>(text).ok().map(|v| v.to_string())
+}
+
+/// Whether `text` is what JavaScript's `JSON.parse` accepts, as a bulk get of type `json`
+/// must judge it (SPEC.md section 3): the JSON grammar with no depth limit, numbers of any
+/// magnitude (`1e400`) and lone surrogate escapes. serde_json skips a value without building
+/// it, which checks exactly the grammar, iteratively. A leading byte-order mark is dropped,
+/// as decoding a value's bytes to text does before `JSON.parse` sees them.
+pub fn is_json(text: &str) -> bool {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
 }
 
 /// Checks a value's size.
@@ -183,8 +201,8 @@ mod tests {
     fn key_rules() {
         let l = Limits::default();
         assert_eq!(msg(key("", &l)), (400, "Key names must not be empty".into()));
-        assert_eq!(msg(key(".", &l)), (400, "Illegal key name \".\" . Please use a different name.".into()));
-        assert_eq!(msg(key("..", &l)), (400, "Illegal key name \"..\" . Please use a different name.".into()));
+        assert_eq!(msg(key(".", &l)), (400, "Illegal key name \".\". Please use a different name.".into()));
+        assert_eq!(msg(key("..", &l)), (400, "Illegal key name \"..\". Please use a different name.".into()));
         assert!(key("...", &l).is_ok());
         assert!(key(&"a".repeat(512), &l).is_ok());
         assert_eq!(
@@ -194,6 +212,30 @@ mod tests {
         // The limit counts UTF-8 bytes, not characters: 171 three-byte characters are 513 bytes.
         assert_eq!(msg(key(&"€".repeat(171), &l)).0, 414);
         assert!(key(&"€".repeat(170), &l).is_ok());
+    }
+
+    #[test]
+    fn prefix_rules() {
+        let l = Limits::default();
+        assert!(prefix("", &l).is_ok());
+        assert!(prefix(&"p".repeat(512), &l).is_ok());
+        assert_eq!(
+            msg(prefix(&"p".repeat(513), &l)),
+            (414, "UTF-8 encoded length of 513 exceeds key length limit of 512.".into())
+        );
+    }
+
+    #[test]
+    fn json_is_what_javascript_parses() {
+        let deep = format!("{}{}", "[".repeat(200_000), "]".repeat(200_000));
+        for ok in
+            ["1e400", "-1E-400", "\"\\ud800\"", &deep, " {\"a\": [1, 2.5, true, null]} ", "\u{feff}1", "\"\u{fffd}\""]
+        {
+            assert!(is_json(ok), "{ok:.20}");
+        }
+        for bad in ["", "[1,]", "01", "1.", "'a'", "\"a\u{1}\"", "NaN", "{\"a\"}", "[1] x", &deep[1..]] {
+            assert!(!is_json(bad), "{bad:.20}");
+        }
     }
 
     #[test]

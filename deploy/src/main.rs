@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
         println!("  {:<14} grpc {}  metrics http://{}/metrics", r.regional.name, r.regional.grpc, r.regional.http);
         for e in &r.edges {
             println!(
-                "  {:<14} grpc {}  metrics http://{}/metrics  (edge <-> regional: {} ms each way)",
+                "  {:<14} grpc {}  REST http://{}/client/v4  (edge <-> regional: {} ms each way)",
                 e.node.name,
                 e.node.grpc,
                 e.node.http,
@@ -56,9 +56,11 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let first = cluster.edges().next().map(|e| e.node.grpc.to_string()).unwrap_or_default();
-    println!("\nclient endpoints are the edges' grpc addresses; try:");
+    let first_http = cluster.edges().next().map(|e| e.node.http.to_string()).unwrap_or_default();
+    println!("\nclient endpoints are the edges' grpc addresses, or their REST base URLs; try:");
     println!("  export KV_ENDPOINT={first}");
     println!("  cargo run --release -p kv-client --bin kv -- namespace create demo");
+    println!("  export CLOUDFLARE_API_BASE_URL=http://{first_http}/client/v4   # for wrangler and the SDKs");
     println!("\nrunning; Ctrl-C stops every process.");
     kv_common::serve::shutdown_signal().await;
     cluster.stop();

@@ -16,7 +16,8 @@ use tonic::{Request, Response, Status, Streaming};
 /// Size of the value chunks GetStream sends.
 const STREAM_CHUNK: usize = 256 << 10;
 
-/// The client API of one edge.
+/// The client API of one edge (the REST gateway calls it too).
+#[derive(Clone)]
 pub struct KvApi(pub Arc<Edge>);
 
 impl KvApi {
@@ -176,7 +177,12 @@ impl Kv for KvApi {
         req: Request<api::ListNamespacesRequest>,
     ) -> Result<Response<api::ListNamespacesResponse>, Status> {
         let req = req.into_inner();
-        let r = pb::ListNamespacesRequest { page: req.page, per_page: req.per_page };
+        let r = pb::ListNamespacesRequest {
+            page: req.page,
+            per_page: req.per_page,
+            order: req.order,
+            direction: req.direction,
+        };
         let out = self.0.tier.upstream().list_namespaces(r).await?;
         Ok(Response::new(api::ListNamespacesResponse {
             namespaces: out.namespaces.into_iter().map(to_namespace).collect(),
@@ -253,7 +259,8 @@ impl Kv for KvApi {
             let s = s?;
             let v = s.copy.visible(now);
             total += v.map_or(0, |v| v.bytes.len());
-            if json && v.is_some_and(|v| serde_json::from_slice::<serde_json::Value>(&v.bytes).is_err()) {
+            let text = v.map(|v| String::from_utf8_lossy(&v.bytes).into_owned());
+            if json && text.as_deref().is_some_and(|t| !validate::is_json(t)) {
                 return Err(KvError::BulkGetNotJson.into());
             }
             let status = cache_status(s.source);
@@ -261,7 +268,7 @@ impl Kv for KvApi {
             values.push(api::BulkValue {
                 key,
                 found: v.is_some(),
-                value: v.map(|v| String::from_utf8_lossy(&v.bytes).into_owned()).unwrap_or_default(),
+                value: text.unwrap_or_default(),
                 metadata_json: v.filter(|_| req.with_metadata).and_then(|v| v.metadata_json.clone()),
                 cache_status: status as i32,
                 version: s.copy.version,
@@ -358,6 +365,7 @@ impl Kv for KvApi {
         let req = req.into_inner();
         let ns = self.namespace(&req.namespace_id)?;
         let limit = self.check(validate::list_limit(req.limit, &self.0.config.limits))?;
+        self.check(validate::prefix(&req.prefix, &self.0.config.limits))?;
         let r = pb::ListRequest {
             namespace_id: ns.to_string(),
             prefix: req.prefix,

@@ -16,6 +16,9 @@ pub enum Mode {
     Ttl,
 }
 
+/// The account id every edge serves unless configured otherwise.
+pub const DEFAULT_ACCOUNT_ID: &str = "00000000000000000000000000000001";
+
 /// Everything an edge node needs to run.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -24,8 +27,13 @@ pub struct Config {
     pub id: String,
     /// gRPC: the client API, health, reflection.
     pub listen: SocketAddr,
-    /// HTTP: `/metrics` and `/health`.
+    /// HTTP: the REST API (`/client/v4`), `/metrics` and `/health`.
     pub http_listen: SocketAddr,
+    /// The one account the REST API serves (32 hex characters); every edge of a cluster
+    /// must name the same.
+    pub account_id: String,
+    /// The account's name, as `/accounts` shows it.
+    pub account_name: String,
     /// The regional tier (first) and any fallbacks, tried in turn.
     pub upstream: Vec<String>,
     pub mode: Mode,
@@ -57,6 +65,8 @@ impl Default for Config {
             id: "edge-1".into(),
             listen: ([127, 0, 0, 1], 7501).into(),
             http_listen: ([127, 0, 0, 1], 7601).into(),
+            account_id: DEFAULT_ACCOUNT_ID.into(),
+            account_name: "kv".into(),
             upstream: vec!["127.0.0.1:7301".into()],
             mode: Mode::Push,
             cache_bytes: 128 << 20,

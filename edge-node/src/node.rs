@@ -1,8 +1,10 @@
-//! A running edge node: the push follower and the gRPC and HTTP servers.
+//! A running edge node: the push follower, the gRPC server, and the HTTP server (the REST
+//! gateway, `/metrics`, `/health`), both under one `CallLayer`.
 
 use crate::api::KvApi;
 use crate::config::Config;
 use crate::edge::Edge;
+use crate::rest::{self, Account, Gateway};
 use anyhow::Context;
 use kv_common::call::CallLayer;
 use kv_common::client::MAX_MESSAGE_BYTES;
@@ -22,11 +24,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let (mut health, health_service, reflection) = serve::health_and_reflection(kv_proto::FILE_DESCRIPTOR_SET)?;
     health.set_serving::<KvServer<KvApi>>().await;
     let (e, h) = (edge.clone(), edge.clone());
-    tokio::spawn(serve::serve_http(http, Arc::new(move || e.render_metrics()), Arc::new(move || h.health())));
+    let layer = CallLayer::new(edge.default_budget(), edge.config.max_in_flight);
+    let account = Account { id: edge.config.account_id.clone(), name: edge.config.account_name.clone() };
+    let rest = rest::router(Gateway::new(KvApi(edge.clone()), account, layer.clone()));
+    tokio::spawn(serve::serve_http_with(
+        http,
+        Arc::new(move || e.render_metrics()),
+        Arc::new(move || h.health()),
+        rest,
+    ));
     tokio::spawn(crate::pushes::follow(edge.clone()));
     tokio::spawn(edge.clone().learn_start_version());
 
-    let server = kv_common::call::server(CallLayer::new(edge.default_budget(), edge.config.max_in_flight))
+    let server = kv_common::call::server(layer)
         .add_service(
             KvServer::new(KvApi(edge))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -44,5 +44,13 @@ pub mod tier {
     }
 }
 
+pub mod codec;
+
+/// Metadata key that carries the HTTP-equivalent status of a gRPC error (SPEC.md section 2).
+pub const HTTP_STATUS_TRAILER: &str = "kv-http-status";
+
+/// What a key that is not UTF-8 is told, over gRPC and REST alike.
+pub const KEY_NOT_UTF8: &str = "Key names must be valid UTF-8.";
+
 /// The encoded descriptor set of every service, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kv_descriptor.bin"));

@@ -7,6 +7,7 @@
 //! `Cluster` is a central group alone; `tiers::Tiers` adds regional tiers and edges.
 
 pub mod fault;
+pub mod rest;
 pub mod tiers;
 
 use anyhow::{bail, Context};

@@ -7,7 +7,9 @@ use kv_client::api::{self, kv_client::KvClient};
 use kv_common::error::http_status_of;
 use kv_deploy::topology::Topology;
 use kv_proto::store::v1::{self as pb, central_store_client::CentralStoreClient};
+use kv_tests::rest::{error_code, Rest};
 use kv_tests::tiers::Tiers;
+use serde_json::{json, Value};
 use std::future::Future;
 use std::pin::Pin;
 use tonic::transport::Channel;
@@ -16,8 +18,20 @@ use tonic::{Code, Status};
 /// One node offering the contract.
 #[derive(Clone)]
 enum Target {
-    Edge(KvClient<Channel>),
-    Store(CentralStoreClient<Channel>),
+    Edge(KvClient<Channel>, Channel),
+    Store(CentralStoreClient<Channel>, Channel),
+    /// An edge's REST gateway, spoken to as any HTTP client would.
+    Rest(Rest),
+}
+
+/// A Get request whose key is raw bytes: both Get messages carry the namespace in field 1
+/// and the key in field 2, so this is how a client that sends bad UTF-8 looks on the wire.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawGet {
+    #[prost(string, tag = "1")]
+    namespace_id: String,
+    #[prost(bytes = "vec", tag = "2")]
+    key: Vec<u8>,
 }
 
 /// A put's options.
@@ -57,7 +71,7 @@ fn item_status(e: pb::OpError) -> Status {
 impl Target {
     async fn put(&self, ns: &str, key: &str, value: &[u8], o: Opts) -> Result<u64, Status> {
         match self {
-            Target::Edge(c) => {
+            Target::Edge(c, _) => {
                 let req = api::PutRequest {
                     namespace_id: ns.into(),
                     key: key.into(),
@@ -68,7 +82,7 @@ impl Target {
                 };
                 Ok(c.clone().put(req).await?.into_inner().version)
             }
-            Target::Store(c) => {
+            Target::Store(c, _) => {
                 let req = pb::WriteRequest {
                     namespace_id: ns.into(),
                     ops: vec![store_put(key, value, &o)],
@@ -80,12 +94,29 @@ impl Target {
                     None => Ok(r.version),
                 }
             }
+            Target::Rest(r) => {
+                let mut req = r.http.put(r.key_url(ns, "values", key.as_bytes()));
+                let query: Vec<(&str, i64)> = [("expiration", o.expiration), ("expiration_ttl", o.expiration_ttl)]
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k, v?)))
+                    .collect();
+                req = req.query(&query);
+                // With metadata, the multipart form the SDKs send; without, the raw value.
+                req = match o.metadata {
+                    Some(m) => {
+                        let value = reqwest::multipart::Part::bytes(value.to_vec()).file_name("blob");
+                        req.multipart(reqwest::multipart::Form::new().part("value", value).text("metadata", m))
+                    }
+                    None => req.body(value.to_vec()),
+                };
+                Ok(Rest::version(&r.send(req).await?))
+            }
         }
     }
 
     async fn get(&self, ns: &str, key: &str) -> Result<Option<Got>, Status> {
         match self {
-            Target::Edge(c) => {
+            Target::Edge(c, _) => {
                 let req =
                     api::GetRequest { namespace_id: ns.into(), key: key.into(), cache_ttl: None, with_metadata: true };
                 let r = c.clone().get(req).await?.into_inner();
@@ -96,7 +127,7 @@ impl Target {
                     version: r.version,
                 }))
             }
-            Target::Store(c) => {
+            Target::Store(c, _) => {
                 let req = pb::GetRequest { namespace_id: ns.into(), key: key.into(), ..Default::default() };
                 let r = c.clone().get(req).await?.into_inner();
                 Ok(r.entry.map(|e| Got {
@@ -106,18 +137,33 @@ impl Target {
                     version: e.version,
                 }))
             }
+            Target::Rest(r) => {
+                let missing = |s: &Status| s.code() == Code::NotFound && error_code(s) == Some(10009);
+                let resp = match r.send(r.http.get(r.key_url(ns, "values", key.as_bytes()))).await {
+                    Err(s) if missing(&s) => return Ok(None),
+                    other => other?,
+                };
+                let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()?.parse::<i64>().ok());
+                let (expiration, version) = (header("expiration"), header("kv-version").unwrap_or(0) as u64);
+                let value = resp.bytes().await.map_err(|e| Status::internal(e.to_string()))?.to_vec();
+                let meta = r.send(r.http.get(r.key_url(ns, "metadata", key.as_bytes()))).await?;
+                let text = meta.text().await.map_err(|e| Status::internal(e.to_string()))?;
+                let env: Value = serde_json::from_str(&text).map_err(|e| Status::internal(e.to_string()))?;
+                let metadata = (!env["result"].is_null()).then(|| env["result"].to_string());
+                Ok(Some(Got { value, metadata, expiration, version }))
+            }
         }
     }
 
     async fn delete(&self, ns: &str, key: &str) -> Result<u64, Status> {
         match self {
-            Target::Edge(c) => Ok(c
+            Target::Edge(c, _) => Ok(c
                 .clone()
                 .delete(api::DeleteRequest { namespace_id: ns.into(), key: key.into() })
                 .await?
                 .into_inner()
                 .version),
-            Target::Store(c) => {
+            Target::Store(c, _) => {
                 let op = pb::WriteOp { key: key.into(), op: Some(pb::write_op::Op::Delete(pb::Delete {})) };
                 let req = pb::WriteRequest { namespace_id: ns.into(), ops: vec![op], ..Default::default() };
                 let r = c.clone().write(req).await?.into_inner().results.remove(0);
@@ -125,6 +171,9 @@ impl Target {
                     Some(e) => Err(item_status(e)),
                     None => Ok(r.version),
                 }
+            }
+            Target::Rest(r) => {
+                Ok(Rest::version(&r.send(r.http.delete(r.key_url(ns, "values", key.as_bytes()))).await?))
             }
         }
     }
@@ -138,7 +187,7 @@ impl Target {
         cursor: &str,
     ) -> Result<(Vec<String>, bool, String), Status> {
         match self {
-            Target::Edge(c) => {
+            Target::Edge(c, _) => {
                 let req = api::ListRequest {
                     namespace_id: ns.into(),
                     prefix: prefix.into(),
@@ -148,7 +197,7 @@ impl Target {
                 let r = c.clone().list(req).await?.into_inner();
                 Ok((r.keys.into_iter().map(|k| k.name).collect(), r.list_complete, r.cursor))
             }
-            Target::Store(c) => {
+            Target::Store(c, _) => {
                 let req = pb::ListRequest {
                     namespace_id: ns.into(),
                     prefix: prefix.into(),
@@ -158,6 +207,15 @@ impl Target {
                 };
                 let r = c.clone().list(req).await?.into_inner();
                 Ok((r.keys.into_iter().map(|k| k.name).collect(), r.list_complete, r.cursor))
+            }
+            Target::Rest(r) => {
+                let mut query = vec![("prefix", prefix.to_owned()), ("cursor", cursor.to_owned())];
+                query.extend(limit.map(|l| ("limit", l.to_string())));
+                let env = r.call(r.http.get(r.ns_url(&format!("/{ns}/keys"))).query(&query)).await?;
+                let names = env["result"].as_array().into_iter().flatten();
+                let names = names.map(|k| k["name"].as_str().unwrap_or_default().to_owned()).collect();
+                let cursor = env["result_info"]["cursor"].as_str().unwrap_or_default().to_owned();
+                Ok((names, cursor.is_empty(), cursor))
             }
         }
     }
@@ -178,7 +236,7 @@ impl Target {
     /// Several puts in one request; per item, its version or its error.
     async fn put_many(&self, ns: &str, items: &[(&str, &str)]) -> Result<Vec<Result<u64, u32>>, Status> {
         match self {
-            Target::Edge(c) => {
+            Target::Edge(c, _) => {
                 let items_req = items
                     .iter()
                     .map(|(k, v)| api::BulkPutItem {
@@ -200,7 +258,7 @@ impl Target {
                     })
                     .collect())
             }
-            Target::Store(c) => {
+            Target::Store(c, _) => {
                 let ops = items.iter().map(|(k, v)| store_put(k, v.as_bytes(), &Opts::default())).collect();
                 let r = c
                     .clone()
@@ -209,24 +267,92 @@ impl Target {
                     .into_inner();
                 Ok(r.results.into_iter().map(|o| o.error.map_or(Ok(o.version), |e| Err(e.http_status))).collect())
             }
+            Target::Rest(r) => {
+                let body: Vec<Value> = items.iter().map(|(k, v)| json!({ "key": k, "value": v })).collect();
+                let resp = r.send(r.http.put(r.ns_url(&format!("/{ns}/bulk"))).json(&body)).await?;
+                let version = Rest::version(&resp);
+                let env: Value = resp.json().await.map_err(|e| Status::internal(e.to_string()))?;
+                let failed = &env["result"]["unsuccessful_keys"];
+                let failed: Vec<&str> = failed.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                Ok(items.iter().map(|(k, _)| if failed.contains(k) { Err(400) } else { Ok(version) }).collect())
+            }
         }
     }
 
     /// Several keys in one read.
+    /// Whether a client of this target can name `key` at all: a URL path normalizes the
+    /// segments `.` and `..` away (even as `%2E`), so no HTTP client sends them as keys.
+    fn can_name(&self, key: &str) -> bool {
+        !matches!(self, Target::Rest(_)) || !matches!(key, "." | "..")
+    }
+
+    /// A Get of a key given as raw bytes; only its error matters.
+    async fn get_raw_key(&self, ns: &str, key: &[u8]) -> Result<(), Status> {
+        let (channel, path) = match self {
+            Target::Edge(_, ch) => (ch, "/kv.client.v1.Kv/Get"),
+            Target::Store(_, ch) => (ch, "/kv.store.v1.CentralStore/Get"),
+            Target::Rest(r) => return r.send(r.http.get(r.key_url(ns, "values", key))).await.map(drop),
+        };
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let req = tonic::Request::new(RawGet { namespace_id: ns.into(), key: key.to_vec() });
+        let path = http::uri::PathAndQuery::from_static(path);
+        grpc.unary(req, path, tonic::codec::ProstCodec::<RawGet, ()>::default()).await.map(drop)
+    }
+
+    /// A bulk read of type `json`, where the target offers one (only the client API does).
+    async fn get_json(&self, ns: &str, keys: &[&str]) -> Option<Result<Vec<String>, Status>> {
+        if let Target::Rest(r) = self {
+            return Some(rest_json(r, ns, keys).await);
+        }
+        let Target::Edge(c, _) = self else { return None };
+        let keys = keys.iter().map(|k| k.to_string()).collect();
+        let req = api::GetBulkRequest {
+            namespace_id: ns.into(),
+            keys,
+            r#type: api::ValueType::Json as i32,
+            ..Default::default()
+        };
+        Some(c.clone().get_bulk(req).await.map(|r| r.into_inner().values.into_iter().map(|v| v.value).collect()))
+    }
+
     async fn get_many(&self, ns: &str, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Status> {
         match self {
-            Target::Edge(c) => {
+            Target::Edge(c, _) => {
                 let req = api::GetBulkRequest { namespace_id: ns.into(), keys: keys.to_vec(), ..Default::default() };
                 let r = c.clone().get_bulk(req).await?.into_inner();
                 Ok(r.values.into_iter().map(|v| v.found.then(|| v.value.into_bytes())).collect())
             }
-            Target::Store(c) => {
+            Target::Store(c, _) => {
                 let req = pb::BatchGetRequest { namespace_id: ns.into(), keys: keys.to_vec(), ..Default::default() };
                 let r = c.clone().batch_get(req).await?.into_inner();
                 Ok(r.results.into_iter().map(|k| k.entry.map(|e| e.value.to_vec())).collect())
             }
+            Target::Rest(r) => {
+                let body = json!({ "keys": keys, "type": "text" });
+                let env = r.call(r.http.post(r.ns_url(&format!("/{ns}/bulk/get"))).json(&body)).await?;
+                let values = &env["result"]["values"];
+                Ok(keys.iter().map(|k| values[k].as_str().map(|v| v.as_bytes().to_vec())).collect())
+            }
         }
     }
+}
+
+/// A REST bulk read of type `json`: each value's text exactly as the answer holds it.
+async fn rest_json(r: &Rest, ns: &str, keys: &[&str]) -> Result<Vec<String>, Status> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        result: Values,
+    }
+    #[derive(serde::Deserialize)]
+    struct Values {
+        values: std::collections::HashMap<String, Box<serde_json::value::RawValue>>,
+    }
+    let body = json!({ "keys": keys, "type": "json" });
+    let resp = r.send(r.http.post(r.ns_url(&format!("/{ns}/bulk/get"))).json(&body)).await?;
+    let text = resp.text().await.map_err(|e| Status::internal(e.to_string()))?;
+    let mut a: Answer = serde_json::from_str(&text).map_err(|e| Status::internal(format!("{e}: {text:.200}")))?;
+    Ok(keys.iter().map(|k| a.result.values.remove(*k).map(|v| v.get().to_owned()).unwrap_or_default()).collect())
 }
 
 /// Fails unless `r` is the contract's error: this gRPC code, HTTP-equivalent status and message.
@@ -276,18 +402,14 @@ fn cases() -> Vec<(&'static str, Case)> {
     vec![
         case!("key names are checked in the contract's words", |t, ns| {
             refused(t.put(ns, "", b"v", Opts::default()).await, INVALID, 400, "Key names must not be empty")?;
-            refused(
-                t.put(ns, ".", b"v", Opts::default()).await,
-                INVALID,
-                400,
-                "Illegal key name \".\" . Please use a different name.",
-            )?;
-            refused(
-                t.put(ns, "..", b"v", Opts::default()).await,
-                INVALID,
-                400,
-                "Illegal key name \"..\" . Please use a different name.",
-            )?;
+            for dots in [".", ".."].into_iter().filter(|k| t.can_name(k)) {
+                refused(
+                    t.put(ns, dots, b"v", Opts::default()).await,
+                    INVALID,
+                    400,
+                    &format!("Illegal key name \"{dots}\". Please use a different name."),
+                )?;
+            }
             let long = "é".repeat(257);
             refused(
                 t.put(ns, &long, b"v", Opts::default()).await,
@@ -302,6 +424,7 @@ fn cases() -> Vec<(&'static str, Case)> {
                 "UTF-8 encoded length of 514 exceeds key length limit of 512.",
             )?;
             refused(t.delete(ns, "").await, INVALID, 400, "Key names must not be empty")?;
+            refused(t.get_raw_key(ns, b"k\xff\xfe").await, INVALID, 400, "Key names must be valid UTF-8.")?;
             check(t.put(ns, &"k".repeat(512), b"v", Opts::default()).await.is_ok(), || "a 512-byte key is valid".into())
         }),
         case!("values, metadata and expirations are checked in the contract's order", |t, ns| {
@@ -415,6 +538,12 @@ fn cases() -> Vec<(&'static str, Case)> {
                 400,
                 "Invalid key_count_limit of 1001. Please specify an integer less than 1000.",
             )?;
+            refused(
+                t.list(ns, &"p".repeat(513), None, "").await,
+                INVALID,
+                414,
+                "UTF-8 encoded length of 513 exceeds key length limit of 512.",
+            )?;
             refused(t.list(ns, "l-", None, "not a cursor").await, INVALID, 400, "Invalid list cursor.")
         }),
         case!("the last item naming a key in one write wins", |t, ns| {
@@ -434,6 +563,20 @@ fn cases() -> Vec<(&'static str, Case)> {
             refused(t.get_many(ns, &[]).await, INVALID, 400, "You must request a minimum of 1 key")?;
             let many: Vec<String> = (0..101).map(|i| format!("x{i}")).collect();
             refused(t.get_many(ns, &many).await, INVALID, 400, "You can request a maximum of 100 keys")
+        }),
+        case!("a bulk read of type json accepts what JSON.parse accepts, and only that", |t, ns| {
+            let deep = format!("{}{}", "[".repeat(1000), "]".repeat(1000));
+            let values =
+                [("big", "1e400"), ("surrogate", "\"\\ud800\""), ("deep", deep.as_str()), ("text", "{\"a\":1}")];
+            t.put_many(ns, &values).await.map_err(|s| s.to_string())?;
+            let keys: Vec<&str> = values.iter().map(|(k, _)| *k).collect();
+            let Some(got) = t.get_json(ns, &keys).await else { return Ok(()) };
+            let got = got.map_err(|s| s.to_string())?;
+            let want: Vec<&str> = values.iter().map(|(_, v)| *v).collect();
+            check(got == want, || format!("json values read back as {got:?}"))?;
+            t.put_many(ns, &[("plain", "not json")]).await.map_err(|s| s.to_string())?;
+            let refusal = t.get_json(ns, &["big", "plain"]).await.unwrap_or(Ok(Vec::new()));
+            refused(refusal, INVALID, 400, "At least one of the requested keys corresponds to a non-json value")
         }),
         case!("every later read sees an acknowledged write, and versions only grow", |t, ns| {
             let mut last = 0;
@@ -472,31 +615,20 @@ async fn every_node_keeps_the_kv_contract() {
         tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("address").connect_lazy()
     };
     let big = 110 << 20;
+    let edge_target = |addr| {
+        let ch = lazy(addr);
+        Target::Edge(KvClient::new(ch.clone()).max_encoding_message_size(big).max_decoding_message_size(big), ch)
+    };
+    let store_target = |addr| {
+        let ch = lazy(addr);
+        let c = CentralStoreClient::new(ch.clone()).max_encoding_message_size(big).max_decoding_message_size(big);
+        Target::Store(c, ch)
+    };
     let targets = [
-        (
-            "edge",
-            Target::Edge(
-                KvClient::new(lazy(t.cluster.edges().next().unwrap().node.grpc))
-                    .max_encoding_message_size(big)
-                    .max_decoding_message_size(big),
-            ),
-        ),
-        (
-            "regional tier",
-            Target::Store(
-                CentralStoreClient::new(lazy(t.cluster.regions[0].regional.grpc))
-                    .max_encoding_message_size(big)
-                    .max_decoding_message_size(big),
-            ),
-        ),
-        (
-            "central node",
-            Target::Store(
-                CentralStoreClient::new(lazy(t.cluster.central[0].grpc))
-                    .max_encoding_message_size(big)
-                    .max_decoding_message_size(big),
-            ),
-        ),
+        ("edge", edge_target(t.cluster.edges().next().unwrap().node.grpc)),
+        ("regional tier", store_target(t.cluster.regions[0].regional.grpc)),
+        ("central node", store_target(t.cluster.central[0].grpc)),
+        ("REST gateway", Target::Rest(Rest::new(t.cluster.edges().next().unwrap().node.http))),
     ];
     let edge = t.edge(0).await.unwrap();
     let mut failures = Vec::new();

@@ -177,7 +177,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
 
     // Keys.
     assert_status(s.get(get("")).await, InvalidArgument, 400, "Key names must not be empty");
-    assert_status(s.get(get(".")).await, InvalidArgument, 400, "Illegal key name \".\" . Please use a different name.");
+    assert_status(s.get(get(".")).await, InvalidArgument, 400, "Illegal key name \".\". Please use a different name.");
     let long = "k".repeat(513);
     assert_status(
         s.get(get(&long)).await,
@@ -250,7 +250,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             (e.http_status, e.message.clone())
         })
         .collect();
-    assert_eq!(errors[0], (400, "Illegal key name \"..\" . Please use a different name.".into()));
+    assert_eq!(errors[0], (400, "Illegal key name \"..\". Please use a different name.".into()));
     assert_eq!(
         errors[1],
         (400, format!("Invalid expiration of {}. Please specify integer greater than the current number of seconds since the UNIX epoch.", now - 10))
@@ -308,13 +308,19 @@ async fn namespaces_are_created_renamed_listed_and_deleted_with_their_keys() {
     assert_eq!(listed.namespaces, vec![pb::Namespace { id: ns.clone(), title: "second".into(), version: 0 }]);
     // Paging: namespaces come ordered by title; a page past the end is empty.
     c.create_namespace(leader, "a-third").await.unwrap();
-    let page = |page, per_page| pb::ListNamespacesRequest { page, per_page };
+    let page = |page, per_page| pb::ListNamespacesRequest { page, per_page, ..Default::default() };
     let mut l = c.store(leader);
     let first = l.list_namespaces(page(1, 1)).await.unwrap().into_inner();
     assert_eq!((first.namespaces[0].title.as_str(), first.total_count), ("a-third", 2));
     let second = l.list_namespaces(page(2, 1)).await.unwrap().into_inner();
     assert_eq!(second.namespaces[0].title, "second");
     assert!(l.list_namespaces(page(3, 1)).await.unwrap().into_inner().namespaces.is_empty());
+    let desc = pb::ListNamespacesRequest { direction: "desc".into(), ..Default::default() };
+    let titles: Vec<String> =
+        l.list_namespaces(desc).await.unwrap().into_inner().namespaces.into_iter().map(|n| n.title).collect();
+    assert_eq!(titles, ["second", "a-third"]);
+    let bad = pb::ListNamespacesRequest { order: "size".into(), ..Default::default() };
+    assert_eq!(l.list_namespaces(bad).await.unwrap_err().code(), tonic::Code::InvalidArgument);
 
     s.delete_namespace(pb::NamespaceRef { namespace_id: ns.clone(), ..Default::default() }).await.unwrap();
     for i in 0..3 {

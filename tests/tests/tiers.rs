@@ -301,13 +301,13 @@ async fn bad_input_at_the_edge_gets_its_exact_error_and_nothing_goes_upstream() 
         raw.put(p(".", vec![])).await,
         InvalidArgument,
         400,
-        "Illegal key name \".\" . Please use a different name.",
+        "Illegal key name \".\". Please use a different name.",
     );
     expect_error(
         raw.put(p("..", vec![])).await,
         InvalidArgument,
         400,
-        "Illegal key name \"..\" . Please use a different name.",
+        "Illegal key name \"..\". Please use a different name.",
     );
     expect_error(
         raw.put(p(&"k".repeat(513), vec![])).await,

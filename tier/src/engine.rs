@@ -14,7 +14,11 @@
 //!   lands, the newer of its answer and the noted change is what is kept and served; a
 //!   change whose value is not known here (too large for the feed, a namespace deletion)
 //!   makes the flight ask again, at that change's version;
-//! - a flight whose tier was reset meanwhile (`reset`) answers its readers but is not kept.
+//! - a flight whose tier was reset meanwhile (`reset`) answers its readers but is not kept;
+//! - this tier's own acknowledged write becomes a copy only if no change after it has been
+//!   applied yet (the changes applied since may have passed the key by while no copy was held).
+//!   The fault suite found this one: a write answered after its regional tier was resumed
+//!   from SIGSTOP installed a copy older than two changes its feed had already applied.
 //!
 //! Each flight runs as its own task and always lands: a reader that goes away abandons
 //! nothing, and no later reader can join a flight that is long over.
@@ -394,6 +398,14 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
             Effect::Set(key, value) => {
                 let noted = note(st, &key, Noted::Set(version, value.clone()));
                 if let Some((as_of, spec)) = fill {
+                    if version < st.applied {
+                        // The changes applied since may hold newer versions of this key that
+                        // found no copy here to replace: a copy made of this write could be
+                        // older than the key is, with nothing left to replace it. Only older
+                        // copies go; the next read asks upstream for at least `applied`.
+                        self.cache.remove_older(key, version);
+                        return Applied::Older;
+                    }
                     // This tier's own write: a new copy, fresh as of when it was sent.
                     let (fresh_for, hold_extra) = self.policy.lifetimes(spec);
                     let c = Copy::new(value, version, as_of, fresh_for, hold_extra, st.epoch);
@@ -690,6 +702,26 @@ mod tests {
         assert_eq!(call.spec.min_version, 7);
         call.reply.send(Ok(vec![answer(val("v1"), 1)])).unwrap();
         again.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_write_answered_after_newer_changes_were_applied_leaves_no_copy_behind_them() {
+        let (t, mut calls) = tier();
+        // The feed passes the key by at 449 while no copy is held, then the write at 431 is answered.
+        assert_eq!(t.apply(449, [Effect::Set(key("k"), val("newest"))]), vec![Applied::NotHeld]);
+        t.write_through(key("k"), None, 431, Instant::now(), &ReadSpec::default());
+        assert!(t.cache.get(&key("k")).is_none(), "no copy older than the key is");
+        let reader = tokio::spawn({
+            let t = t.clone();
+            async move { read(&t, &["k"]).await }
+        });
+        let call = calls.recv().await.unwrap();
+        assert_eq!(call.spec.min_version, 449, "the read asks for what the feed has applied");
+        call.reply.send(Ok(vec![answer(val("newest"), 449)])).unwrap();
+        assert_eq!(reader.await.unwrap()[0].copy.version, 449);
+        // A write at or past the applied position is a copy at once.
+        t.write_through(key("j"), val("mine"), 449, Instant::now(), &ReadSpec::default());
+        assert_eq!(t.cache.get(&key("j")).unwrap().version, 449);
     }
 
     #[tokio::test]

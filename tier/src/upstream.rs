@@ -148,7 +148,7 @@ impl Upstream {
 
     pub async fn list_namespaces(&self, req: pb::ListNamespacesRequest) -> Result<pb::ListNamespacesResponse, Status> {
         self.call(|mut c, t| {
-            let r = within(req, t);
+            let r = within(req.clone(), t);
             async move { c.list_namespaces(r).await }
         })
         .await

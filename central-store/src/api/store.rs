@@ -17,7 +17,7 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 /// Default and largest page of `ListNamespaces`.
-const NAMESPACE_PAGE: (u32, u32) = (20, 100);
+const NAMESPACE_PAGE: (u32, u32) = (20, 1000);
 
 /// The CentralStore gRPC service.
 pub struct StoreService {
@@ -152,6 +152,7 @@ impl CentralStore for StoreService {
         let ns = NamespaceId::parse(&req.namespace_id)?;
         let asked = (req.limit != 0).then_some(i64::from(req.limit));
         let limit = validate::list_limit(asked, &self.node.config.limits)?;
+        validate::prefix(&req.prefix, &self.node.config.limits)?;
         let proof = self.fresh(req.min_version, req.max_age_ms).await?;
         self.node.metrics.reads.with_label_values(&["list"]).inc();
         let cursor = (!req.cursor.is_empty()).then_some(req.cursor.as_str());
@@ -206,7 +207,19 @@ impl CentralStore for StoreService {
             n => n.min(NAMESPACE_PAGE.1),
         } as usize;
         let page = req.page.max(1) as usize;
-        let all = self.node.reader.namespaces()?;
+        let mut all = self.node.reader.namespaces()?;
+        match req.order.as_str() {
+            "" | "title" => {}
+            "id" => all.sort_by_key(|n| n.id),
+            other => return Err(KvError::InvalidRequest(format!("order must be title or id, not {other:?}")).into()),
+        }
+        match req.direction.as_str() {
+            "" | "asc" => {}
+            "desc" => all.reverse(),
+            other => {
+                return Err(KvError::InvalidRequest(format!("direction must be asc or desc, not {other:?}")).into())
+            }
+        }
         let total_count = all.len() as u32;
         let namespaces =
             all.into_iter().skip((page - 1) * per_page).take(per_page).map(|r| to_namespace(r, 0)).collect();

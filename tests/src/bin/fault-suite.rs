@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..args.runs {
         let seed = first + i;
         let plan = Plan { seed, seconds: args.seconds, keys: args.keys, clients_per_edge: args.clients_per_edge };
-        let root = tempfile::tempdir()?;
+        let root = tempfile::tempdir_in(&args.out)?;
         let outcome = run(plan, root.path()).await?;
         let record =
             serde_json::json!({ "seed": seed, "history": outcome.history, "final_reads": outcome.final_reads });
@@ -60,6 +60,13 @@ async fn main() -> anyhow::Result<()> {
         );
         if !outcome.violations.is_empty() {
             failed_seeds.push(seed);
+            // Keep the nodes' data and logs of a failed run for whoever looks into it.
+            let kept = args.out.join(format!("seed-{seed}-nodes"));
+            let _ = std::fs::remove_dir_all(&kept);
+            match std::fs::rename(root.path(), &kept) {
+                Ok(()) => eprintln!("seed {seed}: node logs kept in {}", kept.display()),
+                Err(e) => eprintln!("seed {seed}: node logs not kept: {e}"),
+            }
         }
         let mut shown: BTreeMap<&str, usize> = BTreeMap::new();
         for v in &outcome.violations {

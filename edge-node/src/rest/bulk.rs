@@ -1,0 +1,162 @@
+//! Bulk writes, deletes and reads, in wrangler's and the SDKs' JSON formats.
+
+use super::envelope::{ok, parse_body, raw_json, read_body, with_version, RestError};
+use super::target::Target;
+use super::Gateway;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use base64::Engine;
+use kv_common::KvError;
+use kv_proto::client::v1::{self as api, kv_server::Kv};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use serde_json::value::RawValue;
+
+/// The largest bulk body: the contract's byte bound on items, grown by base64's 4/3 and
+/// JSON's framing.
+fn body_limit(gw: &Gateway) -> usize {
+    gw.limits.max_bulk_write_bytes / 3 * 4 + (1 << 20)
+}
+
+async fn body(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, RestError> {
+    let max = gw.limits.max_bulk_write_bytes;
+    read_body(headers, body, body_limit(gw), |bytes| KvError::BulkWriteTooLarge { bytes, max }).await
+}
+
+/// One item of a bulk write.
+#[derive(Deserialize)]
+struct Item {
+    key: String,
+    value: String,
+    expiration: Option<i64>,
+    expiration_ttl: Option<i64>,
+    metadata: Option<Box<RawValue>>,
+    #[serde(default)]
+    base64: bool,
+}
+
+/// What a bulk write or delete reports.
+fn report(r: &api::BulkWriteResponse) -> Response {
+    let result = json!({ "successful_key_count": r.successful_key_count, "unsuccessful_keys": r.unsuccessful_keys });
+    with_version(ok(result), r.version)
+}
+
+pub async fn put(
+    State(gw): State<Gateway>,
+    target: Target,
+    headers: HeaderMap,
+    b: Body,
+) -> Result<Response, RestError> {
+    let items: Vec<Item> = parse_body(&body(&gw, &headers, b).await?)?;
+    let mut put = Vec::with_capacity(items.len());
+    for i in items {
+        let value = if i.base64 {
+            base64::engine::general_purpose::STANDARD
+                .decode(i.value.as_bytes())
+                .map_err(|e| KvError::InvalidRequest(format!("the value of {:?} is not valid base64: {e}", i.key)))?
+        } else {
+            i.value.into_bytes()
+        };
+        put.push(api::BulkPutItem {
+            key: i.key,
+            value: value.into(),
+            expiration: i.expiration,
+            expiration_ttl: i.expiration_ttl,
+            metadata_json: i.metadata.map(|m| m.get().to_owned()),
+        });
+    }
+    let req = api::PutBulkRequest { namespace_id: target.ns, items: put };
+    Ok(report(gw.api.put_bulk(gw.request(&headers, req)).await?.get_ref()))
+}
+
+pub async fn delete(
+    State(gw): State<Gateway>,
+    target: Target,
+    headers: HeaderMap,
+    b: Body,
+) -> Result<Response, RestError> {
+    let keys: Vec<String> = parse_body(&body(&gw, &headers, b).await?)?;
+    let req = api::DeleteBulkRequest { namespace_id: target.ns, keys };
+    Ok(report(gw.api.delete_bulk(gw.request(&headers, req)).await?.get_ref()))
+}
+
+/// A bulk read: up to 100 keys, as text or JSON, with metadata when asked.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BulkGet {
+    keys: Vec<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    with_metadata: bool,
+    cache_ttl: Option<i64>,
+}
+
+pub async fn get(
+    State(gw): State<Gateway>,
+    target: Target,
+    headers: HeaderMap,
+    b: Body,
+) -> Result<Response, RestError> {
+    let q: BulkGet = parse_body(&read_body(&headers, b, 1 << 20, |_| KvError::BulkGetTooMany { max: 100 }).await?)?;
+    let json = match q.kind.as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => {
+            return Err(KvError::InvalidRequest(format!("type must be text or json, not {other:?}")).into());
+        }
+    };
+    let kind = if json { api::ValueType::Json } else { api::ValueType::Text };
+    let req = api::GetBulkRequest {
+        namespace_id: target.ns,
+        keys: q.keys,
+        r#type: kind as i32,
+        with_metadata: q.with_metadata,
+        cache_ttl: q.cache_ttl,
+    };
+    let out = gw.api.get_bulk(gw.request(&headers, req)).await?.into_inner();
+    let mut values = Vec::with_capacity(out.values.len());
+    for v in out.values {
+        let value = match (v.found, json) {
+            (false, _) => raw_json("null")?,
+            // The client API has checked that it is JSON: it goes out as the stored text.
+            (true, true) => raw_json(v.value.trim_start_matches('\u{feff}'))?,
+            (true, false) => to_raw(&v.value)?,
+        };
+        let shown = if q.with_metadata && v.found {
+            let meta = v.metadata_json.as_deref().unwrap_or("null");
+            raw_json(&format!("{{\"value\":{},\"metadata\":{meta}}}", value.get()))?
+        } else {
+            value
+        };
+        values.push((v.key, shown));
+    }
+    Ok(ok(Values(values)))
+}
+
+/// Text as a JSON string.
+fn to_raw(text: &str) -> Result<Box<RawValue>, RestError> {
+    serde_json::value::to_raw_value(text).map_err(|e| KvError::Internal(e.to_string()).into())
+}
+
+/// A bulk read's `{"values": {key: value}}`, in the order the keys were asked for.
+struct Values(Vec<(String, Box<RawValue>)>);
+
+impl Serialize for Values {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut outer = s.serialize_map(Some(1))?;
+        outer.serialize_entry("values", &Map(&self.0))?;
+        outer.end()
+    }
+}
+
+struct Map<'a>(&'a [(String, Box<RawValue>)]);
+
+impl Serialize for Map<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}

@@ -1,0 +1,214 @@
+//! One key: read its value (raw bytes) or metadata, write it, delete it.
+//!
+//! A write's body is the value itself (whatever its Content-Type), or a multipart form with
+//! a `value` part (often a file part) and a `metadata` part (JSON text, pretty or not:
+//! it is stored compactly and its size counted so), or flattened `metadata[a][b]` (or
+//! `metadata.a.b`) fields, as some SDK versions send. The value's bytes are stored verbatim.
+
+use super::envelope::{ok, raw_json, read_body, with_version, RestError};
+use super::target::Target;
+use super::Gateway;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use kv_common::{time, validate, KvError};
+use kv_proto::client::v1::{self as api, kv_server::Kv};
+use serde::Deserialize;
+use serde_json::json;
+
+/// Room a multipart body needs beyond the value and metadata it carries.
+const MULTIPART_SLACK: usize = 1 << 20;
+
+#[derive(Deserialize, Default)]
+pub struct ReadQuery {
+    cache_ttl: Option<String>,
+}
+
+/// An integer query or form parameter.
+fn integer(name: &str, v: Option<&str>) -> Result<Option<i64>, RestError> {
+    v.map(|v| {
+        v.trim()
+            .parse::<i64>()
+            .map_err(|_| KvError::InvalidRequest(format!("{name} must be an integer, not {v:?}")).into())
+    })
+    .transpose()
+}
+
+/// Reads `target`'s key through the client API; a missing key is 404 over REST.
+async fn read(
+    gw: &Gateway,
+    target: Target,
+    q: &ReadQuery,
+    headers: &HeaderMap,
+    with_metadata: bool,
+) -> Result<api::GetResponse, RestError> {
+    let cache_ttl = integer("cache_ttl", q.cache_ttl.as_deref())?;
+    let req = api::GetRequest { namespace_id: target.ns, key: target.key?, cache_ttl, with_metadata };
+    let got = gw.api.get(gw.request(headers, req)).await?.into_inner();
+    if !got.found {
+        return Err(KvError::KeyNotFound.into());
+    }
+    Ok(got)
+}
+
+/// Headers that tell how fresh an answer is (SPEC.md section 4: every answer knows).
+fn freshness(got: &api::GetResponse) -> [(&'static str, HeaderValue); 3] {
+    let status = api::CacheStatus::try_from(got.cache_status).unwrap_or_default().as_str_name();
+    let status = status.trim_start_matches("CACHE_STATUS_");
+    [
+        ("kv-cache-status", HeaderValue::from_str(status).unwrap_or(HeaderValue::from_static("UNSPECIFIED"))),
+        ("kv-version", HeaderValue::from(got.version)),
+        ("kv-age-ms", HeaderValue::from(got.age_ms)),
+    ]
+}
+
+pub async fn get(
+    State(gw): State<Gateway>,
+    target: Target,
+    Query(q): Query<ReadQuery>,
+    headers: HeaderMap,
+) -> Result<Response, RestError> {
+    let got = read(&gw, target, &q, &headers, false).await?;
+    let mut resp = (freshness(&got), got.value).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    if let Some(exp) = got.expiration {
+        h.insert("expiration", HeaderValue::from(exp));
+    }
+    Ok(resp)
+}
+
+pub async fn metadata(
+    State(gw): State<Gateway>,
+    target: Target,
+    Query(q): Query<ReadQuery>,
+    headers: HeaderMap,
+) -> Result<Response, RestError> {
+    let got = read(&gw, target, &q, &headers, true).await?;
+    let meta = got.metadata_json.as_deref().map(raw_json).transpose()?;
+    Ok((freshness(&got), ok(meta)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+pub struct WriteQuery {
+    expiration: Option<String>,
+    expiration_ttl: Option<String>,
+}
+
+/// A value write as it arrived: the value, and whatever options came with it.
+#[derive(Default)]
+struct Upload {
+    value: Option<Bytes>,
+    metadata: Option<String>,
+    flat_metadata: serde_json::Map<String, serde_json::Value>,
+    expiration: Option<String>,
+    expiration_ttl: Option<String>,
+}
+
+/// Sets `path` (the brackets of `metadata[a][b]`) to `value` in `map`, making objects on the way.
+fn set_flat(map: &mut serde_json::Map<String, serde_json::Value>, path: &[&str], value: String) {
+    let Some((first, rest)) = path.split_first() else { return };
+    if rest.is_empty() {
+        map.insert((*first).to_owned(), serde_json::Value::String(value));
+        return;
+    }
+    let slot = map.entry((*first).to_owned()).or_insert_with(|| json!({}));
+    if !slot.is_object() {
+        *slot = json!({});
+    }
+    if let Some(inner) = slot.as_object_mut() {
+        set_flat(inner, rest, value);
+    }
+}
+
+/// Reads a multipart form into an upload.
+async fn multipart(body: Bytes, boundary: String) -> Result<Upload, RestError> {
+    let malformed = |e: multer::Error| KvError::InvalidRequest(format!("malformed multipart body: {e}"));
+    let stream = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(body) });
+    let mut form = multer::Multipart::new(stream, boundary);
+    let mut up = Upload::default();
+    while let Some(field) = form.next_field().await.map_err(malformed)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        let data = field.bytes().await.map_err(malformed)?;
+        let text = || String::from_utf8_lossy(&data).into_owned();
+        match name.as_str() {
+            "value" => up.value = Some(data.clone()),
+            "metadata" => up.metadata = Some(text()),
+            "expiration" => up.expiration = Some(text()),
+            "expiration_ttl" => up.expiration_ttl = Some(text()),
+            flat if flat.starts_with("metadata[") && flat.ends_with(']') => {
+                let path: Vec<&str> = flat["metadata[".len()..flat.len() - 1].split("][").collect();
+                set_flat(&mut up.flat_metadata, &path, text());
+            }
+            // Older Python SDKs flatten with dots: `metadata.a.b`.
+            dotted if dotted.starts_with("metadata.") => {
+                let path: Vec<&str> = dotted["metadata.".len()..].split('.').collect();
+                set_flat(&mut up.flat_metadata, &path, text());
+            }
+            _ => {}
+        }
+    }
+    Ok(up)
+}
+
+pub async fn put(
+    State(gw): State<Gateway>,
+    target: Target,
+    Query(q): Query<WriteQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, RestError> {
+    // The body is read before answering (a client still sending would see a broken
+    // connection instead of the answer), but one too large for any value is reported only
+    // after the key and expiration, which the contract checks first.
+    let limit = gw.limits.max_value_bytes + gw.limits.max_metadata_bytes + MULTIPART_SLACK;
+    let max = gw.limits.max_value_bytes;
+    let body = read_body(&headers, body, limit, |len| KvError::ValueTooLarge { len, limit: max }).await;
+    let key = target.key?;
+    validate::key(&key, &gw.limits)?;
+    let (expiration, expiration_ttl) =
+        (integer("expiration", q.expiration.as_deref())?, integer("expiration_ttl", q.expiration_ttl.as_deref())?);
+    validate::expiration(expiration, expiration_ttl, time::central_now_secs(), &gw.limits)?;
+    let body = body?;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let mut up = match multer::parse_boundary(content_type) {
+        Ok(boundary) if content_type.starts_with("multipart/form-data") => multipart(body, boundary).await?,
+        _ => Upload { value: Some(body), ..Upload::default() },
+    };
+    if up.metadata.is_none() && !up.flat_metadata.is_empty() {
+        up.metadata = Some(serde_json::Value::Object(std::mem::take(&mut up.flat_metadata)).to_string());
+    }
+    let value = up.value.ok_or_else(|| KvError::InvalidRequest("the multipart body has no value part".into()))?;
+    let req = api::PutRequest {
+        namespace_id: target.ns,
+        key,
+        value,
+        expiration: expiration.or(integer("expiration", up.expiration.as_deref())?),
+        expiration_ttl: expiration_ttl.or(integer("expiration_ttl", up.expiration_ttl.as_deref())?),
+        metadata_json: up.metadata,
+    };
+    let done = gw.api.put(gw.request(&headers, req)).await?.into_inner();
+    Ok(with_version(ok(json!({})), done.version))
+}
+
+pub async fn delete(State(gw): State<Gateway>, target: Target, headers: HeaderMap) -> Result<Response, RestError> {
+    let req = api::DeleteRequest { namespace_id: target.ns, key: target.key? };
+    let done = gw.api.delete(gw.request(&headers, req)).await?.into_inner();
+    Ok(with_version(ok(json!({})), done.version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flattened_metadata_fields_nest() {
+        let mut m = serde_json::Map::new();
+        set_flat(&mut m, &["a"], "1".into());
+        set_flat(&mut m, &["b", "c"], "2".into());
+        set_flat(&mut m, &["b", "d"], "3".into());
+        assert_eq!(serde_json::Value::Object(m), json!({"a": "1", "b": {"c": "2", "d": "3"}}));
+    }
+}

@@ -1,0 +1,104 @@
+//! A plain HTTP client of an edge's REST gateway, as the cluster tests use it: requests are
+//! built with reqwest as any client would, and a failed answer becomes the `tonic::Status` the
+//! gRPC API would have given (code, message, `kv-http-status`), so one assertion checks both.
+
+use serde_json::Value;
+use std::net::SocketAddr;
+use tonic::{Code, Status};
+
+/// The account every edge serves by default.
+pub const ACCOUNT: &str = "00000000000000000000000000000001";
+
+/// One edge's REST API.
+#[derive(Clone)]
+pub struct Rest {
+    pub http: reqwest::Client,
+    /// `http://host:port/client/v4`.
+    pub root: String,
+}
+
+/// Percent-encodes every byte but the unreserved ones, as `encodeURIComponent` does.
+pub fn encode(bytes: &[u8]) -> String {
+    const SET: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+    percent_encoding::percent_encode(bytes, SET).to_string()
+}
+
+/// The gRPC code a REST status stands for.
+fn code_of(http: u16) -> Code {
+    match http {
+        400 | 413 | 414 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        429 => Code::ResourceExhausted,
+        503 => Code::Unavailable,
+        504 => Code::DeadlineExceeded,
+        _ => Code::Internal,
+    }
+}
+
+/// A failed answer's first error, as a status; its envelope code rides in `kv-error-code`.
+pub fn status_of(http: u16, envelope: &Value) -> Status {
+    let first = &envelope["errors"][0];
+    let message = first["message"].as_str().unwrap_or("no message in the envelope");
+    let mut s = Status::new(code_of(http), message);
+    s.metadata_mut().insert(kv_common::HTTP_STATUS_TRAILER, http.into());
+    if let Some(code) = first["code"].as_u64() {
+        s.metadata_mut().insert(kv_common::error::ERROR_CODE_TRAILER, code.into());
+    }
+    s
+}
+
+/// The envelope code of a status made by `status_of`.
+pub fn error_code(s: &Status) -> Option<u64> {
+    s.metadata().get(kv_common::error::ERROR_CODE_TRAILER)?.to_str().ok()?.parse().ok()
+}
+
+impl Rest {
+    pub fn new(http: SocketAddr) -> Rest {
+        Rest { http: reqwest::Client::new(), root: format!("http://{http}/client/v4") }
+    }
+
+    /// The URL of the namespaces collection, or of `path` below it.
+    pub fn ns_url(&self, path: &str) -> String {
+        format!("{}/accounts/{ACCOUNT}/storage/kv/namespaces{path}", self.root)
+    }
+
+    /// The URL of a key's value (`kind` "values") or metadata.
+    pub fn key_url(&self, ns: &str, kind: &str, key: &[u8]) -> String {
+        self.ns_url(&format!("/{ns}/{kind}/{}", encode(key)))
+    }
+
+    /// Sends a request: the answer when it succeeded, else its error as a status.
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, Status> {
+        let resp = req.send().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let http = resp.status().as_u16();
+        let body = resp.text().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let envelope: Value = serde_json::from_str(&body)
+            .map_err(|_| Status::internal(format!("a {http} answer without an envelope: {body:?}")))?;
+        Err(status_of(http, &envelope))
+    }
+
+    /// Sends a request and returns its envelope, checked to say `success: true`.
+    pub async fn call(&self, req: reqwest::RequestBuilder) -> Result<Value, Status> {
+        let envelope: Value = self.send(req).await?.json().await.map_err(|e| Status::internal(e.to_string()))?;
+        if envelope["success"] != Value::Bool(true) {
+            return Err(Status::internal(format!("a 2xx answer without success: {envelope}")));
+        }
+        Ok(envelope)
+    }
+
+    /// The `kv-version` header of a write's answer.
+    pub fn version(resp: &reqwest::Response) -> u64 {
+        resp.headers().get("kv-version").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0)
+    }
+
+    pub async fn create_namespace(&self, title: &str) -> Result<String, Status> {
+        let env = self.call(self.http.post(self.ns_url("")).json(&serde_json::json!({ "title": title }))).await?;
+        Ok(env["result"]["id"].as_str().unwrap_or_default().to_owned())
+    }
+}
