@@ -66,10 +66,30 @@ pub fn metadata(json: Option<&str>, limits: &Limits) -> KvResult<Option<String>>
     Ok(Some(compact))
 }
 
-/// JSON text in the compact form the store keeps (`None` when it is not JSON): a tier that
-/// keeps what a write stored uses the same form.
+/// JSON text in the compact form the store keeps (`None` when it is not JSON): the text
+/// without the whitespace between tokens, so any JSON value keeps exactly what it says
+/// (`1e400`, lone surrogate escapes, any depth; SPEC.md section 2: metadata is any JSON
+/// value). A tier that keeps what a write stored uses the same form.
 pub fn compact_json(text: &str) -> Option<String> {
-    serde_json::from_str::<serde_json::Value>(text).ok().map(|v| v.to_string())
+    serde_json::from_str::<serde::de::IgnoredAny>(text).ok()?;
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    Some(out)
 }
 
 /// Whether `text` is what JavaScript's `JSON.parse` accepts, as a bulk get of type `json`
@@ -252,6 +272,14 @@ mod tests {
         assert_eq!(metadata(None, &l).unwrap(), None);
         assert_eq!(metadata(Some("{ \"a\" : 1 }"), &l).unwrap(), Some("{\"a\":1}".into()));
         assert_eq!(metadata(Some("null"), &l).unwrap(), Some("null".into()));
+        // Any JSON value, kept as written but for the whitespace between tokens.
+        let odd = "{ \"n\" : 1e400 ,\n \"s\": \"a \\\" \\ud800 b\", \"d\": [[[[1 ]]]] }";
+        assert_eq!(
+            metadata(Some(odd), &l).unwrap().unwrap(),
+            "{\"n\":1e400,\"s\":\"a \\\" \\ud800 b\",\"d\":[[[[1]]]]}"
+        );
+        let deep = format!("{}{}", "[".repeat(500), "]".repeat(500));
+        assert_eq!(metadata(Some(&deep), &l).unwrap().unwrap(), deep);
         assert_eq!(msg(metadata(Some("{nope"), &l)), (400, "Metadata must be valid JSON.".into()));
         // A 1024-byte JSON string is accepted, 1025 bytes is not.
         let ok = format!("\"{}\"", "x".repeat(1022));

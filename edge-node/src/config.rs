@@ -56,6 +56,8 @@ pub struct Config {
     pub max_copy_secs: u64,
     /// Calls served at once, at most; more are shed with UNAVAILABLE.
     pub max_in_flight: usize,
+    /// REST request bodies held at once, in bytes, at most; more are shed with 503.
+    pub rest_body_budget_bytes: usize,
     pub limits: Limits,
 }
 
@@ -77,6 +79,7 @@ impl Default for Config {
             fresh_within_ms: 1000,
             max_copy_secs: 86_400,
             max_in_flight: 2048,
+            rest_body_budget_bytes: 512 << 20,
             limits: Limits::default(),
         }
     }

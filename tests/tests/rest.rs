@@ -92,7 +92,7 @@ async fn the_rest_api_serves_every_route_as_the_official_clients_call_it() {
     // Flattened metadata fields, as some SDK versions send an object.
     let form = Form::new().text("value", "flat").text("metadata[a]", "1").text("metadata[b][c]", "2");
     rest.call(http.put(url("flat")).multipart(form)).await.unwrap();
-    let form = Form::new().text("value", "dots").text("metadata.a.b", "1");
+    let form = Form::new().text("value", "dots").text("metadata.a.b", "1").text("metadata.t[]", "x");
     rest.call(http.put(url("dotted")).multipart(form)).await.unwrap();
 
     assert_eq!(value(&rest, &ns, b"raw").await.unwrap(), binary);
@@ -105,7 +105,21 @@ async fn the_rest_api_serves_every_route_as_the_official_clients_call_it() {
         "pretty JSON counted compactly"
     );
     assert_eq!(metadata(&rest, &ns, "flat").await, json!({ "a": "1", "b": { "c": "2" } }));
-    assert_eq!(metadata(&rest, &ns, "dotted").await, json!({ "a": { "b": "1" } }));
+    assert_eq!(metadata(&rest, &ns, "dotted").await, json!({ "a": { "b": "1" }, "t[]": "x" }));
+    let form = Form::new().text("value", "arr").text("metadata[tags][]", "a").text("metadata[tags][]", "b");
+    rest.call(http.put(url("array")).multipart(form)).await.unwrap();
+    assert_eq!(metadata(&rest, &ns, "array").await, json!({ "tags": ["a", "b"] }), "arrays as form encoders send them");
+    let deep = format!("metadata{}", "[a]".repeat(100_000));
+    let form = Form::new().text("value", "v").text(deep, "1");
+    refused(
+        rest.send(http.put(url("deep")).multipart(form)).await,
+        400,
+        10001,
+        "Invalid request: metadata field names nest at most 32 deep",
+    );
+    // Repeated query parameters: the first wins; a query that cannot be read is an envelope.
+    let twice = format!("{}?cache_ttl=60&cache_ttl=90", url("raw"));
+    assert_eq!(rest.send(http.get(twice)).await.unwrap().bytes().await.unwrap().len(), 256);
     assert_eq!(metadata(&rest, &ns, "raw").await, Value::Null);
     let too_big = format!("{{\"note\": \"{}\"}}", "m".repeat(1020));
     let form = Form::new().text("value", "v").text("metadata", too_big);
@@ -171,9 +185,10 @@ async fn the_rest_api_serves_every_route_as_the_official_clients_call_it() {
         { "key": "b2", "value": "AAEC/w==", "base64": true, "metadata": { "m": 1 } },
         { "key": "b3", "value": "{\"n\": 1e400}", "expiration_ttl": 3600 },
         { "key": "", "value": "bad" },
+        { "key": "b4", "value": "!!", "base64": true },
     ]);
     let done = rest.call(http.put(rest.ns_url(&format!("/{ns}/bulk"))).json(&items)).await.unwrap();
-    assert_eq!(done["result"], json!({ "successful_key_count": 3, "unsuccessful_keys": [""] }));
+    assert_eq!(done["result"], json!({ "successful_key_count": 3, "unsuccessful_keys": ["b4", ""] }));
     assert_eq!(value(&rest, &ns, b"b2").await.unwrap(), [0, 1, 2, 255]);
     let get = |body: Value| rest.call(http.post(rest.ns_url(&format!("/{ns}/bulk/get"))).json(&body));
     let text = get(json!({ "keys": ["b1", "nope"] })).await.unwrap();

@@ -1,6 +1,7 @@
 //! Bulk writes, deletes and reads, in wrangler's and the SDKs' JSON formats.
 
-use super::envelope::{ok, parse_body, raw_json, read_body, with_version, RestError};
+use super::body::{json, Read};
+use super::envelope::{ok, raw_json, with_version, RestError};
 use super::target::Target;
 use super::Gateway;
 use axum::body::Body;
@@ -14,15 +15,26 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
 
-/// The largest bulk body: the contract's byte bound on items, grown by base64's 4/3 and
-/// JSON's framing.
+/// The largest bulk body: the contract's byte bound on items, doubled for base64's 4/3,
+/// JSON's escapes and framing.
 fn body_limit(gw: &Gateway) -> usize {
-    gw.limits.max_bulk_write_bytes / 3 * 4 + (1 << 20)
+    gw.limits.max_bulk_write_bytes.saturating_mul(2) + (1 << 20)
 }
 
-async fn body(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, RestError> {
+/// base64 as `atob` reads it: padding optional, whitespace (line breaks of wrapped output) ignored.
+fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let compact: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    LENIENT.decode(compact)
+}
+
+async fn body(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<Read, RestError> {
     let max = gw.limits.max_bulk_write_bytes;
-    read_body(headers, body, body_limit(gw), |bytes| KvError::BulkWriteTooLarge { bytes, max }).await
+    gw.body(headers, body, body_limit(gw), |bytes| KvError::BulkWriteTooLarge { bytes, max }).await
 }
 
 /// One item of a bulk write.
@@ -37,9 +49,11 @@ struct Item {
     base64: bool,
 }
 
-/// What a bulk write or delete reports.
-fn report(r: &api::BulkWriteResponse) -> Response {
-    let result = json!({ "successful_key_count": r.successful_key_count, "unsuccessful_keys": r.unsuccessful_keys });
+/// What a bulk write or delete reports; `refused` are keys of items refused here already.
+fn report(r: &api::BulkWriteResponse, refused: Vec<String>) -> Response {
+    let mut unsuccessful = refused;
+    unsuccessful.extend(r.unsuccessful_keys.iter().cloned());
+    let result = json!({ "successful_key_count": r.successful_key_count, "unsuccessful_keys": unsuccessful });
     with_version(ok(result), r.version)
 }
 
@@ -49,13 +63,19 @@ pub async fn put(
     headers: HeaderMap,
     b: Body,
 ) -> Result<Response, RestError> {
-    let items: Vec<Item> = parse_body(&body(&gw, &headers, b).await?)?;
-    let mut put = Vec::with_capacity(items.len());
+    let read = body(&gw, &headers, b).await?;
+    let items: Vec<Item> = json(&read.bytes)?;
+    let (mut put, mut refused) = (Vec::with_capacity(items.len()), Vec::new());
     for i in items {
         let value = if i.base64 {
-            base64::engine::general_purpose::STANDARD
-                .decode(i.value.as_bytes())
-                .map_err(|e| KvError::InvalidRequest(format!("the value of {:?} is not valid base64: {e}", i.key)))?
+            // Each item is judged alone: one that is not base64 fails by itself.
+            match decode_base64(&i.value) {
+                Ok(v) => v,
+                Err(_) => {
+                    refused.push(i.key);
+                    continue;
+                }
+            }
         } else {
             i.value.into_bytes()
         };
@@ -68,7 +88,7 @@ pub async fn put(
         });
     }
     let req = api::PutBulkRequest { namespace_id: target.ns, items: put };
-    Ok(report(gw.api.put_bulk(gw.request(&headers, req)).await?.get_ref()))
+    Ok(report(gw.api.put_bulk(gw.request(&headers, req)).await?.get_ref(), refused))
 }
 
 pub async fn delete(
@@ -77,9 +97,10 @@ pub async fn delete(
     headers: HeaderMap,
     b: Body,
 ) -> Result<Response, RestError> {
-    let keys: Vec<String> = parse_body(&body(&gw, &headers, b).await?)?;
+    let read = body(&gw, &headers, b).await?;
+    let keys: Vec<String> = json(&read.bytes)?;
     let req = api::DeleteBulkRequest { namespace_id: target.ns, keys };
-    Ok(report(gw.api.delete_bulk(gw.request(&headers, req)).await?.get_ref()))
+    Ok(report(gw.api.delete_bulk(gw.request(&headers, req)).await?.get_ref(), Vec::new()))
 }
 
 /// A bulk read: up to 100 keys, as text or JSON, with metadata when asked.
@@ -100,7 +121,8 @@ pub async fn get(
     headers: HeaderMap,
     b: Body,
 ) -> Result<Response, RestError> {
-    let q: BulkGet = parse_body(&read_body(&headers, b, 1 << 20, |_| KvError::BulkGetTooMany { max: 100 }).await?)?;
+    let read = gw.body(&headers, b, 1 << 20, |_| KvError::BulkGetTooMany { max: 100 }).await?;
+    let q: BulkGet = json(&read.bytes)?;
     let json = match q.kind.as_deref() {
         None | Some("text") => false,
         Some("json") => true,
@@ -118,7 +140,12 @@ pub async fn get(
     };
     let out = gw.api.get_bulk(gw.request(&headers, req)).await?.into_inner();
     let mut values = Vec::with_capacity(out.values.len());
+    let mut total = 0usize;
     for v in out.values {
+        // A key asked twice is answered once (the answer is a JSON object).
+        if values.iter().any(|(k, _): &(String, Box<RawValue>)| *k == v.key) {
+            continue;
+        }
         let value = match (v.found, json) {
             (false, _) => raw_json("null")?,
             // The client API has checked that it is JSON: it goes out as the stored text.
@@ -131,6 +158,11 @@ pub async fn get(
         } else {
             value
         };
+        // The contract bounds the whole answer, as sent: escapes count.
+        total += v.key.len() + shown.get().len();
+        if total > gw.limits.max_bulk_get_bytes {
+            return Err(KvError::BulkGetTooLarge.into());
+        }
         values.push((v.key, shown));
     }
     Ok(ok(Values(values)))
@@ -158,5 +190,18 @@ struct Map<'a>(&'a [(String, Box<RawValue>)]);
 impl Serialize for Map<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_is_read_as_atob_reads_it() {
+        assert_eq!(decode_base64("AAEC/w==").unwrap(), [0, 1, 2, 255]);
+        assert_eq!(decode_base64("AAEC/w").unwrap(), [0, 1, 2, 255], "padding is optional");
+        assert_eq!(decode_base64("AA\nEC/w==\n").unwrap(), [0, 1, 2, 255], "wrapped lines");
+        assert!(decode_base64("!!").is_err());
     }
 }

@@ -126,26 +126,6 @@ pub fn with_version(mut resp: Response, version: u64) -> Response {
     resp
 }
 
-/// Parses a JSON request body, with a clear 400 when it is not what the route takes.
-pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, RestError> {
-    serde_json::from_slice(body).map_err(|e| KvError::InvalidRequest(format!("malformed request body: {e}")).into())
-}
-
-/// Reads a request body of at most `limit` bytes; a longer one is `too_large(length)`,
-/// its length as declared when it was.
-pub async fn read_body(
-    headers: &axum::http::HeaderMap,
-    body: axum::body::Body,
-    limit: usize,
-    too_large: impl FnOnce(usize) -> KvError,
-) -> Result<bytes::Bytes, RestError> {
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if let Some(n) = declared.filter(|n| *n > limit) {
-        return Err(too_large(n).into());
-    }
-    axum::body::to_bytes(body, limit).await.map_err(|_| too_large(declared.unwrap_or(limit + 1)).into())
-}
-
 /// Embeds stored JSON text (metadata, a `json` value) in an answer as it is.
 pub fn raw_json(text: &str) -> Result<Box<serde_json::value::RawValue>, RestError> {
     serde_json::value::RawValue::from_string(text.to_owned())

@@ -3,9 +3,9 @@
 //! (over gRPC an empty page with a cursor is allowed, SPEC.md section 3).
 
 use super::envelope::{page, raw_json, RestError};
-use super::target::Target;
+use super::target::{Query, Target};
 use super::Gateway;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use kv_common::KvError;

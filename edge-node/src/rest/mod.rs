@@ -6,10 +6,11 @@
 //! `envelope` is the one place where a gRPC status becomes an HTTP answer. Calls are admitted
 //! through the node's `CallLayer`, so one in-flight bound and one budget cover both APIs.
 //!
-//! Read in this order: `envelope`, `target` (which account, namespace and key a path
-//! names), then the routes: `namespaces`, `values`, `keys`, `bulk`, `account`.
+//! Read in this order: `envelope`, `target` (which account, namespace and key a request
+//! names), `body` (request bodies, bounded in bytes), then the routes: `namespaces`, `values`, `keys`, `bulk`, `account`.
 
 mod account;
+mod body;
 mod bulk;
 mod envelope;
 mod keys;
@@ -43,12 +44,25 @@ pub struct Gateway {
     account: Account,
     layer: CallLayer,
     limits: Limits,
+    bodies: body::Budget,
 }
 
 impl Gateway {
     pub fn new(api: KvApi, account: Account, layer: CallLayer) -> Gateway {
         let limits = api.0.config.limits.clone();
-        Gateway { api, account, layer, limits }
+        let bodies = body::Budget::new(api.0.config.rest_body_budget_bytes);
+        Gateway { api, account, layer, limits, bodies }
+    }
+
+    /// Reads a request body within `limit` and the node's budget (see `body`).
+    async fn body(
+        &self,
+        headers: &HeaderMap,
+        body: axum::body::Body,
+        limit: usize,
+        too_large: impl FnOnce(usize) -> kv_common::KvError,
+    ) -> Result<body::Read, RestError> {
+        body::read(&self.bodies, headers, body, limit, too_large).await
     }
 
     /// The client API request for `msg`, carrying the caller's credentials as gRPC does.

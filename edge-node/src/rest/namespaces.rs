@@ -1,10 +1,11 @@
 //! Namespaces: create, list (paged, ordered), get, rename, delete.
 
-use super::envelope::{ok, page, parse_body, read_body, RestError};
-use super::target::{check_account, Target};
+use super::body::json;
+use super::envelope::{ok, page, RestError};
+use super::target::{Query, Target};
 use super::Gateway;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use kv_common::KvError;
@@ -25,20 +26,19 @@ struct Title {
     title: String,
 }
 
-async fn title(headers: &HeaderMap, body: Body) -> Result<String, RestError> {
-    let body =
-        read_body(headers, body, BODY_LIMIT, |_| KvError::InvalidRequest("the body is too large".into())).await?;
-    Ok(parse_body::<Title>(&body)?.title)
+async fn title(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<String, RestError> {
+    let too_large = |_| KvError::InvalidRequest("the body is too large".into());
+    let body = gw.body(headers, body, BODY_LIMIT, too_large).await?;
+    Ok(json::<Title>(&body.bytes)?.title)
 }
 
 pub async fn create(
     State(gw): State<Gateway>,
-    Path(account): Path<String>,
+    _ours: Target,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, RestError> {
-    check_account(&gw, &account)?;
-    let title = title(&headers, body).await?;
+    let title = title(&gw, &headers, body).await?;
     let n = gw.api.create_namespace(gw.request(&headers, api::CreateNamespaceRequest { title })).await?;
     Ok(ok(shown(n.get_ref())))
 }
@@ -64,11 +64,10 @@ fn count(name: &str, v: Option<&str>) -> Result<Option<u32>, RestError> {
 
 pub async fn list(
     State(gw): State<Gateway>,
-    Path(account): Path<String>,
+    _ours: Target,
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
 ) -> Result<Response, RestError> {
-    check_account(&gw, &account)?;
     let page_no = count("page", q.page.as_deref())?.unwrap_or(1);
     let per_page = count("per_page", q.per_page.as_deref())?.unwrap_or(20).min(1000);
     let req = api::ListNamespacesRequest {
@@ -100,7 +99,7 @@ pub async fn rename(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, RestError> {
-    let title = title(&headers, body).await?;
+    let title = title(&gw, &headers, body).await?;
     let req = api::RenameNamespaceRequest { namespace_id: target.ns, title };
     let n = gw.api.rename_namespace(gw.request(&headers, req)).await?;
     Ok(ok(shown(n.get_ref())))

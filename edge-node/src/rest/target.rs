@@ -1,4 +1,5 @@
-//! What a path names: the account (which must be ours), the namespace and the key.
+//! What a request names: the account (which must be ours), the namespace and the key in its
+//! path, and its query parameters.
 //!
 //! They are read from the raw path rather than axum's decoded captures, because a key is
 //! stored exactly as its bytes: some clients percent-encode keys and some send
@@ -31,7 +32,7 @@ fn decode(part: &str) -> Result<String, KvError> {
 }
 
 /// Checks that `account` is the gateway's: another account's paths route nowhere.
-pub fn check_account(gw: &Gateway, account: &str) -> Result<(), RestError> {
+fn check_account(gw: &Gateway, account: &str) -> Result<(), RestError> {
     if decode(account).ok().as_deref() == Some(gw.account.id.as_str()) {
         Ok(())
     } else {
@@ -48,6 +49,26 @@ impl FromRequestParts<Gateway> for Target {
         check_account(gw, parts.get(ACCOUNT).copied().unwrap_or_default())?;
         let ns = decode(parts.get(NAMESPACE).copied().unwrap_or_default()).map_err(|_| KvError::NamespaceNotFound)?;
         Ok(Target { ns, key: decode(parts.get(KEY).copied().unwrap_or_default()) })
+    }
+}
+
+/// A request's query parameters as `T`, read leniently, as clients send them: the first of
+/// repeated parameters wins, and a query `T` cannot take is a 400 with an envelope (axum's
+/// own extractor answers such requests in plain text, which clients cannot read).
+pub struct Query<T>(pub T);
+
+#[axum::async_trait]
+impl<T: serde::de::DeserializeOwned, S: Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = RestError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Query<T>, RestError> {
+        let mut params = serde_json::Map::new();
+        for (k, v) in form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes()) {
+            params.entry(k.into_owned()).or_insert_with(|| serde_json::Value::String(v.into_owned()));
+        }
+        serde_json::from_value(serde_json::Value::Object(params))
+            .map(Query)
+            .map_err(|e| KvError::InvalidRequest(format!("malformed query: {e}")).into())
     }
 }
 

@@ -5,11 +5,11 @@
 //! it is stored compactly and its size counted so), or flattened `metadata[a][b]` (or
 //! `metadata.a.b`) fields, as some SDK versions send. The value's bytes are stored verbatim.
 
-use super::envelope::{ok, raw_json, read_body, with_version, RestError};
-use super::target::Target;
+use super::envelope::{ok, raw_json, with_version, RestError};
+use super::target::{Query, Target};
 use super::Gateway;
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -102,25 +102,55 @@ pub struct WriteQuery {
 struct Upload {
     value: Option<Bytes>,
     metadata: Option<String>,
-    flat_metadata: serde_json::Map<String, serde_json::Value>,
+    flat_metadata: Option<serde_json::Value>,
     expiration: Option<String>,
     expiration_ttl: Option<String>,
 }
 
-/// Sets `path` (the brackets of `metadata[a][b]`) to `value` in `map`, making objects on the way.
-fn set_flat(map: &mut serde_json::Map<String, serde_json::Value>, path: &[&str], value: String) {
-    let Some((first, rest)) = path.split_first() else { return };
-    if rest.is_empty() {
-        map.insert((*first).to_owned(), serde_json::Value::String(value));
+/// The deepest flattened metadata field accepted (`metadata[a][b]...`): stored metadata
+/// nests far less, and a bound keeps building it from untrusted field names cheap.
+const MAX_FLAT_DEPTH: usize = 32;
+
+/// Sets `path` (the brackets of `metadata[a][b]`) to `value` under `slot`, making objects on
+/// the way; an empty segment (`metadata[tags][]`) appends to an array, as form encoders
+/// flatten arrays.
+fn set_flat(slot: &mut serde_json::Value, path: &[&str], value: String) {
+    let Some((first, rest)) = path.split_first() else {
+        *slot = serde_json::Value::String(value);
+        return;
+    };
+    if first.is_empty() {
+        if !slot.is_array() {
+            *slot = json!([]);
+        }
+        if let Some(items) = slot.as_array_mut() {
+            items.push(serde_json::Value::Null);
+            if let Some(last) = items.last_mut() {
+                set_flat(last, rest, value);
+            }
+        }
         return;
     }
-    let slot = map.entry((*first).to_owned()).or_insert_with(|| json!({}));
     if !slot.is_object() {
         *slot = json!({});
     }
-    if let Some(inner) = slot.as_object_mut() {
-        set_flat(inner, rest, value);
+    if let Some(fields) = slot.as_object_mut() {
+        set_flat(fields.entry((*first).to_owned()).or_insert(serde_json::Value::Null), rest, value);
     }
+}
+
+/// The path of a flattened metadata field name (`metadata[a][b]` or `metadata.a.b`), if it is one.
+fn flat_path(name: &str) -> Option<Result<Vec<&str>, KvError>> {
+    let path: Vec<&str> = if let Some(inner) = name.strip_prefix("metadata[").and_then(|n| n.strip_suffix(']')) {
+        inner.split("][").collect()
+    } else {
+        // Older Python SDKs flatten with dots.
+        name.strip_prefix("metadata.")?.split('.').collect()
+    };
+    if path.len() > MAX_FLAT_DEPTH {
+        return Some(Err(KvError::InvalidRequest(format!("metadata field names nest at most {MAX_FLAT_DEPTH} deep"))));
+    }
+    Some(Ok(path))
 }
 
 /// Reads a multipart form into an upload.
@@ -138,16 +168,12 @@ async fn multipart(body: Bytes, boundary: String) -> Result<Upload, RestError> {
             "metadata" => up.metadata = Some(text()),
             "expiration" => up.expiration = Some(text()),
             "expiration_ttl" => up.expiration_ttl = Some(text()),
-            flat if flat.starts_with("metadata[") && flat.ends_with(']') => {
-                let path: Vec<&str> = flat["metadata[".len()..flat.len() - 1].split("][").collect();
-                set_flat(&mut up.flat_metadata, &path, text());
+            other => {
+                if let Some(path) = flat_path(other) {
+                    let root = up.flat_metadata.get_or_insert_with(|| json!({}));
+                    set_flat(root, &path?, text());
+                }
             }
-            // Older Python SDKs flatten with dots: `metadata.a.b`.
-            dotted if dotted.starts_with("metadata.") => {
-                let path: Vec<&str> = dotted["metadata.".len()..].split('.').collect();
-                set_flat(&mut up.flat_metadata, &path, text());
-            }
-            _ => {}
         }
     }
     Ok(up)
@@ -165,20 +191,21 @@ pub async fn put(
     // after the key and expiration, which the contract checks first.
     let limit = gw.limits.max_value_bytes + gw.limits.max_metadata_bytes + MULTIPART_SLACK;
     let max = gw.limits.max_value_bytes;
-    let body = read_body(&headers, body, limit, |len| KvError::ValueTooLarge { len, limit: max }).await;
+    let body = gw.body(&headers, body, limit, |len| KvError::ValueTooLarge { len, limit: max }).await;
     let key = target.key?;
     validate::key(&key, &gw.limits)?;
     let (expiration, expiration_ttl) =
         (integer("expiration", q.expiration.as_deref())?, integer("expiration_ttl", q.expiration_ttl.as_deref())?);
     validate::expiration(expiration, expiration_ttl, time::central_now_secs(), &gw.limits)?;
-    let body = body?;
+    let read = body?;
+    let body = read.bytes.clone();
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let mut up = match multer::parse_boundary(content_type) {
         Ok(boundary) if content_type.starts_with("multipart/form-data") => multipart(body, boundary).await?,
         _ => Upload { value: Some(body), ..Upload::default() },
     };
-    if up.metadata.is_none() && !up.flat_metadata.is_empty() {
-        up.metadata = Some(serde_json::Value::Object(std::mem::take(&mut up.flat_metadata)).to_string());
+    if up.metadata.is_none() {
+        up.metadata = up.flat_metadata.take().map(|m| m.to_string());
     }
     let value = up.value.ok_or_else(|| KvError::InvalidRequest("the multipart body has no value part".into()))?;
     let req = api::PutRequest {
@@ -204,11 +231,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flattened_metadata_fields_nest() {
-        let mut m = serde_json::Map::new();
-        set_flat(&mut m, &["a"], "1".into());
-        set_flat(&mut m, &["b", "c"], "2".into());
-        set_flat(&mut m, &["b", "d"], "3".into());
-        assert_eq!(serde_json::Value::Object(m), json!({"a": "1", "b": {"c": "2", "d": "3"}}));
+    fn flattened_metadata_fields_nest_and_make_arrays() {
+        let mut m = json!({});
+        for (name, v) in [
+            ("metadata[a]", "1"),
+            ("metadata[b][c]", "2"),
+            ("metadata.b.d", "3"),
+            ("metadata[t][]", "x"),
+            ("metadata[t][]", "y"),
+        ] {
+            set_flat(&mut m, &flat_path(name).unwrap().unwrap(), v.into());
+        }
+        assert_eq!(m, json!({"a": "1", "b": {"c": "2", "d": "3"}, "t": ["x", "y"]}));
+        assert!(flat_path("value").is_none());
+        let deep = format!("metadata{}", "[a]".repeat(MAX_FLAT_DEPTH + 1));
+        assert!(flat_path(&deep).unwrap().is_err(), "a field name nesting without bound is refused");
     }
 }
