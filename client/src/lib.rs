@@ -99,6 +99,29 @@ impl Client {
         call!(self, list, req)
     }
 
+    /// Up to 100 keys in one read.
+    pub async fn get_bulk(&self, req: api::GetBulkRequest) -> Result<api::GetBulkResponse, Status> {
+        call!(self, get_bulk, req)
+    }
+
+    /// Up to 10,000 deletes in one write; items that fail are listed in the answer.
+    pub async fn delete_bulk(&self, req: api::DeleteBulkRequest) -> Result<api::BulkWriteResponse, Status> {
+        call!(self, delete_bulk, req)
+    }
+
+    pub async fn get_namespace(&self, namespace_id: &str) -> Result<api::Namespace, Status> {
+        call!(self, get_namespace, api::NamespaceRef { namespace_id: namespace_id.into() })
+    }
+
+    pub async fn rename_namespace(&self, namespace_id: &str, title: &str) -> Result<api::Namespace, Status> {
+        let req = api::RenameNamespaceRequest { namespace_id: namespace_id.into(), title: title.into() };
+        call!(self, rename_namespace, req)
+    }
+
+    pub async fn delete_namespace(&self, namespace_id: &str) -> Result<(), Status> {
+        call!(self, delete_namespace, api::NamespaceRef { namespace_id: namespace_id.into() }).map(drop)
+    }
+
     pub async fn create_namespace(&self, title: &str) -> Result<api::Namespace, Status> {
         let req = api::CreateNamespaceRequest { title: title.into() };
         call!(self, create_namespace, req)

@@ -8,7 +8,6 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use base64::Engine;
 use kv_common::KvError;
 use kv_proto::client::v1::{self as api, kv_server::Kv};
 use serde::{Deserialize, Serialize};
@@ -19,17 +18,6 @@ use serde_json::value::RawValue;
 /// JSON's escapes and framing.
 fn body_limit(gw: &Gateway) -> usize {
     gw.limits.max_bulk_write_bytes.saturating_mul(2) + (1 << 20)
-}
-
-/// base64 as `atob` reads it: padding optional, whitespace (line breaks of wrapped output) ignored.
-fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
-    use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig};
-    const LENIENT: GeneralPurpose = GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-    );
-    let compact: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    LENIENT.decode(compact)
 }
 
 async fn body(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<Read, RestError> {
@@ -69,7 +57,7 @@ pub async fn put(
     for i in items {
         let value = if i.base64 {
             // Each item is judged alone: one that is not base64 fails by itself.
-            match decode_base64(&i.value) {
+            match kv_common::base64::decode(&i.value) {
                 Ok(v) => v,
                 Err(_) => {
                     refused.push(i.key);
@@ -190,18 +178,5 @@ struct Map<'a>(&'a [(String, Box<RawValue>)]);
 impl Serialize for Map<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64_is_read_as_atob_reads_it() {
-        assert_eq!(decode_base64("AAEC/w==").unwrap(), [0, 1, 2, 255]);
-        assert_eq!(decode_base64("AAEC/w").unwrap(), [0, 1, 2, 255], "padding is optional");
-        assert_eq!(decode_base64("AA\nEC/w==\n").unwrap(), [0, 1, 2, 255], "wrapped lines");
-        assert!(decode_base64("!!").is_err());
     }
 }

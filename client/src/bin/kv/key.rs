@@ -1,0 +1,129 @@
+//! `kv key put|get|list|delete`, with wrangler's flags.
+
+use crate::{say, Done, Fail, Output};
+use anyhow::Context;
+use clap::Subcommand;
+use kv_client::{api, Client};
+use serde_json::json;
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Writes a value given inline or read from `--path`.
+    Put {
+        key: String,
+        value: Option<String>,
+        #[arg(long, short = 'n', env = "KV_NAMESPACE_ID")]
+        namespace_id: String,
+        #[arg(long, conflicts_with = "value")]
+        path: Option<std::path::PathBuf>,
+        /// Seconds until the key expires (at least 60).
+        #[arg(long)]
+        ttl: Option<i64>,
+        /// Absolute Unix seconds when the key expires.
+        #[arg(long)]
+        expiration: Option<i64>,
+        /// JSON metadata stored with the key.
+        #[arg(long)]
+        metadata: Option<String>,
+    },
+    /// Prints a value (raw bytes unless `--output json`); a missing key exits with 1 (with
+    /// `--output json`, after printing `"found": false`).
+    Get {
+        key: String,
+        #[arg(long, short = 'n', env = "KV_NAMESPACE_ID")]
+        namespace_id: String,
+        /// Seconds the edge may cache the answer (at least 30).
+        #[arg(long)]
+        cache_ttl: Option<i64>,
+    },
+    /// Lists keys, following the cursor to the end unless `--limit` is given.
+    List {
+        #[arg(long, short = 'n', env = "KV_NAMESPACE_ID")]
+        namespace_id: String,
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long)]
+        limit: Option<i64>,
+    },
+    Delete {
+        key: String,
+        #[arg(long, short = 'n', env = "KV_NAMESPACE_ID")]
+        namespace_id: String,
+    },
+}
+
+/// Stored metadata as JSON, for `--output json`.
+pub fn metadata_json(text: Option<&str>) -> serde_json::Value {
+    text.and_then(|m| serde_json::from_str::<Box<serde_json::value::RawValue>>(m).ok())
+        .and_then(|raw| serde_json::to_value(raw).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+pub async fn run(client: &Client, cmd: Cmd, output: Output) -> Done {
+    match cmd {
+        Cmd::Put { key, value, namespace_id, path, ttl, expiration, metadata } => {
+            let value = match (value, path) {
+                (Some(v), None) => v.into_bytes(),
+                (None, Some(p)) => std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?,
+                _ => return Err(Fail::Input(anyhow::anyhow!("give the value inline or with --path"))),
+            };
+            let req = api::PutRequest {
+                namespace_id,
+                key: key.clone(),
+                value: value.into(),
+                expiration,
+                expiration_ttl: ttl,
+                metadata_json: metadata,
+            };
+            let r = client.put(req).await?;
+            let json = json!({"key": key, "version": r.version, "expiration": r.expiration});
+            say(output, json, || format!("wrote {key:?} (version {})", r.version));
+        }
+        Cmd::Get { key, namespace_id, cache_ttl } => {
+            let r = client.get(&namespace_id, &key, cache_ttl).await?;
+            if output == Output::Json {
+                let status = api::CacheStatus::try_from(r.cache_status)
+                    .map_or("UNKNOWN", |s| s.as_str_name().trim_start_matches("CACHE_STATUS_"));
+                println!(
+                    "{}",
+                    json!({"key": key, "found": r.found, "value": String::from_utf8_lossy(&r.value),
+                        "metadata": metadata_json(r.metadata_json.as_deref()),
+                        "expiration": r.expiration, "cache_status": status, "version": r.version})
+                );
+            } else if r.found {
+                use std::io::Write;
+                let mut out = std::io::stdout();
+                out.write_all(&r.value).and_then(|()| out.write_all(b"\n")).context("writing the value")?;
+            }
+            if !r.found {
+                return Err(Fail::Refused(Box::new(tonic::Status::not_found(format!("key {key:?} not found")))));
+            }
+        }
+        Cmd::List { namespace_id, prefix, limit } => {
+            let mut cursor = String::new();
+            let mut keys = Vec::new();
+            loop {
+                let req =
+                    api::ListRequest { namespace_id: namespace_id.clone(), prefix: prefix.clone(), limit, cursor };
+                let page = client.list(req).await?;
+                keys.extend(page.keys);
+                if page.list_complete || limit.is_some() {
+                    break;
+                }
+                cursor = page.cursor;
+            }
+            let rows = keys
+                .iter()
+                .map(|k| json!({"name": k.name, "expiration": k.expiration, "metadata": metadata_json(k.metadata_json.as_deref())}))
+                .collect();
+            say(output, serde_json::Value::Array(rows), || {
+                keys.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join("\n")
+            });
+        }
+        Cmd::Delete { key, namespace_id } => {
+            let r = client.delete(&namespace_id, &key).await?;
+            say(output, json!({"key": key, "version": r.version}), || format!("deleted {key:?}"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! `kv`: the command line for a KV cluster, after `wrangler kv`.
+//!
+//! The endpoint (any edge node) comes from `--endpoint` or `KV_ENDPOINT`. Read in this
+//! order: this file (commands, output, exit codes), then `namespace`, `key` and `bulk`.
+//!
+//! Exit codes, for scripts: 0 done; 1 the cluster refused the request (its message on
+//! stderr); 2 a usage error or an input file that cannot be used; 3 the cluster could not be
+//! reached or did not answer in time; 4 a bulk command ran to the end but some items failed
+//! (listed in its output).
+
+mod bulk;
+mod key;
+mod namespace;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use kv_client::Client;
+use tonic::Code;
+
+#[derive(Debug, Parser)]
+#[command(name = "kv", about = "Use a KV cluster from the command line")]
+struct Cli {
+    /// An edge node's gRPC address.
+    #[arg(long, env = "KV_ENDPOINT", default_value = "127.0.0.1:7501", global = true)]
+    endpoint: String,
+    /// `json` prints machine-readable output.
+    #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, list, get, rename and delete namespaces.
+    #[command(subcommand)]
+    Namespace(namespace::Cmd),
+    /// Put, get, list and delete keys.
+    #[command(subcommand)]
+    Key(key::Cmd),
+    /// Put, get and delete many keys from a JSON file, as `wrangler kv bulk` does.
+    #[command(subcommand)]
+    Bulk(bulk::Cmd),
+}
+
+/// Why a command failed, which decides its exit code.
+pub enum Fail {
+    /// The cluster refused the request.
+    Refused(Box<tonic::Status>),
+    /// No answer: the cluster could not be reached, or not in time.
+    Unreachable(String),
+    /// The command line or an input file cannot be used.
+    Input(anyhow::Error),
+    /// A bulk command finished with this many items unsuccessful.
+    Partial(usize),
+}
+
+impl From<tonic::Status> for Fail {
+    fn from(s: tonic::Status) -> Fail {
+        match s.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Fail::Unreachable(s.message().to_owned()),
+            _ => Fail::Refused(Box::new(s)),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Fail {
+    fn from(e: anyhow::Error) -> Fail {
+        Fail::Input(e)
+    }
+}
+
+impl Fail {
+    fn exit_code(&self) -> i32 {
+        match self {
+            Fail::Refused(_) => 1,
+            Fail::Input(_) => 2,
+            Fail::Unreachable(_) => 3,
+            Fail::Partial(_) => 4,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Fail::Refused(s) => s.message().to_owned(),
+            Fail::Unreachable(why) => format!("the cluster did not answer: {why}"),
+            Fail::Input(e) => format!("{e:#}"),
+            Fail::Partial(n) => format!("{n} items were not written"),
+        }
+    }
+}
+
+pub type Done = Result<(), Fail>;
+
+/// Prints `json` with `--output json`, else `text`.
+pub fn say(output: Output, json: serde_json::Value, text: impl FnOnce() -> String) {
+    match output {
+        Output::Json => println!("{json}"),
+        Output::Text => println!("{}", text()),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(f) = run(cli).await {
+        eprintln!("error: {}", f.message());
+        std::process::exit(f.exit_code());
+    }
+}
+
+async fn run(cli: Cli) -> Done {
+    let client =
+        Client::connect(&cli.endpoint).await.map_err(|e| Fail::Unreachable(format!("{}: {e:#}", cli.endpoint)))?;
+    match cli.command {
+        Command::Namespace(cmd) => namespace::run(&client, cmd, cli.output).await,
+        Command::Key(cmd) => key::run(&client, cmd, cli.output).await,
+        Command::Bulk(cmd) => bulk::run(&client, cmd, cli.output).await,
+    }
+}

@@ -1,0 +1,103 @@
+//! The `kv` command line against a real cluster, as a script would use it: wrangler's bulk
+//! file formats (a 25,000-item file, split into requests the contract allows), JSON output,
+//! and exit codes a script can test.
+
+use kv_tests::tiers::{test_topology, Tiers};
+use serde_json::{json, Value};
+use std::process::Output;
+
+/// Runs `kv` with `args` against `endpoint`.
+fn kv(endpoint: &str, args: &[&str]) -> Output {
+    let bin = kv_deploy::launch::bin_dir().expect("the binaries' directory").join("kv");
+    std::process::Command::new(bin)
+        .args(["--endpoint", endpoint, "--output", "json"])
+        .args(args)
+        .env_remove("KV_NAMESPACE_ID")
+        .output()
+        .expect("kv runs")
+}
+
+fn json_of(out: &Output) -> Value {
+    assert!(out.status.success(), "kv failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("kv prints JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_25000_item_bulk_file_round_trips_and_exit_codes_tell_what_happened() {
+    let t = Tiers::start_topology(&test_topology(
+        "[[regions]]\nname = \"a\"\ncentral_delay_ms = 2\nedges = [{ name = \"a-1\", delay_ms = 1 }]\n",
+    ))
+    .await
+    .unwrap();
+    let endpoint = t.cluster.edges().next().unwrap().node.grpc.to_string();
+    let e = endpoint.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = json_of(&kv(e, &["namespace", "create", "cli"]))["id"].as_str().unwrap().to_owned();
+    assert_eq!(json_of(&kv(e, &["namespace", "get", &ns]))["title"], "cli");
+
+    // wrangler's put file: plain, base64 and metadata items; 25,000 of them.
+    let items: Vec<Value> = (0..25_000)
+        .map(|i| match i % 3 {
+            0 => json!({ "key": format!("k{i:05}"), "value": format!("v{i}") }),
+            1 => json!({ "key": format!("k{i:05}"), "value": "AAEC/w==", "base64": true }),
+            _ => json!({ "key": format!("k{i:05}"), "value": "m", "metadata": { "i": i }, "expiration_ttl": 3600 }),
+        })
+        .collect();
+    let put_file = dir.path().join("put.json");
+    std::fs::write(&put_file, serde_json::to_vec(&items).unwrap()).unwrap();
+    let put = json_of(&kv(e, &["bulk", "put", put_file.to_str().unwrap(), "-n", &ns]));
+    assert_eq!(put, json!({ "successful_key_count": 25_000, "unsuccessful_keys": [] }));
+    let listed = json_of(&kv(e, &["key", "list", "-n", &ns]));
+    assert_eq!(listed.as_array().unwrap().len(), 25_000);
+
+    // Reads in runs of 100 keys; keys given as strings or as objects.
+    let mut keys: Vec<Value> = (0..150).map(|i| json!(format!("k{i:05}"))).collect();
+    keys.push(json!({ "name": "k00002" }));
+    keys.push(json!("missing"));
+    let keys_file = dir.path().join("keys.json");
+    std::fs::write(&keys_file, serde_json::to_vec(&keys).unwrap()).unwrap();
+    let got = json_of(&kv(e, &["bulk", "get", keys_file.to_str().unwrap(), "-n", &ns, "--with-metadata"]));
+    assert_eq!(got.as_object().unwrap().len(), 151);
+    assert_eq!(got["k00000"]["value"], "v0");
+    assert_eq!(got["k00002"]["metadata"], json!({ "i": 2 }));
+    assert_eq!(got["missing"], Value::Null);
+    let got = json_of(&kv(e, &["key", "get", "k00001", "-n", &ns]));
+    assert_eq!(got["value"], String::from_utf8_lossy(&[0, 1, 2, 255]).as_ref(), "base64 decoded");
+
+    // Deletes, in runs of 10,000, with wrangler's --force accepted.
+    let all: Vec<String> = (0..25_000).map(|i| format!("k{i:05}")).collect();
+    let del_file = dir.path().join("del.json");
+    std::fs::write(&del_file, serde_json::to_vec(&all).unwrap()).unwrap();
+    // Within the per-key write interval of the puts, some deletes may be refused: retry
+    // until every key has been deleted once.
+    let deleted = kv_tests::eventually(std::time::Duration::from_secs(10), "every delete", || async {
+        let out = kv(e, &["bulk", "delete", del_file.to_str().unwrap(), "-n", &ns, "--force"]);
+        out.status.success().then_some(())
+    });
+    deleted.await.unwrap();
+    assert_eq!(json_of(&kv(e, &["key", "list", "-n", &ns])), json!([]));
+
+    // Exit codes: 1 refused (the contract's message on stderr), 2 bad input, 3 no answer,
+    // 4 some bulk items failed.
+    let missing = kv(e, &["key", "get", "nope", "-n", &ns]);
+    assert_eq!(missing.status.code(), Some(1));
+    let long = "k".repeat(513);
+    let refused = kv(e, &["key", "put", &long, "v", "-n", &ns]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stderr).trim(),
+        "error: UTF-8 encoded length of 513 exceeds key length limit of 512."
+    );
+    let bad_file = dir.path().join("bad.json");
+    std::fs::write(&bad_file, b"{\"not\": \"a list\"}").unwrap();
+    assert_eq!(kv(e, &["bulk", "put", bad_file.to_str().unwrap(), "-n", &ns]).status.code(), Some(2));
+    let port = kv_deploy::launch::free_port().unwrap();
+    assert_eq!(kv(&format!("127.0.0.1:{port}"), &["namespace", "list"]).status.code(), Some(3));
+    let partial_file = dir.path().join("partial.json");
+    let partial = json!([{ "key": "fine", "value": "v" }, { "key": "", "value": "v" }, { "key": "b", "value": "!!", "base64": true }]);
+    std::fs::write(&partial_file, serde_json::to_vec(&partial).unwrap()).unwrap();
+    let out = kv(e, &["bulk", "put", partial_file.to_str().unwrap(), "-n", &ns]);
+    assert_eq!(out.status.code(), Some(4));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report, json!({ "successful_key_count": 1, "unsuccessful_keys": ["b", ""] }));
+}
