@@ -4,7 +4,9 @@
 //! (or a new trace when none came) and notes the caller's deadline from `grpc-timeout`, or a
 //! default budget when the caller set none. It also bounds the calls a node serves at once:
 //! past `max_in_flight`, a call is shed at once with UNAVAILABLE ("retry elsewhere or
-//! later"), so overload never turns into unbounded memory or latency. Every call the node makes upstream while serving
+//! later"), and a call whose request would take the request bytes held by all calls in
+//! flight past their bound fails the same way, so overload never turns into unbounded memory
+//! or latency. Every call the node makes upstream while serving
 //! it goes through `outgoing`, which carries both on: the trace with this node's span as the
 //! parent, and the deadline as what is left of it. A request is so followed from the edge's
 //! log to the central store's, and one budget bounds all the work done for it, however many
@@ -140,11 +142,31 @@ pub struct CallLayer {
     default_budget: Duration,
     max_in_flight: usize,
     in_flight: Arc<AtomicUsize>,
+    max_request_bytes: usize,
+    request_bytes: Arc<AtomicUsize>,
 }
+
+/// Request bytes the gRPC calls in flight may hold at once, unless set otherwise: well above
+/// one largest message (110 MB), far below the memory of the smallest machine we run on.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1 << 30;
 
 impl CallLayer {
     pub fn new(default_budget: Duration, max_in_flight: usize) -> Self {
-        CallLayer { default_budget, max_in_flight, in_flight: Arc::default() }
+        CallLayer {
+            default_budget,
+            max_in_flight,
+            in_flight: Arc::default(),
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            request_bytes: Arc::default(),
+        }
+    }
+
+    /// Bounds the request bytes that gRPC calls in flight hold together: a call whose
+    /// request would pass the bound fails with UNAVAILABLE, so many large requests at once
+    /// cannot exhaust memory (the count bound alone allows `max_in_flight` of the largest).
+    pub fn with_max_request_bytes(mut self, bytes: usize) -> Self {
+        self.max_request_bytes = bytes;
+        self
     }
 
     /// Admits one call to be served, or `None` when `max_in_flight` calls already are. The
@@ -162,7 +184,12 @@ impl CallLayer {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        let slot = Slot(self.in_flight.clone());
+        let held = Arc::new(Held {
+            total: self.request_bytes.clone(),
+            max: self.max_request_bytes,
+            mine: AtomicUsize::new(0),
+        });
+        let slot = Slot { in_flight: self.in_flight.clone(), held };
         let parent = traceparent.and_then(TraceContext::parse);
         let budget = budget.unwrap_or(self.default_budget);
         let trace = TraceContext::child_of(parent.as_ref());
@@ -212,12 +239,76 @@ pub struct Served<S> {
     layer: CallLayer,
 }
 
-/// One call's place among those in flight; given back when the call is answered.
-struct Slot(Arc<AtomicUsize>);
+/// One call's place among those in flight, and the request bytes it holds; given back when
+/// the call is answered (and its request body is gone).
+struct Slot {
+    in_flight: Arc<AtomicUsize>,
+    held: Arc<Held>,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The request bytes one call holds, out of all calls' `total`.
+#[derive(Debug)]
+struct Held {
+    total: Arc<AtomicUsize>,
+    max: usize,
+    mine: AtomicUsize,
+}
+
+impl Held {
+    /// Takes `n` more bytes, unless that would pass the bound.
+    fn take(&self, n: usize) -> bool {
+        let before = self.total.fetch_add(n, Ordering::AcqRel);
+        if before.saturating_add(n) > self.max {
+            self.total.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        self.mine.fetch_add(n, Ordering::AcqRel);
+        true
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.total.fetch_sub(*self.mine.get_mut(), Ordering::AcqRel);
+    }
+}
+
+/// A request body whose bytes count against the node's bound as they arrive.
+struct Budgeted {
+    inner: BoxBody,
+    held: Arc<Held>,
+}
+
+impl http_body::Body for Budgeted {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            let n = frame.data_ref().map_or(0, bytes::Bytes::len);
+            if !self.held.take(n) {
+                return Poll::Ready(Some(Err(tonic::Status::unavailable(OVERLOADED))));
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -246,23 +337,23 @@ where
     }
 }
 
-type Answered<S, B> =
-    Counted<TaskLocalFuture<Call, Instrumented<<S as tower_service::Service<http::Request<B>>>::Future>>>;
+type Answered<S> =
+    Counted<TaskLocalFuture<Call, Instrumented<<S as tower_service::Service<http::Request<BoxBody>>>::Future>>>;
 
-impl<S, B> tower_service::Service<http::Request<B>> for Served<S>
+impl<S> tower_service::Service<http::Request<BoxBody>> for Served<S>
 where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<BoxBody>>,
+    S: tower_service::Service<http::Request<BoxBody>, Response = http::Response<BoxBody>>,
     S::Future: Future<Output = Result<http::Response<BoxBody>, S::Error>>,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Either<Ready<Result<S::Response, S::Error>>, Answered<S, B>>;
+    type Future = Either<Ready<Result<S::Response, S::Error>>, Answered<S>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, req: http::Request<BoxBody>) -> Self::Future {
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         let budget = header(GRPC_TIMEOUT).and_then(parse_grpc_timeout);
         let Some(admitted) = self.layer.admit("grpc", req.uri().path(), header(TRACEPARENT), budget) else {
@@ -270,6 +361,8 @@ where
             return Either::Left(futures::future::ready(Ok(shed.into_http())));
         };
         let Admitted { call, span, slot } = admitted;
+        let held = slot.held.clone();
+        let req = req.map(|inner| http_body_util::BodyExt::boxed_unsync(Budgeted { inner, held }));
         let served = CURRENT.scope(call, self.inner.call(req).instrument(span));
         Either::Right(Counted { inner: Box::pin(tokio::time::timeout_at(call.deadline.into(), served)), _slot: slot })
     }
@@ -320,7 +413,7 @@ mod tests {
     #[derive(Clone)]
     struct Hangs;
 
-    impl tower_service::Service<http::Request<()>> for Hangs {
+    impl tower_service::Service<http::Request<BoxBody>> for Hangs {
         type Response = http::Response<BoxBody>;
         type Error = std::convert::Infallible;
         type Future = futures::future::Pending<Result<Self::Response, Self::Error>>;
@@ -329,8 +422,37 @@ mod tests {
             Poll::Ready(Ok(()))
         }
 
-        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+        fn call(&mut self, _: http::Request<BoxBody>) -> Self::Future {
             futures::future::pending()
+        }
+    }
+
+    /// A service that reads its whole request, answers with the status reading ended in
+    /// (OK when it read all), and holds what it read until `release` fires.
+    #[derive(Clone)]
+    struct Reads(tokio::sync::watch::Receiver<bool>);
+
+    impl tower_service::Service<http::Request<BoxBody>> for Reads {
+        type Response = http::Response<BoxBody>;
+        type Error = std::convert::Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<BoxBody>) -> Self::Future {
+            let mut release = self.0.clone();
+            Box::pin(async move {
+                let read = http_body_util::BodyExt::collect(req.into_body()).await;
+                let status = match &read {
+                    Ok(_) => tonic::Status::ok(""),
+                    Err(s) => s.clone(),
+                };
+                let _ = release.wait_for(|r| *r).await;
+                drop(read);
+                Ok(status.into_http())
+            })
         }
     }
 
@@ -338,18 +460,43 @@ mod tests {
         r.headers().get("grpc-status").and_then(|v| v.to_str().ok())
     }
 
+    fn request(body: &'static [u8]) -> http::Request<BoxBody> {
+        let body = http_body_util::Full::new(bytes::Bytes::from_static(body));
+        http::Request::new(http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(
+            body,
+            |e| match e {},
+        )))
+    }
+
     #[tokio::test]
     async fn calls_past_the_bound_are_shed_and_every_call_ends_by_its_deadline() {
         use tower_layer::Layer;
         use tower_service::Service;
         let mut svc = CallLayer::new(Duration::from_secs(3600), 1).layer(Hangs);
-        let first = svc.call(http::Request::new(()));
-        let shed = svc.call(http::Request::new(())).await.unwrap();
+        let first = svc.call(request(b""));
+        let shed = svc.call(request(b"")).await.unwrap();
         assert_eq!(grpc_status(&shed), Some("14"), "the second call is shed with UNAVAILABLE");
         drop(first);
-        let mut req = http::Request::new(());
+        let mut req = request(b"");
         req.headers_mut().insert(GRPC_TIMEOUT, "20m".parse().unwrap());
         let late = svc.call(req).await.unwrap();
         assert_eq!(grpc_status(&late), Some("4"), "answered DEADLINE_EXCEEDED at its deadline");
+    }
+
+    #[tokio::test]
+    async fn request_bytes_in_flight_are_bounded_and_given_back_when_calls_end() {
+        use tower_layer::Layer;
+        use tower_service::Service;
+        let (release, held) = tokio::sync::watch::channel(false);
+        let layer = CallLayer::new(Duration::from_secs(3600), 100).with_max_request_bytes(10);
+        let mut svc = layer.layer(Reads(held));
+        let first = tokio::spawn(svc.call(request(b"123456")));
+        tokio::task::yield_now().await;
+        let over = svc.call(request(b"123456"));
+        release.send(true).unwrap();
+        assert_eq!(grpc_status(&over.await.unwrap()), Some("14"), "6 + 6 bytes pass the bound of 10");
+        assert_eq!(grpc_status(&first.await.unwrap().unwrap()), Some("0"));
+        let again = svc.call(request(b"1234567890")).await.unwrap();
+        assert_eq!(grpc_status(&again), Some("0"), "the bytes of ended calls were given back");
     }
 }
