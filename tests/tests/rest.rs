@@ -58,6 +58,8 @@ async fn the_rest_api_serves_every_route_as_the_official_clients_call_it() {
     refused(rest.send(http.get(other)).await, 404, 7003, "No route for that URI");
     refused(rest.send(http.get(format!("{}/nowhere", rest.root))).await, 404, 7003, "No route for that URI");
     refused(rest.send(http.patch(rest.ns_url(""))).await, 405, 7001, "Method not allowed");
+    let allow = http.patch(rest.ns_url("")).send().await.unwrap().headers().get("allow").cloned();
+    assert_eq!(allow.as_ref().and_then(|v| v.to_str().ok()), Some("GET,HEAD,POST"));
 
     // Namespaces: create, a duplicate title (code 10014), get, rename, list, delete.
     let ns = rest.create_namespace("rest-main").await.unwrap();

@@ -111,7 +111,13 @@ async fn admit(State(gw): State<Gateway>, req: Request, next: Next) -> Response 
         return RestError::from(Status::unavailable(OVERLOADED)).into_response();
     };
     match call.serve(next.run(req)).await {
-        Some(r) if r.status() == StatusCode::METHOD_NOT_ALLOWED => RestError::method_not_allowed().into_response(),
+        Some(r) if r.status() == StatusCode::METHOD_NOT_ALLOWED => {
+            let mut answer = RestError::method_not_allowed().into_response();
+            if let Some(allow) = r.headers().get(axum::http::header::ALLOW) {
+                answer.headers_mut().insert(axum::http::header::ALLOW, allow.clone());
+            }
+            answer
+        }
         Some(r) => r,
         None => RestError::from(Status::deadline_exceeded(LATE)).into_response(),
     }
