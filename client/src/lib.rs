@@ -9,6 +9,8 @@ use tonic::{Code, Status};
 
 pub use kv_proto::client::v1 as api;
 
+pub mod rest;
+
 /// Largest message the client sends or accepts: a bulk write of 100 MB plus framing.
 const MAX_MESSAGE: usize = 110 << 20;
 

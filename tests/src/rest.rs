@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 use std::net::SocketAddr;
-use tonic::{Code, Status};
+use tonic::Status;
 
 /// The account every edge serves by default.
 pub const ACCOUNT: &str = "00000000000000000000000000000001";
@@ -17,43 +17,7 @@ pub struct Rest {
     pub root: String,
 }
 
-/// Percent-encodes every byte but the unreserved ones, as `encodeURIComponent` does.
-pub fn encode(bytes: &[u8]) -> String {
-    const SET: &percent_encoding::AsciiSet =
-        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
-    percent_encoding::percent_encode(bytes, SET).to_string()
-}
-
-/// The gRPC code a REST status stands for.
-fn code_of(http: u16) -> Code {
-    match http {
-        400 | 413 | 414 => Code::InvalidArgument,
-        401 => Code::Unauthenticated,
-        403 => Code::PermissionDenied,
-        404 => Code::NotFound,
-        429 => Code::ResourceExhausted,
-        503 => Code::Unavailable,
-        504 => Code::DeadlineExceeded,
-        _ => Code::Internal,
-    }
-}
-
-/// A failed answer's first error, as a status; its envelope code rides in `kv-error-code`.
-pub fn status_of(http: u16, envelope: &Value) -> Status {
-    let first = &envelope["errors"][0];
-    let message = first["message"].as_str().unwrap_or("no message in the envelope");
-    let mut s = Status::new(code_of(http), message);
-    s.metadata_mut().insert(kv_common::HTTP_STATUS_TRAILER, http.into());
-    if let Some(code) = first["code"].as_u64() {
-        s.metadata_mut().insert(kv_common::error::ERROR_CODE_TRAILER, code.into());
-    }
-    s
-}
-
-/// The envelope code of a status made by `status_of`.
-pub fn error_code(s: &Status) -> Option<u64> {
-    s.metadata().get(kv_common::error::ERROR_CODE_TRAILER)?.to_str().ok()?.parse().ok()
-}
+pub use kv_client::rest::{encode, error_code, status_of};
 
 impl Rest {
     pub fn new(http: SocketAddr) -> Rest {

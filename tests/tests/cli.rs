@@ -1,6 +1,6 @@
 //! The `kv` command line against a real cluster, as a script would use it: wrangler's bulk
 //! file formats (a 25,000-item file, split into requests the contract allows), JSON output,
-//! and exit codes a script can test.
+//! exit codes a script can test, over gRPC and over the REST API.
 
 use kv_tests::tiers::{test_topology, Tiers};
 use serde_json::{json, Value};
@@ -100,4 +100,32 @@ async fn a_25000_item_bulk_file_round_trips_and_exit_codes_tell_what_happened() 
     assert_eq!(out.status.code(), Some(4));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report, json!({ "successful_key_count": 1, "unsuccessful_keys": ["b", ""] }));
+
+    // The same commands over the REST API, given its base URL.
+    let base = format!("http://{}/client/v4", t.cluster.edges().next().unwrap().node.http);
+    let r = base.as_str();
+    let ns = json_of(&kv(r, &["namespace", "create", "cli-rest"]))["id"].as_str().unwrap().to_owned();
+    let listed = json_of(&kv(r, &["namespace", "list"]));
+    assert!(listed.as_array().unwrap().iter().any(|n| n["id"] == ns.as_str()));
+    let few: Vec<Value> = (0..250)
+        .map(|i| json!({ "key": format!("r{i:03}"), "value": format!("v{i}"), "metadata": { "i": i } }))
+        .collect();
+    let few_file = dir.path().join("few.json");
+    std::fs::write(&few_file, serde_json::to_vec(&few).unwrap()).unwrap();
+    let put = json_of(&kv(r, &["bulk", "put", few_file.to_str().unwrap(), "-n", &ns]));
+    assert_eq!(put["successful_key_count"], 250);
+    assert_eq!(json_of(&kv(r, &["key", "list", "-n", &ns, "--prefix", "r1"])).as_array().unwrap().len(), 100);
+    let got = json_of(&kv(r, &["key", "get", "r007", "-n", &ns]));
+    assert_eq!((&got["value"], &got["metadata"]), (&json!("v7"), &json!({ "i": 7 })));
+    let put = json_of(&kv(r, &["key", "put", "bin", "--path", few_file.to_str().unwrap(), "-n", &ns]));
+    assert!(put["version"].as_u64().unwrap() > 0);
+    let got = json_of(&kv(r, &["bulk", "get", keys_file.to_str().unwrap(), "-n", &ns]));
+    assert_eq!(got["missing"], Value::Null);
+    assert_eq!(kv(r, &["key", "get", "nope", "-n", &ns]).status.code(), Some(1));
+    let refused = kv(r, &["key", "put", &long, "v", "-n", &ns]);
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stderr).trim(),
+        "error: UTF-8 encoded length of 513 exceeds key length limit of 512."
+    );
+    assert_eq!(kv(&format!("http://127.0.0.1:{port}/client/v4"), &["namespace", "list"]).status.code(), Some(3));
 }

@@ -4,12 +4,13 @@
 //! the contract allows (10,000 items and 100 MB per write, 100 keys per read), with a
 //! progress bar when stderr is a terminal.
 
+use crate::endpoint::Endpoint;
 use crate::key::metadata_json;
 use crate::{say, Done, Fail, Output};
 use anyhow::Context;
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
-use kv_client::{api, Client};
+use kv_client::api;
 use kv_common::Limits;
 use serde::Deserialize;
 use serde_json::json;
@@ -141,7 +142,7 @@ impl Tally {
     }
 }
 
-pub async fn run(client: &Client, cmd: Cmd, output: Output) -> Done {
+pub async fn run(client: &Endpoint, cmd: Cmd, output: Output) -> Done {
     let limits = Limits::default();
     match cmd {
         Cmd::Put { file, namespace_id } => {

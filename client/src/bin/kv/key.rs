@@ -1,9 +1,10 @@
 //! `kv key put|get|list|delete`, with wrangler's flags.
 
+use crate::endpoint::Endpoint;
 use crate::{say, Done, Fail, Output};
 use anyhow::Context;
 use clap::Subcommand;
-use kv_client::{api, Client};
+use kv_client::api;
 use serde_json::json;
 
 #[derive(Debug, Subcommand)]
@@ -59,7 +60,7 @@ pub fn metadata_json(text: Option<&str>) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
-pub async fn run(client: &Client, cmd: Cmd, output: Output) -> Done {
+pub async fn run(client: &Endpoint, cmd: Cmd, output: Output) -> Done {
     match cmd {
         Cmd::Put { key, value, namespace_id, path, ttl, expiration, metadata } => {
             let value = match (value, path) {

@@ -1,7 +1,8 @@
 //! `kv`: the command line for a KV cluster, after `wrangler kv`.
 //!
-//! The endpoint (any edge node) comes from `--endpoint` or `KV_ENDPOINT`. Read in this
-//! order: this file (commands, output, exit codes), then `namespace`, `key` and `bulk`.
+//! The endpoint (any edge node, over gRPC or REST) comes from `--endpoint` or `KV_ENDPOINT`.
+//! Read in this order: this file (commands, output, exit codes), `endpoint`, then
+//! `namespace`, `key` and `bulk`.
 //!
 //! Exit codes, for scripts: 0 done; 1 the cluster refused the request (its message on
 //! stderr); 2 a usage error or an input file that cannot be used; 3 the cluster could not be
@@ -9,19 +10,26 @@
 //! (listed in its output).
 
 mod bulk;
+mod endpoint;
 mod key;
 mod namespace;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use kv_client::Client;
+use endpoint::Endpoint;
 use tonic::Code;
 
 #[derive(Debug, Parser)]
 #[command(name = "kv", about = "Use a KV cluster from the command line")]
 struct Cli {
-    /// An edge node's gRPC address.
+    /// An edge node's gRPC address, or its REST API's base URL (`http://host:port/client/v4`).
     #[arg(long, env = "KV_ENDPOINT", default_value = "127.0.0.1:7501", global = true)]
     endpoint: String,
+    /// The account, over REST (default: the first the edge lists).
+    #[arg(long, env = "KV_ACCOUNT_ID", global = true)]
+    account_id: Option<String>,
+    /// A bearer token, sent with every call.
+    #[arg(long, env = "KV_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
     /// `json` prints machine-readable output.
     #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
     output: Output,
@@ -115,8 +123,9 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> Done {
-    let client =
-        Client::connect(&cli.endpoint).await.map_err(|e| Fail::Unreachable(format!("{}: {e:#}", cli.endpoint)))?;
+    let client = Endpoint::connect(&cli.endpoint, cli.account_id.as_deref(), cli.token.as_deref())
+        .await
+        .map_err(|e| Fail::Unreachable(format!("{}: {e:#}", cli.endpoint)))?;
     match cli.command {
         Command::Namespace(cmd) => namespace::run(&client, cmd, cli.output).await,
         Command::Key(cmd) => key::run(&client, cmd, cli.output).await,

@@ -1,8 +1,9 @@
 //! `kv namespace create|list|get|rename|delete`.
 
+use crate::endpoint::Endpoint;
 use crate::{say, Done, Output};
 use clap::Subcommand;
-use kv_client::{api, Client};
+use kv_client::api;
 use serde_json::json;
 
 #[derive(Debug, Subcommand)]
@@ -18,7 +19,7 @@ fn shown(n: &api::Namespace) -> serde_json::Value {
     json!({"id": n.id, "title": n.title})
 }
 
-pub async fn run(client: &Client, cmd: Cmd, output: Output) -> Done {
+pub async fn run(client: &Endpoint, cmd: Cmd, output: Output) -> Done {
     match cmd {
         Cmd::Create { title } => {
             let n = client.create_namespace(&title).await?;

@@ -1,0 +1,56 @@
+//! The edge the command line talks to: its gRPC API (`host:port`), or its REST API (an
+//! `http://` or `https://` URL). Both answer the same calls with the same types and errors.
+
+use kv_client::rest::RestClient;
+use kv_client::{api, Client};
+use tonic::Status;
+
+pub enum Endpoint {
+    Grpc(Client),
+    Rest(RestClient),
+}
+
+/// Calls the same method on whichever API the endpoint speaks.
+macro_rules! forward {
+    ($(fn $name:ident($($arg:ident: $ty:ty),*) -> $out:ty;)*) => {
+        impl Endpoint {
+            $(pub async fn $name(&self, $($arg: $ty),*) -> Result<$out, Status> {
+                match self {
+                    Endpoint::Grpc(c) => c.$name($($arg),*).await,
+                    Endpoint::Rest(r) => r.$name($($arg),*).await,
+                }
+            })*
+        }
+    };
+}
+
+forward! {
+    fn create_namespace(title: &str) -> api::Namespace;
+    fn list_namespaces() -> Vec<api::Namespace>;
+    fn get_namespace(namespace_id: &str) -> api::Namespace;
+    fn rename_namespace(namespace_id: &str, title: &str) -> api::Namespace;
+    fn delete_namespace(namespace_id: &str) -> ();
+    fn put(req: api::PutRequest) -> api::WriteResponse;
+    fn get(namespace_id: &str, key: &str, cache_ttl: Option<i64>) -> api::GetResponse;
+    fn delete(namespace_id: &str, key: &str) -> api::WriteResponse;
+    fn list(req: api::ListRequest) -> api::ListResponse;
+    fn put_bulk(req: api::PutBulkRequest) -> api::BulkWriteResponse;
+    fn delete_bulk(req: api::DeleteBulkRequest) -> api::BulkWriteResponse;
+    fn get_bulk(req: api::GetBulkRequest) -> api::GetBulkResponse;
+}
+
+impl Endpoint {
+    /// Connects to `endpoint`: a URL with a scheme of `http` or `https` is a REST base URL
+    /// (`.../client/v4`), anything else a gRPC address.
+    pub async fn connect(endpoint: &str, account: Option<&str>, token: Option<&str>) -> anyhow::Result<Endpoint> {
+        if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
+            Ok(Endpoint::Rest(
+                RestClient::connect(endpoint, account, token)
+                    .await
+                    .map_err(|s| anyhow::anyhow!(s.message().to_owned()))?,
+            ))
+        } else {
+            Ok(Endpoint::Grpc(Client::connect(endpoint).await?))
+        }
+    }
+}
