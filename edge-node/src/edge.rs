@@ -46,8 +46,13 @@ impl Policy for EdgePolicy {
         copy.fresh_for_read(Instant::now(), self.cache_ttl(spec))
     }
 
-    fn stale_ok(&self, copy: &Copy, _: &ReadSpec) -> bool {
-        Instant::now() < copy.hold_until
+    /// Stale-if-error (SPEC 4.8): at most `max_stale` past the end of *this reader's*
+    /// cacheTtl. The copy may have been filled by a read with a longer one and be held for
+    /// it; a reader with a short cacheTtl must still not get an answer older than its own
+    /// bound allows.
+    fn stale_ok(&self, copy: &Copy, spec: &ReadSpec) -> bool {
+        let now = Instant::now();
+        now < copy.hold_until && now < copy.as_of + self.cache_ttl(spec) + self.max_stale
     }
 
     fn lifetimes(&self, spec: &ReadSpec) -> (Duration, Duration) {
@@ -300,4 +305,24 @@ fn secs(s: i64) -> Duration {
 /// A fresh request id: 128 random bits in hex.
 pub fn new_request_id() -> String {
     format!("{:032x}", rand::random::<u128>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stale_answer_ends_at_the_readers_own_cache_ttl_plus_the_stale_maximum() {
+        let policy = EdgePolicy {
+            max_stale: Duration::from_secs(5),
+            max_copy: Duration::from_secs(86_400),
+            default_cache_ttl: Duration::from_secs(60),
+        };
+        // Filled 10 s ago by a read with a cacheTtl of 300 s: held for 305 s.
+        let as_of = Instant::now() - Duration::from_secs(10);
+        let copy = Copy::new(None, 7, as_of, Duration::from_secs(300), Duration::from_secs(5), 0);
+        let reading = |secs| ReadSpec { cache_ttl: Some(Duration::from_secs(secs)), ..ReadSpec::default() };
+        assert!(policy.stale_ok(&copy, &reading(30)), "10 s old: within 30 + 5 s");
+        assert!(!policy.stale_ok(&copy, &reading(1)), "10 s old: past 1 + 5 s, whatever the copy is held for");
+    }
 }
