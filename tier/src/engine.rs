@@ -14,7 +14,10 @@
 //!   lands, the newer of its answer and the noted change is what is kept and served; a
 //!   change whose value is not known here (too large for the feed, a namespace deletion)
 //!   makes the flight ask again, at that change's version;
-//! - a flight whose tier was reset meanwhile (`reset`) answers its readers but is not kept;
+//! - a flight whose tier was reset meanwhile (`reset`) answers its readers and is kept only
+//!   as a copy of the old epoch: never fresh, but never older than what it replaces (the
+//!   fault suite, seed 2038: leaving the older copy let a later STALE answer go back behind
+//!   the flight's answer);
 //! - this tier's own acknowledged write becomes a copy only if no change after it has been
 //!   applied yet (the changes applied since may have passed the key by while no copy was held).
 //!   The fault suite found this one: a write answered after its regional tier was resumed
@@ -325,7 +328,6 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
         while !keys.is_empty() {
             let answers = self.upstream.read(&ns, keys.clone(), &spec).await;
             let mut st = self.lock();
-            let epoch = st.epoch;
             let mut again = Vec::new();
             let mut again_at = spec.min_version;
             for (i, key) in keys.into_iter().enumerate() {
@@ -360,8 +362,10 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
                 let (fresh_for, hold_extra) = self.policy.lifetimes(&spec);
                 let copy = Arc::new(Copy::new(value, version, answer.as_of, fresh_for, hold_extra, flight.epoch));
                 let f = st.flights.remove(&ck);
-                let cacheable = keep && f.as_ref().is_some_and(|f| f.epoch == epoch);
-                let copy = if cacheable { self.cache.keep(ck, copy) } else { copy };
+                // A flight from before a reset is kept too, as a copy of its own epoch: never
+                // fresh, but no older than what it replaces, so a STALE answer served from
+                // the cache later never goes back behind what this flight answered.
+                let copy = if keep { self.cache.keep(ck, copy) } else { copy };
                 land(f, Ok(copy));
             }
             drop(st);
@@ -682,7 +686,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_fetch_under_way_at_a_reset_answers_but_is_not_kept() {
+    async fn a_fetch_under_way_at_a_reset_answers_and_is_kept_but_never_fresh() {
         let (t, mut calls) = tier();
         let reader = tokio::spawn({
             let t = t.clone();
@@ -692,7 +696,8 @@ mod tests {
         t.reset(7, true);
         call.reply.send(Ok(vec![answer(val("v1"), 1)])).unwrap();
         assert_eq!(text(&reader.await.unwrap()[0]).as_deref(), Some("v1"));
-        assert!(t.cache.get(&key("k")).is_none());
+        let kept = t.cache.get(&key("k")).expect("kept, for later stale answers");
+        assert_ne!(kept.epoch, t.epoch(), "but as a copy of the old epoch, never fresh");
         // And a fetch registered after the reset asks at the new position at least.
         let again = tokio::spawn({
             let t = t.clone();
@@ -702,6 +707,29 @@ mod tests {
         assert_eq!(call.spec.min_version, 7);
         call.reply.send(Ok(vec![answer(val("v1"), 1)])).unwrap();
         again.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stale_answer_never_goes_back_behind_a_flight_answered_across_a_reset() {
+        let (t, mut calls) = tier();
+        t.write_through(key("k"), val("old"), 3, Instant::now(), &ReadSpec::default());
+        t.reset(3, false);
+        let reader = tokio::spawn({
+            let t = t.clone();
+            async move { read(&t, &["k"]).await }
+        });
+        let call = calls.recv().await.unwrap();
+        t.reset(4, false);
+        call.reply.send(Ok(vec![answer(val("new"), 9)])).unwrap();
+        assert_eq!(reader.await.unwrap()[0].copy.version, 9);
+        // Upstream goes away: the stale answer is the newer copy, not the one before it.
+        let stale = tokio::spawn({
+            let t = t.clone();
+            async move { read(&t, &["k"]).await }
+        });
+        calls.recv().await.unwrap().reply.send(Err(Status::unavailable("down"))).unwrap();
+        let got = stale.await.unwrap();
+        assert_eq!((got[0].copy.version, got[0].source), (9, Source::Stale));
     }
 
     #[tokio::test]
