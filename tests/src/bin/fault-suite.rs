@@ -63,8 +63,11 @@ async fn main() -> anyhow::Result<()> {
             // Keep the nodes' data and logs of a failed run for whoever looks into it.
             let kept = args.out.join(format!("seed-{seed}-nodes"));
             let _ = std::fs::remove_dir_all(&kept);
-            match std::fs::rename(root.path(), &kept) {
-                Ok(()) => eprintln!("seed {seed}: node logs kept in {}", kept.display()),
+            // With its own copy of the history: a replay of the seed rewrites `seed-S.json`.
+            let kept_history = std::fs::rename(root.path(), &kept)
+                .and_then(|()| std::fs::copy(args.out.join(format!("seed-{seed}.json")), kept.join("history.json")));
+            match kept_history {
+                Ok(_) => eprintln!("seed {seed}: node logs and history kept in {}", kept.display()),
                 Err(e) => eprintln!("seed {seed}: node logs not kept: {e}"),
             }
         }
