@@ -142,8 +142,12 @@ impl Tracker {
     }
 
     /// Tells every edge to revalidate what it holds (the feed's history was lost).
+    ///
+    /// Interest is kept: an edge whose read or write was registered just before this reset
+    /// and answered just after it holds a copy of the new epoch, and must be pushed its
+    /// key's later changes (the fault suite, seed 2038: wiping interest here left such a
+    /// copy unrefreshed for its whole cacheTtl). Interest still lapses on its own.
     pub fn reset_all(&self, version: u64) {
-        self.keys.invalidate_all();
         lock(&self.subscribers).retain(|_, tx| tx.try_send(reset(version)).is_ok());
     }
 
@@ -220,6 +224,19 @@ mod tests {
         a.try_recv().unwrap();
         let again = ChangeSet { version: 11, changes: vec![change("ns", "k", ChangeKind::Put)] };
         assert_eq!(t.fan_out(&again).sent, 0, "and forgets who held the namespace's keys");
+    }
+
+    #[test]
+    fn a_reset_keeps_interest_so_copies_made_across_it_are_still_pushed() {
+        let t = Tracker::new(1 << 20, DAY);
+        let mut a = t.subscribe("a", 0);
+        a.try_recv().unwrap();
+        // An edge's write registers interest, then the feed starts over before the answer.
+        t.track(("ns".into(), "k".into()), "a", Duration::from_secs(60));
+        t.reset_all(424);
+        assert!(matches!(a.try_recv().unwrap().event, Some(Event::Reset(_))), "edges revalidate");
+        let later = ChangeSet { version: 431, changes: vec![change("ns", "k", ChangeKind::Put)] };
+        assert_eq!(t.fan_out(&later).sent, 1, "and are still pushed the keys they hold");
     }
 
     #[test]
