@@ -5,6 +5,7 @@
 //! The read path both caching tiers share is the `tier` crate.
 
 pub mod base64;
+pub mod bulk;
 pub mod call;
 pub mod client;
 pub mod config;

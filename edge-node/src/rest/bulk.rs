@@ -25,18 +25,6 @@ async fn body(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<Read, Res
     gw.body(headers, body, body_limit(gw), |bytes| KvError::BulkWriteTooLarge { bytes, max }).await
 }
 
-/// One item of a bulk write.
-#[derive(Deserialize)]
-struct Item {
-    key: String,
-    value: String,
-    expiration: Option<i64>,
-    expiration_ttl: Option<i64>,
-    metadata: Option<Box<RawValue>>,
-    #[serde(default)]
-    base64: bool,
-}
-
 /// What a bulk write or delete reports; `refused` are keys of items refused here already.
 fn report(r: &api::BulkWriteResponse, refused: Vec<String>) -> Response {
     let mut unsuccessful = refused;
@@ -52,29 +40,7 @@ pub async fn put(
     b: Body,
 ) -> Result<Response, RestError> {
     let read = body(&gw, &headers, b).await?;
-    let items: Vec<Item> = json(&read.bytes)?;
-    let (mut put, mut refused) = (Vec::with_capacity(items.len()), Vec::new());
-    for i in items {
-        let value = if i.base64 {
-            // Each item is judged alone: one that is not base64 fails by itself.
-            match kv_common::base64::decode(&i.value) {
-                Ok(v) => v,
-                Err(_) => {
-                    refused.push(i.key);
-                    continue;
-                }
-            }
-        } else {
-            i.value.into_bytes()
-        };
-        put.push(api::BulkPutItem {
-            key: i.key,
-            value: value.into(),
-            expiration: i.expiration,
-            expiration_ttl: i.expiration_ttl,
-            metadata_json: i.metadata.map(|m| m.get().to_owned()),
-        });
-    }
+    let (put, refused) = kv_common::bulk::put_items(json(&read.bytes)?);
     let req = api::PutBulkRequest { namespace_id: target.ns, items: put };
     Ok(report(gw.api.put_bulk(gw.request(&headers, req)).await?.get_ref(), refused))
 }

@@ -44,18 +44,6 @@ pub enum Cmd {
     },
 }
 
-/// One item of a bulk put file.
-#[derive(Deserialize)]
-struct Item {
-    key: String,
-    value: String,
-    expiration: Option<i64>,
-    expiration_ttl: Option<i64>,
-    metadata: Option<Box<serde_json::value::RawValue>>,
-    #[serde(default)]
-    base64: bool,
-}
-
 /// A key in a keys file.
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -146,30 +134,10 @@ pub async fn run(client: &Endpoint, cmd: Cmd, output: Output) -> Done {
     let limits = Limits::default();
     match cmd {
         Cmd::Put { file, namespace_id } => {
-            let items: Vec<Item> = read_json(&file)?;
+            let items: Vec<kv_common::bulk::BulkItem> = read_json(&file)?;
             let bar = progress(items.len(), output);
-            let (mut puts, mut tally) = (Vec::with_capacity(items.len()), Tally::default());
-            for i in items {
-                let value = if i.base64 {
-                    match kv_common::base64::decode(&i.value) {
-                        Ok(v) => v,
-                        Err(_) => {
-                            // Judged alone, as the REST API judges it.
-                            tally.unsuccessful.push(i.key);
-                            continue;
-                        }
-                    }
-                } else {
-                    i.value.into_bytes()
-                };
-                puts.push(api::BulkPutItem {
-                    key: i.key,
-                    value: value.into(),
-                    expiration: i.expiration,
-                    expiration_ttl: i.expiration_ttl,
-                    metadata_json: i.metadata.map(|m| m.get().to_owned()),
-                });
-            }
+            let (puts, refused) = kv_common::bulk::put_items(items);
+            let mut tally = Tally { unsuccessful: refused, ..Tally::default() };
             let size =
                 |i: &api::BulkPutItem| i.key.len() + i.value.len() + i.metadata_json.as_ref().map_or(0, String::len);
             for run in batches(puts, size, limits.max_bulk_write_items, limits.max_bulk_write_bytes) {
