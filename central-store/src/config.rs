@@ -11,6 +11,12 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// A file holding the cluster's admin token (`KV_ADMIN_TOKEN` wins over it).
+    pub admin_token_file: Option<PathBuf>,
+    /// The cluster's admin token, from `KV_ADMIN_TOKEN` or `admin_token_file`: this node's
+    /// credential on every call it makes, and accepted as an admin token.
+    #[serde(skip)]
+    pub admin_token: kv_common::auth::AdminToken,
     pub node_id: u64,
     /// gRPC: store API, Raft transport, admin, health, reflection.
     pub listen: SocketAddr,
@@ -110,6 +116,8 @@ pub struct FeedSettings {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            admin_token_file: None,
+            admin_token: Default::default(),
             node_id: 1,
             listen: ([127, 0, 0, 1], 7101).into(),
             http_listen: ([127, 0, 0, 1], 7201).into(),
@@ -155,6 +163,8 @@ pub struct Args {
     /// TOML config file.
     #[arg(long, env = "KV_CONFIG")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub admin_token: kv_common::auth::AdminTokenArg,
     #[arg(long, env = "KV_NODE_ID")]
     pub node_id: Option<u64>,
     #[arg(long, env = "KV_LISTEN")]
@@ -216,6 +226,7 @@ impl Config {
         if let Some(v) = args.initial_members {
             c.initial_members = parse_members(&v)?;
         }
+        c.admin_token = kv_common::auth::AdminToken::load(args.admin_token, c.admin_token_file.as_deref())?;
         Ok(c)
     }
 }

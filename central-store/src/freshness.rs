@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::peers::{Leader, Peers};
 use crate::storage::reader::Reader;
 use crate::types::{NodeId, Raft};
+use kv_common::client::node_channel;
 use kv_proto::raft::v1::{raft_transport_client::RaftTransportClient, ReadIndexRequest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,11 +55,21 @@ impl Freshness {
 
     /// Waits until a proof at most `max_age` old is held, or `wait` has passed.
     pub async fn within(&self, max_age: Duration, wait: Duration) -> Option<Proof> {
+        self.first(|p| p.age() <= max_age, wait).await
+    }
+
+    /// Waits until a proof begun at or after `start` is held, or `wait` has passed: a read
+    /// under it reflects every write acknowledged before `start` (a linearizable read).
+    pub async fn since(&self, start: Instant, wait: Duration) -> Option<Proof> {
+        self.first(|p| p.as_of >= start, wait).await
+    }
+
+    async fn first(&self, good: impl Fn(&Proof) -> bool, wait: Duration) -> Option<Proof> {
         let deadline = Instant::now() + wait;
         let mut rx = self.rx.clone();
         loop {
             if let Some(p) = *rx.borrow_and_update() {
-                if p.age() <= max_age {
+                if good(&p) {
                     return Some(p);
                 }
             }
@@ -119,7 +130,7 @@ impl Prober {
             }
             Leader::Other { id, addr } => {
                 let ch = self.peers.channel(id, &addr).map_err(|e| e.to_string())?;
-                let reply = RaftTransportClient::new(ch)
+                let reply = RaftTransportClient::new(node_channel(ch))
                     .read_index(ReadIndexRequest {})
                     .await
                     .map_err(|s| format!("leader {id}: {}", s.message()))?;

@@ -13,6 +13,7 @@ pub async fn propose(raft: &Raft, metrics: &Metrics, cmd: Command) -> StoreResul
         Command::CreateNamespace { .. } | Command::RenameNamespace { .. } | Command::DeleteNamespace { .. } => {
             "namespace"
         }
+        Command::CreateToken { .. } | Command::RevokeToken { .. } => "token",
         Command::Sweep { .. } => "sweep",
     };
     metrics.proposals.with_label_values(&[kind]).inc();

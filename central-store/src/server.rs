@@ -14,8 +14,10 @@ use crate::rate_limit::RateLimiter;
 use crate::storage::{log_store::LogStore, open_db, snapshot::SnapshotDir, state_machine};
 use crate::types::{Command, Node as RaftNode, NodeId, Raft};
 use anyhow::Context;
+use kv_common::auth::{self, AdminOnly};
 use kv_common::call::CallLayer;
 use kv_common::serve;
+use kv_common::KvError;
 use kv_proto::admin::v1::cluster_admin_server::ClusterAdminServer;
 use kv_proto::raft::v1::raft_transport_server::RaftTransportServer;
 use kv_proto::store::v1::central_store_server::CentralStoreServer;
@@ -23,12 +25,15 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
 
 /// Largest store API message: a bulk write of 100 MB plus framing.
 pub const MAX_STORE_MESSAGE_BYTES: usize = kv_common::client::MAX_MESSAGE_BYTES;
 
 /// Runs a node until `shutdown` resolves, then stops Raft and returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let admin_token = config.admin_token.require()?.to_owned();
+    auth::set_node_token(&admin_token)?;
     crate::storage::check_format(&config.data_dir)?;
     let db = open_db(&config.data_dir.join("db")).context("opening RocksDB")?;
     let metrics = Metrics::new();
@@ -85,18 +90,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     tokio::spawn(bootstrap(node.clone()));
     tokio::spawn(sweep_loop(node.clone()));
 
+    // Every API but health and reflection is for admin tokens only (see `kv_common::auth`):
+    // the nodes' own APIs for the configured one, cluster administration for stored ones too.
+    let nodes_only = AdminOnly::new(&admin_token, None);
+    let admin = AdminOnly::new(&admin_token, Some(stored_tokens(node.clone())));
     let server = kv_common::call::server(CallLayer::new(config.request_budget(), config.max_in_flight))
-        .add_service(
+        .add_service(InterceptedService::new(
             RaftTransportServer::new(RaftService::new(raft.clone()))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
-        )
-        .add_service(
+            nodes_only.clone(),
+        ))
+        .add_service(InterceptedService::new(
             CentralStoreServer::new(StoreService::new(node.clone()))
                 .max_decoding_message_size(MAX_STORE_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_STORE_MESSAGE_BYTES),
-        )
-        .add_service(ClusterAdminServer::new(AdminService::new(node.clone())))
+            nodes_only,
+        ))
+        .add_service(InterceptedService::new(ClusterAdminServer::new(AdminService::new(node.clone())), admin))
         .add_service(health_service)
         .add_service(reflection)
         .serve_with_incoming(serve::grpc_incoming(grpc)?);
@@ -104,6 +115,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let served = serve::serve_until(server, shutdown).await;
     let _ = raft.shutdown().await;
     served.context("gRPC server")
+}
+
+/// Stored tokens as this replica holds them, for `AdminOnly`. A replica that cannot prove it
+/// is current might not know of a revocation, so it refuses to judge (UNAVAILABLE: ask
+/// another node) rather than admit a token the cluster revoked.
+fn stored_tokens(node: Arc<Node>) -> auth::SyncLookup {
+    Arc::new(move |id: &str| {
+        let bound = Duration::from_millis(node.config.freshness.default_max_age_ms);
+        if node.freshness.age().is_none_or(|age| age > bound) {
+            return Err(KvError::Unavailable(
+                "this replica cannot prove it is current enough to check a token; ask another node".into(),
+            ));
+        }
+        let record = node.reader.token(id).map_err(|e| e.to_kv())?;
+        Ok(record.map(|r| auth::StoredToken { id: r.id, digest: r.digest, rights: r.rights }))
+    })
 }
 
 /// A node is healthy while Raft runs and it can prove it is fresh: a follower cut off from

@@ -4,6 +4,7 @@
 //! absolute, ids drawn), so applying it is a pure function of the log and every replica ends
 //! up byte-for-byte identical.
 
+use kv_common::auth::{Rights, SecretDigest};
 use kv_common::{KvError, NamespaceId};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -66,6 +67,19 @@ pub enum Command {
         budget: u32,
         tombstones_before: u64,
         requests_before_ms: u64,
+    },
+    // New commands go last: the log stores them with bincode, by position.
+    /// Stores a new token (its id was drawn at random by the edge that took the request).
+    CreateToken {
+        record: TokenRecord,
+        now_ms: u64,
+        request: Option<RequestId>,
+    },
+    /// Forgets a token: it stops working where it is next looked up.
+    RevokeToken {
+        id: String,
+        now_ms: u64,
+        request: Option<RequestId>,
     },
 }
 
@@ -140,6 +154,17 @@ pub struct NamespaceRecord {
     pub title: String,
 }
 
+/// A token as the state machine stores it: never its secret, only the secret's digest.
+#[derive(Clone, Serialize, Deserialize, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub name: String,
+    pub digest: SecretDigest,
+    pub rights: Rights,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
 /// What applying a command produced; the version of a write is its log index.
 #[derive(Clone, Serialize, Deserialize, Debug)]
 pub enum CommandResult {
@@ -152,6 +177,8 @@ pub enum CommandResult {
     Swept {
         removed: u64,
     },
+    /// For the token commands: the version that committed the change.
+    Token(Result<u64, KvError>),
 }
 
 /// The outcome of one client write request.
@@ -176,4 +203,28 @@ pub struct NamespaceDone {
 pub enum Recorded {
     Write(WriteOutcome),
     Namespace(Result<NamespaceDone, KvError>),
+    Token(Result<u64, KvError>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The variant a bincode encoding names.
+    fn tag<T: Serialize>(v: &T) -> u32 {
+        let bytes = bincode::serialize(v).expect("serializable");
+        u32::from_le_bytes(bytes[..4].try_into().expect("a variant tag"))
+    }
+
+    /// The Raft log and request records hold these with bincode, which names a variant by
+    /// its position: data written by an earlier build must still decode to the same thing.
+    #[test]
+    fn stored_variants_keep_their_positions() {
+        assert_eq!(tag(&KvError::NamespaceTitleInvalid { max: 1 }), 26);
+        assert_eq!(tag(&KvError::Internal(String::new())), 29);
+        let sweep = Command::Sweep { now_ms: 0, budget: 0, tombstones_before: 0, requests_before_ms: 0 };
+        assert_eq!(tag(&sweep), 4);
+        assert_eq!(tag(&Recorded::Namespace(Err(KvError::KeyEmpty))), 1);
+        assert_eq!(tag(&CommandResult::Swept { removed: 0 }), 3);
+    }
 }

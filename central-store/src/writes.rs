@@ -49,25 +49,48 @@ pub async fn namespace(
     request_id: &str,
     cmd: impl FnOnce(Option<String>) -> Command,
 ) -> StoreResult<NamespaceDone> {
+    match once(node, request_id, cmd).await? {
+        Recorded::Namespace(done) => Ok(done?),
+        _ => Err(reused()),
+    }
+}
+
+/// Proposes a token command built by `cmd` once per request id; the version that committed it.
+pub async fn token(
+    node: &Arc<Node>,
+    request_id: &str,
+    cmd: impl FnOnce(Option<String>) -> Command,
+) -> StoreResult<u64> {
+    match once(node, request_id, cmd).await? {
+        Recorded::Token(done) => Ok(done?),
+        _ => Err(reused()),
+    }
+}
+
+fn reused() -> crate::error::StoreError {
+    KvError::InvalidRequest("request_id was already used by another kind of request".into()).into()
+}
+
+/// Proposes an administrative command once per request id, and what it recorded.
+async fn once(
+    node: &Arc<Node>,
+    request_id: &str,
+    cmd: impl FnOnce(Option<String>) -> Command,
+) -> StoreResult<Recorded> {
     let request = validate::request_id(request_id)?;
-    let recorded = match recorded(node, request.as_ref())? {
-        Some(first) => first,
-        None => {
-            let n = node.clone();
-            let cmd = cmd(request.clone());
-            let attempt = async move {
-                match propose(&n.raft, &n.metrics, cmd).await.map_err(|e| e.to_kv())? {
-                    (_, CommandResult::Namespace(done)) => Ok(Recorded::Namespace(done)),
-                    (_, other) => Err(KvError::Internal(format!("unexpected apply result {other:?}"))),
-                }
-            };
-            node.in_flight.run(request.as_ref(), attempt).await?
+    if let Some(first) = recorded(node, request.as_ref())? {
+        return Ok(first);
+    }
+    let n = node.clone();
+    let cmd = cmd(request.clone());
+    let attempt = async move {
+        match propose(&n.raft, &n.metrics, cmd).await.map_err(|e| e.to_kv())? {
+            (_, CommandResult::Namespace(done)) => Ok(Recorded::Namespace(done)),
+            (_, CommandResult::Token(done)) => Ok(Recorded::Token(done)),
+            (_, other) => Err(KvError::Internal(format!("unexpected apply result {other:?}"))),
         }
     };
-    match recorded {
-        Recorded::Namespace(done) => Ok(done?),
-        Recorded::Write(_) => Err(KvError::InvalidRequest("request_id was already used by a write".into()).into()),
-    }
+    Ok(node.in_flight.run(request.as_ref(), attempt).await?)
 }
 
 /// The outcome recorded for `request`, if it was applied already.
@@ -143,9 +166,7 @@ fn answer(keys: &[String], recorded: Recorded) -> StoreResult<pb::WriteResponse>
     let (version, decided) = match recorded {
         Recorded::Write(WriteOutcome::Applied { version, decided }) => (version, decided),
         Recorded::Write(WriteOutcome::Failed(e)) => return Err(e.into()),
-        Recorded::Namespace(_) => {
-            return Err(KvError::InvalidRequest("request_id was already used by a namespace change".into()).into())
-        }
+        Recorded::Namespace(_) | Recorded::Token(_) => return Err(reused()),
     };
     let errors: HashMap<u32, KvError> = decided.errors.into_iter().collect();
     let expirations: HashMap<u32, i64> = decided.expirations.into_iter().collect();

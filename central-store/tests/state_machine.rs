@@ -246,6 +246,8 @@ async fn a_snapshot_rebuilds_an_identical_state_machine() {
         s.put(&format!("k{i:03}"), &vec![i as u8; 5000], if i % 2 == 0 { Some(NOW + 1000) } else { None }).await;
     }
     s.delete("k007").await;
+    let (_, made) = s.apply(create_token("0123456789abcdef0123456789abcdef", None)).await;
+    assert!(matches!(made, CommandResult::Token(Ok(_))));
     let mut builder = s.sm.get_snapshot_builder().await;
     let snap = builder.build_snapshot().await.unwrap();
     assert_eq!(snap.meta.last_log_id.unwrap().index, s.next - 1);
@@ -261,6 +263,8 @@ async fn a_snapshot_rebuilds_an_identical_state_machine() {
     for name in s.all_names("", 1000) {
         assert_eq!(t.reader.get(&NS, &name, NOW).unwrap().entry, s.reader.get(&NS, &name, NOW).unwrap().entry);
     }
+    assert_eq!(t.reader.tokens().unwrap(), s.reader.tokens().unwrap(), "tokens travel in snapshots");
+    assert_eq!(t.reader.tokens().unwrap().len(), 1);
     // The installed node's feed starts at the snapshot.
     assert!(matches!(t.reader.changes_after(1, 10).unwrap(), FeedRead::Resync { .. }));
     let (_, membership) = t.sm.applied_state().await.unwrap();
@@ -313,4 +317,43 @@ async fn a_retried_request_is_applied_once_and_answered_with_its_first_outcome()
         .await;
     assert!(matches!(r, CommandResult::Swept { .. }));
     assert_eq!(s.reader.request("req-1").unwrap(), None);
+}
+
+fn create_token(id: &str, request: Option<&str>) -> Command {
+    let record = TokenRecord {
+        id: id.into(),
+        name: "reader".into(),
+        digest: kv_common::auth::SecretDigest::of("secret"),
+        rights: kv_common::auth::Rights {
+            admin: false,
+            grants: vec![kv_common::auth::Grant { scope: kv_common::auth::Scope::One(NS), read: true, write: false }],
+        },
+        created_at: NOW,
+    };
+    Command::CreateToken { record, now_ms: NOW_MS, request: request.map(String::from) }
+}
+
+#[tokio::test]
+async fn tokens_are_stored_by_digest_revoked_once_and_their_requests_applied_once() {
+    let mut s = new_sm().await;
+    let id = "00112233445566778899aabbccddeeff";
+    let (v, r) = s.apply(create_token(id, Some("make-1"))).await;
+    assert!(matches!(r, CommandResult::Token(Ok(version)) if version == v));
+    let stored = s.reader.token(id).unwrap().expect("stored");
+    assert!(stored.digest.matches("secret") && !stored.digest.matches("other"));
+    // A retry of the same request is answered with the first outcome, not a collision.
+    let (_, again) = s.apply(create_token(id, Some("make-1"))).await;
+    assert!(matches!(again, CommandResult::Token(Ok(version)) if version == v));
+    let (_, clash) = s.apply(create_token(id, None)).await;
+    assert!(matches!(clash, CommandResult::Token(Err(kv_common::KvError::Internal(_)))), "ids are never reused");
+
+    let revoke = |request: &str| Command::RevokeToken { id: id.into(), now_ms: NOW_MS, request: Some(request.into()) };
+    let (rv, r) = s.apply(revoke("gone-1")).await;
+    assert!(matches!(r, CommandResult::Token(Ok(version)) if version == rv));
+    assert!(s.reader.token(id).unwrap().is_none());
+    assert!(s.reader.tokens().unwrap().is_empty());
+    let (_, retried) = s.apply(revoke("gone-1")).await;
+    assert!(matches!(retried, CommandResult::Token(Ok(version)) if version == rv), "a retried revoke succeeds");
+    let (_, twice) = s.apply(revoke("gone-2")).await;
+    assert!(matches!(twice, CommandResult::Token(Err(kv_common::KvError::TokenNotFound))));
 }

@@ -1,9 +1,12 @@
-//! A client of the KV client API (any edge node): connects, and retries with backoff when
-//! the cluster says "too many requests" (429) or "unavailable", as the KV bindings do.
+//! A client of the KV client API (any edge node): connects, sends its bearer token with
+//! every call, and retries with backoff when the cluster says "too many requests" (429) or
+//! "unavailable", as the KV bindings do.
 
+use kv_common::auth::Bearer;
 use kv_proto::client::v1::kv_client::KvClient;
 use std::future::Future;
 use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -30,36 +33,50 @@ macro_rules! call {
     }};
 }
 
+/// The generated client, sending a bearer token with every call.
+pub type RawClient = KvClient<InterceptedService<Channel, Bearer>>;
+
+/// The generated client on `channel`, sending `token` (when given) with every call.
+pub fn raw_client(channel: Channel, token: Option<&str>) -> anyhow::Result<RawClient> {
+    Ok(KvClient::with_interceptor(channel, Bearer::new(token)?)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE))
+}
+
 /// A connection to one edge node.
 #[derive(Clone)]
 pub struct Client {
-    inner: KvClient<Channel>,
+    inner: RawClient,
+    channel: Channel,
 }
 
 impl Client {
-    /// Connects to `endpoint` (`host:port` or a URL).
+    /// Connects to `endpoint` (`host:port` or a URL), without a token (see `with_token`).
     pub async fn connect(endpoint: &str) -> anyhow::Result<Client> {
         let url = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
         let channel = tonic::transport::Endpoint::from_shared(url)?.tcp_nodelay(true).connect().await?;
-        Ok(Client::from_channel(channel))
+        Client::from_channel(channel, None)
     }
 
     /// A client on an existing channel.
-    pub fn from_channel(channel: Channel) -> Client {
-        Client {
-            inner: KvClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE),
-        }
+    pub fn from_channel(channel: Channel, token: Option<&str>) -> anyhow::Result<Client> {
+        Ok(Client { inner: raw_client(channel.clone(), token)?, channel })
+    }
+
+    /// This client's connection, sending `token` with every call.
+    pub fn with_token(self, token: &str) -> anyhow::Result<Client> {
+        Client::from_channel(self.channel, Some(token))
     }
 
     /// The generated client, for calls without retries.
-    pub fn raw(&self) -> KvClient<Channel> {
+    pub fn raw(&self) -> RawClient {
         self.inner.clone()
     }
 
     /// Runs `call`, retrying with exponential backoff while it fails with 429 or UNAVAILABLE.
     pub async fn retrying<T, F, Fut>(&self, call: F) -> Result<T, Status>
     where
-        F: Fn(KvClient<Channel>) -> Fut,
+        F: Fn(RawClient) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut delay = Duration::from_millis(100);
@@ -142,5 +159,23 @@ impl Client {
             }
         }
         Ok(all)
+    }
+
+    /// A new token; its secret is in the answer only.
+    pub async fn create_token(&self, req: api::CreateTokenRequest) -> Result<api::CreatedToken, Status> {
+        call!(self, create_token, req)
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<api::Token>, Status> {
+        call!(self, list_tokens, api::ListTokensRequest {}).map(|r| r.tokens)
+    }
+
+    pub async fn revoke_token(&self, token_id: &str) -> Result<(), Status> {
+        call!(self, revoke_token, api::RevokeTokenRequest { token_id: token_id.into() }).map(drop)
+    }
+
+    /// The token this client sends, as the cluster sees it.
+    pub async fn verify_token(&self) -> Result<api::Token, Status> {
+        call!(self, verify_token, api::VerifyTokenRequest {})
     }
 }

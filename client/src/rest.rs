@@ -16,6 +16,8 @@ pub struct RestClient {
     /// `.../client/v4/accounts/{account}/storage/kv/namespaces`.
     namespaces: String,
     token: Option<String>,
+    /// The API's base URL (`.../client/v4`).
+    base: String,
 }
 
 /// The envelope code of a read of a key that does not exist.
@@ -72,8 +74,12 @@ impl RestClient {
     /// or for the first account `/accounts` lists.
     pub async fn connect(base: &str, account: Option<&str>, token: Option<&str>) -> Result<RestClient, Status> {
         let base = base.trim_end_matches('/');
-        let mut client =
-            RestClient { http: reqwest::Client::new(), namespaces: String::new(), token: token.map(str::to_owned) };
+        let mut client = RestClient {
+            http: reqwest::Client::new(),
+            namespaces: String::new(),
+            token: token.map(str::to_owned),
+            base: base.to_owned(),
+        };
         let account = match account {
             Some(a) => a.to_owned(),
             None => {
@@ -113,6 +119,12 @@ impl RestClient {
             return Err(Status::internal(format!("a 2xx answer without success: {envelope:.200}")));
         }
         Ok(envelope)
+    }
+
+    /// The token this client sends, as the edge sees it (only its id over REST).
+    pub async fn verify_token(&self) -> Result<api::Token, Status> {
+        let env = self.call(self.http.get(format!("{}/user/tokens/verify", self.base))).await?;
+        Ok(api::Token { id: env["result"]["id"].as_str().unwrap_or_default().to_owned(), ..Default::default() })
     }
 
     fn namespace(v: &Value) -> api::Namespace {

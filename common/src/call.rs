@@ -114,9 +114,13 @@ pub fn format_grpc_timeout(d: Duration) -> String {
 pub type Outgoing = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
 
 /// A client interceptor: hands the served call's trace and what is left of its deadline on
-/// to the next tier. (Its shape is tonic's interceptor signature, `Status` and all.)
+/// to the next tier, with this node's credential (`auth::set_node_token`). (Its shape is
+/// tonic's interceptor signature, `Status` and all.)
 #[allow(clippy::result_large_err)]
 pub fn outgoing(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    if let Some(token) = crate::auth::node_token() {
+        req.metadata_mut().insert(crate::auth::AUTHORIZATION, token.clone());
+    }
     if let Some(call) = Call::current() {
         if let Ok(v) = call.trace.header().parse() {
             req.metadata_mut().insert(TRACEPARENT, v);

@@ -11,12 +11,21 @@ use tonic::{Code, Status};
 /// Largest message between tiers: a bulk write of 100 MB plus framing.
 pub const MAX_MESSAGE_BYTES: usize = 110 << 20;
 
+/// A channel whose calls carry this node's credential and the served call's trace and
+/// deadline: what every client a node makes runs on.
+pub type NodeChannel = InterceptedService<Channel, call::Outgoing>;
+
+/// `ch` with this node's credential, trace and deadline on every call (see `NodeChannel`).
+pub fn node_channel(ch: Channel) -> NodeChannel {
+    InterceptedService::new(ch, call::outgoing as call::Outgoing)
+}
+
 /// A store API client that hands on the trace and deadline of the call being served.
-pub type StoreClient = CentralStoreClient<InterceptedService<Channel, call::Outgoing>>;
+pub type StoreClient = CentralStoreClient<NodeChannel>;
 
 /// A store API client on `ch`.
 pub fn store_client(ch: Channel) -> StoreClient {
-    CentralStoreClient::with_interceptor(ch, call::outgoing as call::Outgoing)
+    CentralStoreClient::new(node_channel(ch))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }

@@ -78,6 +78,13 @@ pub enum KvError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    // New variants go last: request records store these with bincode, by position.
+    #[error("Authentication error: {0}")]
+    Unauthenticated(String),
+    #[error("Permission denied: {0}")]
+    PermissionDenied(String),
+    #[error("token not found")]
+    TokenNotFound,
 }
 
 impl KvError {
@@ -92,7 +99,9 @@ impl KvError {
             | BulkWriteTooMany { .. }
             | BulkWriteTooLarge { .. } => 413,
             TooManyRequests => 429,
-            NamespaceNotFound | KeyNotFound => 404,
+            NamespaceNotFound | KeyNotFound | TokenNotFound => 404,
+            Unauthenticated(_) => 401,
+            PermissionDenied(_) => 403,
             Unavailable(_) => 503,
             Internal(_) => 500,
             _ => 400,
@@ -104,6 +113,8 @@ impl KvError {
         match self.http_status() {
             429 => Code::ResourceExhausted,
             404 => Code::NotFound,
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
             503 => Code::Unavailable,
             500 => Code::Internal,
             _ => Code::InvalidArgument,
@@ -117,6 +128,7 @@ impl KvError {
             KvError::NamespaceNotFound => Some(10013),
             KvError::KeyNotFound => Some(10009),
             KvError::TooManyRequests => Some(10049),
+            KvError::Unauthenticated(_) | KvError::PermissionDenied(_) => Some(10000),
             _ => None,
         }
     }

@@ -5,6 +5,7 @@
 use crate::link::DelayLink;
 use crate::topology::{RegionSpec, Topology};
 use anyhow::{bail, Context};
+use kv_common::auth::Bearer;
 use kv_proto::admin::v1::{cluster_admin_client::ClusterAdminClient, MetricsRequest};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -26,6 +27,8 @@ pub struct NodeProc {
     /// Extra environment of the process (e.g. `KV_CLOCK_SKEW_MS`), applied at each start.
     pub env: Vec<(String, String)>,
     child: Option<Child>,
+    /// The file holding the cluster's admin token.
+    token_file: PathBuf,
 }
 
 impl NodeProc {
@@ -40,7 +43,12 @@ impl NodeProc {
     /// Writes the node's config file: its own lines (`specific`), its listeners, then `extra`
     /// (the topology's TOML for every node of its kind). TOML tables go in `tables`, last.
     fn write_config(&self, specific: &str, extra: &str, tables: &str) -> std::io::Result<()> {
-        let text = format!("{specific}listen = \"{}\"\nhttp_listen = \"{}\"\n{extra}\n{tables}", self.grpc, self.http);
+        let text = format!(
+            "{specific}listen = \"{}\"\nhttp_listen = \"{}\"\nadmin_token_file = \"{}\"\n{extra}\n{tables}",
+            self.grpc,
+            self.http,
+            self.token_file.display()
+        );
         std::fs::write(self.config_path(), text)
     }
 
@@ -173,6 +181,8 @@ pub struct LocalCluster {
     pub regions: Vec<Region>,
     /// TOML appended to every central node's config.
     central_config: String,
+    /// The cluster's admin token (every node's credential, and the operator's first token).
+    pub admin_token: String,
 }
 
 /// Where binaries are: `$KV_BIN_DIR`, or beside the running executable (its parent when
@@ -213,11 +223,11 @@ fn ports(base: u16, tier_offset: u16, n: usize) -> std::io::Result<(SocketAddr, 
 fn node(
     name: &str,
     topology: &Topology,
-    dir: &Path,
+    root: &Path,
     bin: PathBuf,
     (grpc, http): (SocketAddr, SocketAddr),
 ) -> anyhow::Result<NodeProc> {
-    let dir = dir.join(name);
+    let dir = root.join(name);
     std::fs::create_dir_all(&dir)?;
     Ok(NodeProc {
         name: name.into(),
@@ -228,7 +238,34 @@ fn node(
         log_filter: topology.log.clone(),
         env: Vec::new(),
         child: None,
+        token_file: token_file(root),
     })
+}
+
+/// Where a cluster under `root` keeps its admin token.
+pub fn token_file(root: &Path) -> PathBuf {
+    root.join("admin-token")
+}
+
+/// The cluster's admin token: `$KV_ADMIN_TOKEN`, else the one a previous run under `root`
+/// made, else a new random one; written (owner-only) where every node reads it.
+fn admin_token(root: &Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = token_file(root);
+    let token = match std::env::var("KV_ADMIN_TOKEN") {
+        Ok(t) => t.trim().to_owned(),
+        Err(_) => match std::fs::read_to_string(&path) {
+            Ok(t) => t.trim().to_owned(),
+            Err(_) => format!("kvadmin_{}", hex::encode(rand::random::<[u8; 32]>())),
+        },
+    };
+    std::fs::create_dir_all(root)?;
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&path)?;
+    // `mode` applies to a new file only; an older one is made owner-only too.
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    f.write_all(token.as_bytes())?;
+    Ok(token)
 }
 
 fn quoted_list<T: ToString>(items: impl IntoIterator<Item = T>) -> String {
@@ -239,6 +276,7 @@ impl LocalCluster {
     /// Starts `topology` with data under `root` and waits until it serves.
     pub async fn start(topology: &Topology, root: &Path) -> anyhow::Result<LocalCluster> {
         let bins = bin_dir()?;
+        let admin_token = admin_token(root)?;
         let base = topology.base_port;
         let mut central = Vec::new();
         for i in 0..topology.central.voters {
@@ -266,8 +304,13 @@ impl LocalCluster {
             .collect::<Vec<_>>()
             .join(", ");
         let members = if topology.central.initialize { members } else { String::new() };
-        let mut cluster =
-            LocalCluster { central, peer_links, regions: Vec::new(), central_config: topology.central.config.clone() };
+        let mut cluster = LocalCluster {
+            central,
+            peer_links,
+            regions: Vec::new(),
+            central_config: topology.central.config.clone(),
+            admin_token,
+        };
         for i in 0..cluster.central.len() {
             let routes: String = cluster.peer_links[i]
                 .iter()
@@ -356,11 +399,12 @@ impl LocalCluster {
         let i = self.central.len();
         let first = self.central.first().context("a cluster has a first node")?;
         let (bin, filter) = (first.bin.clone(), first.log_filter.clone());
-        let dir = root.join(format!("central-{}", i + 1));
+        let name = format!("central-{}", i + 1);
+        let dir = root.join(&name);
         std::fs::create_dir_all(&dir)?;
         let (grpc, http) = ports(0, 0, i)?;
         let mut n = NodeProc {
-            name: format!("central-{}", i + 1),
+            name,
             grpc,
             http,
             dir,
@@ -368,6 +412,7 @@ impl LocalCluster {
             log_filter: filter,
             env: Vec::new(),
             child: None,
+            token_file: token_file(root),
         };
         let specific = format!("node_id = {}\ndata_dir = \"{}\"\n", i + 1, n.dir.join("data").display());
         n.write_config(&specific, &self.central_config, "")?;
@@ -398,7 +443,7 @@ impl LocalCluster {
         let mut leaders = Vec::new();
         for n in &self.central {
             if n.has_child() {
-                leaders.push(central_leader(n.grpc).await);
+                leaders.push(central_leader(n.grpc, &self.admin_token).await);
             }
         }
         let first = (*leaders.first()?)?;
@@ -416,7 +461,7 @@ impl LocalCluster {
                 if !n.is_running() {
                     bail!("{} exited at start-up; see {}", n.name, n.log_path().display());
                 }
-                leaders.push(central_leader(n.grpc).await);
+                leaders.push(central_leader(n.grpc, &self.admin_token).await);
                 healthy &= matches!(http_get(n.http, "/health").await, Ok((200, _)));
             }
             if healthy && leaders[0].is_some() && leaders.iter().all(|l| *l == leaders[0]) {
@@ -488,8 +533,9 @@ impl Drop for LocalCluster {
 }
 
 /// The leader a central node names, if any.
-async fn central_leader(addr: SocketAddr) -> Option<u64> {
-    let mut c = ClusterAdminClient::connect(format!("http://{addr}")).await.ok()?;
+async fn central_leader(addr: SocketAddr, token: &str) -> Option<u64> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).ok()?.connect().await.ok()?;
+    let mut c = ClusterAdminClient::with_interceptor(ch, Bearer::new(Some(token)).ok()?);
     c.metrics(MetricsRequest {}).await.ok()?.into_inner().leader_id
 }
 

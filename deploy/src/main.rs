@@ -57,10 +57,18 @@ async fn main() -> anyhow::Result<()> {
     }
     let first = cluster.edges().next().map(|e| e.node.grpc.to_string()).unwrap_or_default();
     let first_http = cluster.edges().next().map(|e| e.node.http.to_string()).unwrap_or_default();
+    println!(
+        "\nthe admin token (also in {}; keep it secret):",
+        kv_deploy::launch::token_file(&args.data_dir).display()
+    );
+    println!("  {}", cluster.admin_token);
     println!("\nclient endpoints are the edges' grpc addresses, or their REST base URLs; try:");
     println!("  export KV_ENDPOINT={first}");
+    println!("  export KV_TOKEN=$(cat {})", kv_deploy::launch::token_file(&args.data_dir).display());
     println!("  cargo run --release -p kv-client --bin kv -- namespace create demo");
+    println!("  cargo run --release -p kv-client --bin kv -- token create --ns <id> --read --write   # a scoped token");
     println!("  export CLOUDFLARE_API_BASE_URL=http://{first_http}/client/v4   # for wrangler and the SDKs");
+    println!("  export CLOUDFLARE_API_TOKEN=$KV_TOKEN");
     println!("\nrunning; Ctrl-C stops every process.");
     kv_common::serve::shutdown_signal().await;
     cluster.stop();

@@ -3,6 +3,7 @@
 
 use crate::edge::{new_request_id, Edge};
 use bytes::{Bytes, BytesMut};
+use kv_common::auth::{self, Access, Need, Principal};
 use kv_common::{namespace::validate_title, time, validate, KvError, NamespaceId, HTTP_STATUS_TRAILER};
 use kv_proto::client::v1::{self as api, kv_server::Kv};
 use kv_proto::store::v1 as pb;
@@ -36,12 +37,44 @@ impl KvApi {
         self.check(NamespaceId::parse(id))
     }
 
+    /// Who the call comes from (401 without a valid token); checked before anything else.
+    async fn who(&self, md: &tonic::metadata::MetadataMap) -> TierResult<Principal> {
+        self.authenticate(auth::bearer_of(md)).await
+    }
+
+    /// Who a bearer token names (401 when none or not valid); the REST gateway asks first.
+    pub async fn authenticate(&self, bearer: Option<&str>) -> TierResult<Principal> {
+        let who = self.0.tokens.principal(bearer, self.0.tier.upstream()).await;
+        self.allowed(who)
+    }
+
+    /// 403 unless `who` may do what the call needs.
+    fn may(&self, who: &Principal, need: Need<'_>) -> TierResult<()> {
+        self.allowed(who.require(need)).map(|_| ())
+    }
+
+    /// The namespace a call names, once `who` may do `need` in it.
+    fn namespace_for(&self, who: &Principal, id: &str, access: Access) -> TierResult<NamespaceId> {
+        let ns = self.namespace(id)?;
+        self.may(who, access.on(&ns))?;
+        Ok(ns)
+    }
+
+    fn allowed<T>(&self, r: Result<T, KvError>) -> TierResult<T> {
+        r.inspect_err(|e| {
+            if matches!(e, KvError::Unauthenticated(_) | KvError::PermissionDenied(_)) {
+                self.0.metrics.unauthorized.inc();
+            }
+        })
+        .map_err(TierError::from)
+    }
+
     fn cache_ttl(&self, asked: Option<i64>) -> TierResult<Duration> {
         self.check(self.0.cache_ttl(asked))
     }
 
-    async fn read(&self, req: &api::GetRequest) -> TierResult<Served> {
-        let ns = self.namespace(&req.namespace_id)?;
+    async fn read(&self, who: &Principal, req: &api::GetRequest) -> TierResult<Served> {
+        let ns = self.namespace_for(who, &req.namespace_id, Access::Read)?;
         self.check(validate::key(&req.key, &self.0.config.limits))?;
         let ttl = self.cache_ttl(req.cache_ttl)?;
         let mut out = self.0.read(&ns, std::slice::from_ref(&req.key), ttl).await;
@@ -152,6 +185,20 @@ fn least_fresh(a: api::CacheStatus, b: api::CacheStatus) -> api::CacheStatus {
     }
 }
 
+fn to_grant(g: pb::Grant) -> api::Grant {
+    api::Grant { namespace_id: g.namespace_id, read: g.read, write: g.write }
+}
+
+fn to_token(t: pb::TokenInfo) -> api::Token {
+    api::Token {
+        id: t.id,
+        name: t.name,
+        admin: t.admin,
+        grants: t.grants.into_iter().map(to_grant).collect(),
+        created_at: t.created_at,
+    }
+}
+
 fn to_namespace(n: pb::Namespace) -> api::Namespace {
     api::Namespace { id: n.id, title: n.title }
 }
@@ -164,6 +211,7 @@ impl Kv for KvApi {
         &self,
         req: Request<api::CreateNamespaceRequest>,
     ) -> Result<Response<api::Namespace>, Status> {
+        self.may(&self.who(req.metadata()).await?, Need::Admin)?;
         let title = req.into_inner().title;
         self.check(validate_title(&title))?;
         let r = pb::CreateNamespaceRequest { title, request_id: new_request_id() };
@@ -176,6 +224,7 @@ impl Kv for KvApi {
         &self,
         req: Request<api::ListNamespacesRequest>,
     ) -> Result<Response<api::ListNamespacesResponse>, Status> {
+        self.may(&self.who(req.metadata()).await?, Need::ReadEvery)?;
         let req = req.into_inner();
         let r = pb::ListNamespacesRequest {
             page: req.page,
@@ -191,7 +240,8 @@ impl Kv for KvApi {
     }
 
     async fn get_namespace(&self, req: Request<api::NamespaceRef>) -> Result<Response<api::Namespace>, Status> {
-        let ns = self.namespace(&req.into_inner().namespace_id)?;
+        let who = self.who(req.metadata()).await?;
+        let ns = self.namespace_for(&who, &req.into_inner().namespace_id, Access::Read)?;
         let r = pb::NamespaceRef { namespace_id: ns.to_string(), request_id: String::new() };
         Ok(Response::new(to_namespace(self.0.tier.upstream().get_namespace(r).await?)))
     }
@@ -200,6 +250,7 @@ impl Kv for KvApi {
         &self,
         req: Request<api::RenameNamespaceRequest>,
     ) -> Result<Response<api::Namespace>, Status> {
+        self.may(&self.who(req.metadata()).await?, Need::Admin)?;
         let req = req.into_inner();
         let ns = self.namespace(&req.namespace_id)?;
         self.check(validate_title(&req.title))?;
@@ -214,6 +265,7 @@ impl Kv for KvApi {
         &self,
         req: Request<api::NamespaceRef>,
     ) -> Result<Response<api::DeleteNamespaceResponse>, Status> {
+        self.may(&self.who(req.metadata()).await?, Need::Admin)?;
         let ns = self.namespace(&req.into_inner().namespace_id)?;
         let r = pb::NamespaceRef { namespace_id: ns.to_string(), request_id: new_request_id() };
         let done = self.0.tier.upstream().delete_namespace(r).await?;
@@ -222,8 +274,9 @@ impl Kv for KvApi {
     }
 
     async fn get(&self, req: Request<api::GetRequest>) -> Result<Response<api::GetResponse>, Status> {
+        let who = self.who(req.metadata()).await?;
         let req = req.into_inner();
-        let s = self.read(&req).await?;
+        let s = self.read(&who, &req).await?;
         let visible = s.copy.visible(time::central_now_secs());
         Ok(Response::new(api::GetResponse {
             found: visible.is_some(),
@@ -237,9 +290,10 @@ impl Kv for KvApi {
     }
 
     async fn get_bulk(&self, req: Request<api::GetBulkRequest>) -> Result<Response<api::GetBulkResponse>, Status> {
+        let who = self.who(req.metadata()).await?;
         let req = req.into_inner();
         let limits = &self.0.config.limits;
-        let ns = self.namespace(&req.namespace_id)?;
+        let ns = self.namespace_for(&who, &req.namespace_id, Access::Read)?;
         self.check(validate::bulk_get_count(req.keys.len(), limits))?;
         let json = match api::ValueType::try_from(req.r#type) {
             Ok(api::ValueType::Text) => false,
@@ -284,8 +338,9 @@ impl Kv for KvApi {
     type GetStreamStream = GetStreamOut;
 
     async fn get_stream(&self, req: Request<api::GetRequest>) -> Result<Response<GetStreamOut>, Status> {
+        let who = self.who(req.metadata()).await?;
         let req = req.into_inner();
-        let s = self.read(&req).await?;
+        let s = self.read(&who, &req).await?;
         let visible = s.copy.visible(time::central_now_secs());
         let value = visible.map(|v| v.bytes.clone()).unwrap_or_default();
         let header = api::GetStreamHeader {
@@ -307,8 +362,9 @@ impl Kv for KvApi {
     }
 
     async fn put(&self, req: Request<api::PutRequest>) -> Result<Response<api::WriteResponse>, Status> {
+        let who = self.who(req.metadata()).await?;
         let req = req.into_inner();
-        let ns = self.namespace(&req.namespace_id)?;
+        let ns = self.namespace_for(&who, &req.namespace_id, Access::Write)?;
         let op = self.check(self.put_op(req.key, req.value, req.expiration, req.expiration_ttl, req.metadata_json))?;
         Ok(Response::new(self.write_one(&ns, op).await?))
     }
@@ -317,13 +373,14 @@ impl Kv for KvApi {
         &self,
         req: Request<Streaming<api::PutStreamChunk>>,
     ) -> Result<Response<api::WriteResponse>, Status> {
+        let who = self.who(req.metadata()).await?;
         let mut stream = req.into_inner();
         let header = match stream.next().await {
             Some(Ok(api::PutStreamChunk { part: Some(api::put_stream_chunk::Part::Header(h)) })) => h,
             Some(Err(e)) => return Err(e),
             _ => return Err(self.refuse("PutStream must start with a header")),
         };
-        let ns = self.namespace(&header.namespace_id)?;
+        let ns = self.namespace_for(&who, &header.namespace_id, Access::Write)?;
         let limits = &self.0.config.limits;
         // Check everything but the size before taking in the value.
         self.check(self.put_op(
@@ -354,16 +411,18 @@ impl Kv for KvApi {
     }
 
     async fn delete(&self, req: Request<api::DeleteRequest>) -> Result<Response<api::WriteResponse>, Status> {
+        let who = self.who(req.metadata()).await?;
         let req = req.into_inner();
-        let ns = self.namespace(&req.namespace_id)?;
+        let ns = self.namespace_for(&who, &req.namespace_id, Access::Write)?;
         self.check(validate::key(&req.key, &self.0.config.limits))?;
         let op = pb::WriteOp { key: req.key, op: Some(pb::write_op::Op::Delete(pb::Delete {})) };
         Ok(Response::new(self.write_one(&ns, op).await?))
     }
 
     async fn list(&self, req: Request<api::ListRequest>) -> Result<Response<api::ListResponse>, Status> {
+        let who = self.who(req.metadata()).await?;
         let req = req.into_inner();
-        let ns = self.namespace(&req.namespace_id)?;
+        let ns = self.namespace_for(&who, &req.namespace_id, Access::Read)?;
         let limit = self.check(validate::list_limit(req.limit, &self.0.config.limits))?;
         self.check(validate::prefix(&req.prefix, &self.0.config.limits))?;
         let r = pb::ListRequest {
@@ -387,8 +446,9 @@ impl Kv for KvApi {
     }
 
     async fn put_bulk(&self, req: Request<api::PutBulkRequest>) -> Result<Response<api::BulkWriteResponse>, Status> {
+        let who = self.who(req.metadata()).await?;
         let req = req.into_inner();
-        let ns = self.namespace(&req.namespace_id)?;
+        let ns = self.namespace_for(&who, &req.namespace_id, Access::Write)?;
         let bytes = req
             .items
             .iter()
@@ -407,8 +467,9 @@ impl Kv for KvApi {
         &self,
         req: Request<api::DeleteBulkRequest>,
     ) -> Result<Response<api::BulkWriteResponse>, Status> {
+        let who = self.who(req.metadata()).await?;
         let req = req.into_inner();
-        let ns = self.namespace(&req.namespace_id)?;
+        let ns = self.namespace_for(&who, &req.namespace_id, Access::Write)?;
         let bytes = req.keys.iter().map(String::len).sum();
         self.check(validate::bulk_write(req.keys.len(), bytes, &self.0.config.limits))?;
         let limits = &self.0.config.limits;
@@ -422,5 +483,60 @@ impl Kv for KvApi {
             })
             .collect();
         Ok(Response::new(self.bulk(&ns, items).await?))
+    }
+
+    async fn create_token(&self, req: Request<api::CreateTokenRequest>) -> Result<Response<api::CreatedToken>, Status> {
+        self.may(&self.who(req.metadata()).await?, Need::Admin)?;
+        let req = req.into_inner();
+        let grants: Vec<pb::Grant> = req
+            .grants
+            .into_iter()
+            .map(|g| pb::Grant { namespace_id: g.namespace_id, read: g.read, write: g.write })
+            .collect();
+        self.check(auth::validate_name(&req.name))?;
+        self.check(auth::rights_from_wire(req.admin, &grants))?;
+        let minted = auth::mint();
+        let token =
+            pb::TokenInfo { id: minted.id, name: req.name, admin: req.admin, grants, created_at: 0, version: 0 };
+        let r = pb::CreateTokenRequest {
+            token: Some(token),
+            secret_sha256: minted.digest.0.to_vec(),
+            request_id: new_request_id(),
+        };
+        let made = self.0.tier.upstream().create_token(r).await?;
+        Ok(Response::new(api::CreatedToken { token: Some(to_token(made)), secret: minted.token }))
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<api::ListTokensRequest>,
+    ) -> Result<Response<api::ListTokensResponse>, Status> {
+        self.may(&self.who(req.metadata()).await?, Need::Admin)?;
+        let out = self.0.tier.upstream().list_tokens(pb::ListTokensRequest {}).await?;
+        Ok(Response::new(api::ListTokensResponse { tokens: out.tokens.into_iter().map(to_token).collect() }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<api::RevokeTokenRequest>,
+    ) -> Result<Response<api::RevokeTokenResponse>, Status> {
+        self.may(&self.who(req.metadata()).await?, Need::Admin)?;
+        let id = req.into_inner().token_id;
+        self.check(auth::validate_id(&id))?;
+        let r = pb::RevokeTokenRequest { token_id: id.clone(), request_id: new_request_id() };
+        self.0.tier.upstream().revoke_token(r).await?;
+        self.0.tokens.forget(&id).await;
+        Ok(Response::new(api::RevokeTokenResponse {}))
+    }
+
+    async fn verify_token(&self, req: Request<api::VerifyTokenRequest>) -> Result<Response<api::Token>, Status> {
+        let who = self.who(req.metadata()).await?;
+        Ok(Response::new(api::Token {
+            grants: auth::grants_to_wire(&who.rights).into_iter().map(to_grant).collect(),
+            id: who.token_id,
+            name: String::new(),
+            admin: who.rights.admin,
+            created_at: 0,
+        }))
     }
 }

@@ -23,6 +23,12 @@ pub const DEFAULT_ACCOUNT_ID: &str = "00000000000000000000000000000001";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// A file holding the cluster's admin token (`KV_ADMIN_TOKEN` wins over it).
+    pub admin_token_file: Option<PathBuf>,
+    /// The cluster's admin token, from `KV_ADMIN_TOKEN` or `admin_token_file`: this node's
+    /// credential on every call it makes, and accepted as an admin token.
+    #[serde(skip)]
+    pub admin_token: kv_common::auth::AdminToken,
     /// The edge's name; its regional tier tracks and pushes by it. Unique per region.
     pub id: String,
     /// gRPC: the client API, health, reflection.
@@ -56,6 +62,11 @@ pub struct Config {
     pub max_copy_secs: u64,
     /// Calls served at once, at most; more are shed with UNAVAILABLE.
     pub max_in_flight: usize,
+    /// How long a token's record (or its absence) is kept after the instant it was current
+    /// as of: the bound on how long a revoked token keeps working at this edge.
+    pub token_cache_ms: u64,
+    /// Memory bound of the kept token records.
+    pub token_cache_bytes: u64,
     /// REST request bodies held at once, in bytes, at most; more are shed with 503.
     pub rest_body_budget_bytes: usize,
     pub limits: Limits,
@@ -64,6 +75,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            admin_token_file: None,
+            admin_token: Default::default(),
             id: "edge-1".into(),
             listen: ([127, 0, 0, 1], 7501).into(),
             http_listen: ([127, 0, 0, 1], 7601).into(),
@@ -79,6 +92,8 @@ impl Default for Config {
             fresh_within_ms: 1000,
             max_copy_secs: 86_400,
             max_in_flight: 2048,
+            token_cache_ms: 5_000,
+            token_cache_bytes: 16 << 20,
             rest_body_budget_bytes: 512 << 20,
             limits: Limits::default(),
         }
@@ -92,6 +107,8 @@ pub struct Args {
     /// TOML config file.
     #[arg(long, env = "KV_CONFIG")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub admin_token: kv_common::auth::AdminTokenArg,
     #[arg(long, env = "KV_EDGE_ID")]
     pub id: Option<String>,
     #[arg(long, env = "KV_LISTEN")]
@@ -127,6 +144,7 @@ impl Config {
         anyhow::ensure!(!c.upstream.is_empty(), "no upstream configured (--upstream)");
         anyhow::ensure!(!c.id.is_empty(), "the edge id must not be empty");
         anyhow::ensure!((0.0..=1.0).contains(&c.refresh_ahead), "refresh_ahead must be within 0..=1");
+        c.admin_token = kv_common::auth::AdminToken::load(args.admin_token, c.admin_token_file.as_deref())?;
         Ok(c)
     }
 }

@@ -14,6 +14,7 @@
 
 use crate::config::{Config, Mode};
 use crate::metrics::Metrics;
+use crate::tokens::Tokens;
 use kv_common::{validate, NamespaceId};
 use kv_proto::store::v1 as pb;
 use kv_tier::cache::VersionedCache;
@@ -73,6 +74,8 @@ pub struct Edge {
     pub subscribed: AtomicBool,
     /// Set once the edge has learned the central read index it started at.
     ready: watch::Sender<bool>,
+    /// Who calls come from (see `tokens`).
+    pub tokens: Tokens,
 }
 
 impl Edge {
@@ -89,7 +92,13 @@ impl Edge {
         };
         let metrics = Metrics::new();
         let tier = Tier::new(config.cache_bytes, upstream, policy, metrics.reads.clone());
+        let tokens = Tokens::new(
+            config.admin_token.require()?,
+            Duration::from_millis(config.token_cache_ms),
+            config.token_cache_bytes,
+        );
         Ok(Arc::new(Edge {
+            tokens,
             tier,
             refreshed: VersionedCache::new(config.cache_bytes / 8),
             metrics,

@@ -14,6 +14,7 @@ pub struct Metrics {
     pub resets: IntCounter,
     pub writes: IntCounter,
     pub rejected: IntCounter,
+    pub unauthorized: IntCounter,
 }
 
 impl Metrics {
@@ -29,6 +30,10 @@ impl Metrics {
             resets: r.counter("kv_edge_resets_total", "Times every copy was marked for revalidation"),
             writes: r.counter("kv_edge_writes_total", "Writes acknowledged by the central store"),
             rejected: r.counter("kv_edge_rejected_total", "Requests refused by validation before going upstream"),
+            unauthorized: r.counter(
+                "kv_edge_unauthorized_total",
+                "Calls refused for their token: missing, invalid, revoked (401) or short of rights (403)",
+            ),
             registrar: r,
         }
     }

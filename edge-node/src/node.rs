@@ -17,6 +17,7 @@ use std::sync::Arc;
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let grpc = tokio::net::TcpListener::bind(config.listen).await.context("binding gRPC listener")?;
     let http = tokio::net::TcpListener::bind(config.http_listen).await.context("binding HTTP listener")?;
+    kv_common::auth::set_node_token(config.admin_token.require()?)?;
     let edge = Edge::new(config)?;
     tracing::info!(id = %edge.config.id, grpc = %edge.config.listen, http = %edge.config.http_listen,
         upstream = ?edge.config.upstream, mode = ?edge.config.mode, "edge node listening");

@@ -29,7 +29,7 @@ pub async fn follow(edge: Arc<Edge>) {
         let at = *preferred.borrow_and_update();
         let (addr, channel) = upstream.endpoint(at);
         let request = SubscribeRequest { subscriber_id: edge.config.id.clone() };
-        match PushesClient::new(channel).subscribe(request).await {
+        match PushesClient::new(kv_common::client::node_channel(channel)).subscribe(request).await {
             Ok(stream) => {
                 tracing::info!(regional = addr, "subscribed to pushes");
                 let mut stream = stream.into_inner();

@@ -10,6 +10,12 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// A file holding the cluster's admin token (`KV_ADMIN_TOKEN` wins over it).
+    pub admin_token_file: Option<PathBuf>,
+    /// The cluster's admin token, from `KV_ADMIN_TOKEN` or `admin_token_file`: this node's
+    /// credential on every call it makes, and accepted as an admin token.
+    #[serde(skip)]
+    pub admin_token: kv_common::auth::AdminToken,
     /// The region's name, for logs.
     pub region: String,
     /// gRPC: the store API for edges, pushes, health, reflection.
@@ -49,6 +55,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            admin_token_file: None,
+            admin_token: Default::default(),
             region: "local".into(),
             listen: ([127, 0, 0, 1], 7301).into(),
             http_listen: ([127, 0, 0, 1], 7401).into(),
@@ -77,6 +85,8 @@ pub struct Args {
     /// TOML config file.
     #[arg(long, env = "KV_CONFIG")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub admin_token: kv_common::auth::AdminTokenArg,
     #[arg(long, env = "KV_REGION")]
     pub region: Option<String>,
     #[arg(long, env = "KV_LISTEN")]
@@ -110,6 +120,7 @@ impl Config {
             c.cache_bytes = v;
         }
         anyhow::ensure!(!c.central.is_empty(), "no central node configured (--central)");
+        c.admin_token = kv_common::auth::AdminToken::load(args.admin_token, c.admin_token_file.as_deref())?;
         Ok(c)
     }
 }

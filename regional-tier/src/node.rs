@@ -4,6 +4,7 @@ use crate::config::Config;
 use crate::regional::Regional;
 use crate::service::{RegionalPushes, RegionalStore};
 use anyhow::Context;
+use kv_common::auth::AdminOnly;
 use kv_common::call::CallLayer;
 use kv_common::client::MAX_MESSAGE_BYTES;
 use kv_common::serve;
@@ -12,12 +13,15 @@ use kv_proto::tier::v1::pushes_server::PushesServer;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
 
 /// How often lapsed tracking and closed push streams are forgotten.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs the tier until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let admin_token = config.admin_token.require()?.to_owned();
+    kv_common::auth::set_node_token(&admin_token)?;
     let grpc = tokio::net::TcpListener::bind(config.listen).await.context("binding gRPC listener")?;
     let http = tokio::net::TcpListener::bind(config.http_listen).await.context("binding HTTP listener")?;
     let regional = Regional::new(config)?;
@@ -52,13 +56,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     });
 
     let budget = Duration::from_millis(regional.config.request_timeout_ms);
+    // Edges call with the cluster's admin token; nothing else may use this tier's APIs.
+    let admin = AdminOnly::new(&admin_token, None);
     let server = kv_common::call::server(CallLayer::new(budget, regional.config.max_in_flight))
-        .add_service(
+        .add_service(InterceptedService::new(
             CentralStoreServer::new(RegionalStore(regional.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(PushesServer::new(RegionalPushes(regional)))
+            admin.clone(),
+        ))
+        .add_service(InterceptedService::new(PushesServer::new(RegionalPushes(regional)), admin))
         .add_service(health_service)
         .add_service(reflection)
         .serve_with_incoming(serve::grpc_incoming(grpc)?);

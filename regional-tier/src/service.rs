@@ -93,6 +93,36 @@ impl CentralStore for RegionalStore {
         Ok(Response::new(self.0.tier.upstream().delete_namespace(req.into_inner()).await?))
     }
 
+    async fn create_token(&self, req: Request<pb::CreateTokenRequest>) -> Result<Response<pb::TokenInfo>, Status> {
+        Ok(Response::new(self.0.tier.upstream().create_token(req.into_inner()).await?))
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        Ok(Response::new(self.0.tier.upstream().list_tokens(req.into_inner()).await?))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        Ok(Response::new(self.0.tier.upstream().revoke_token(req.into_inner()).await?))
+    }
+
+    /// Passed up (never cached here, so the edge's bound on revocations is the only one),
+    /// with the age counted from this tier's own receipt.
+    async fn lookup_token(
+        &self,
+        req: Request<pb::LookupTokenRequest>,
+    ) -> Result<Response<pb::LookupTokenResponse>, Status> {
+        let sent = std::time::Instant::now();
+        let mut r = self.0.tier.upstream().lookup_token(req.into_inner()).await?;
+        r.age_ms = age_ms(kv_tier::wire::as_of(sent, r.age_ms).elapsed());
+        Ok(Response::new(r))
+    }
+
     type WatchStream = ReceiverStream<Result<pb::WatchEvent, Status>>;
 
     async fn watch(&self, _: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {

@@ -11,6 +11,7 @@ pub mod rest;
 pub mod tiers;
 
 use anyhow::{bail, Context};
+use kv_common::auth::{authorized, Authorized};
 use kv_deploy::launch::LocalCluster;
 use kv_deploy::topology::Topology;
 use kv_proto::admin::v1::{cluster_admin_client::ClusterAdminClient, AddLearnerRequest, Member, MetricsRequest};
@@ -169,16 +170,20 @@ impl Cluster {
         .await
     }
 
-    /// A store client for node `i` (connects lazily).
-    pub fn store(&self, i: usize) -> CentralStoreClient<Channel> {
-        CentralStoreClient::new(channel(self.nodes[i].grpc))
+    /// A store client for node `i` (connects lazily), with the admin token.
+    pub fn store(&self, i: usize) -> CentralStoreClient<Authorized> {
+        CentralStoreClient::new(self.authorized(i))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
     }
 
-    /// An admin client for node `i`.
-    pub fn admin(&self, i: usize) -> ClusterAdminClient<Channel> {
-        ClusterAdminClient::new(channel(self.nodes[i].grpc))
+    /// An admin client for node `i`, with the admin token.
+    pub fn admin(&self, i: usize) -> ClusterAdminClient<Authorized> {
+        ClusterAdminClient::new(self.authorized(i))
+    }
+
+    fn authorized(&self, i: usize) -> Authorized {
+        authorized(channel(self.nodes[i].grpc), &self.local.admin_token).expect("the admin token is ASCII")
     }
 
     /// Node `i`'s own view of the Raft group.

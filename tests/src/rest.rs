@@ -20,8 +20,14 @@ pub struct Rest {
 pub use kv_client::rest::{encode, error_code, status_of};
 
 impl Rest {
-    pub fn new(http: SocketAddr) -> Rest {
-        Rest { http: reqwest::Client::new(), root: format!("http://{http}/client/v4") }
+    /// The REST API at `http`, sending `token` (when given) with every request.
+    pub fn new(http: SocketAddr, token: Option<&str>) -> Rest {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(v) = token.and_then(|t| format!("Bearer {t}").parse().ok()) {
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
+        let http_client = reqwest::Client::builder().default_headers(headers).build().expect("a reqwest client");
+        Rest { http: http_client, root: format!("http://{http}/client/v4") }
     }
 
     /// The URL of the namespaces collection, or of `path` below it.

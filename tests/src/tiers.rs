@@ -3,6 +3,7 @@
 
 use crate::{dump_log, eventually, http_get, metric_value};
 use kv_client::{api, Client};
+use kv_common::auth::{authorized, Authorized};
 use kv_deploy::launch::LocalCluster;
 use kv_deploy::topology::Topology;
 use kv_proto::admin::v1::{cluster_admin_client::ClusterAdminClient, TransferLeaderRequest};
@@ -79,7 +80,7 @@ impl Tiers {
     /// A client of edge `i`.
     pub async fn edge(&self, i: usize) -> anyhow::Result<Client> {
         let e = self.cluster.edges().nth(i).ok_or_else(|| anyhow::anyhow!("no edge {i}"))?;
-        Client::connect(&e.node.grpc.to_string()).await
+        Client::connect(&e.node.grpc.to_string()).await?.with_token(&self.cluster.admin_token)
     }
 
     /// A metric of edge `i`.
@@ -111,20 +112,27 @@ impl Tiers {
         sum
     }
 
-    /// A store client of central node `i` (no link in between).
-    pub fn central_store(&self, i: usize) -> CentralStoreClient<tonic::transport::Channel> {
-        let addr = self.cluster.central[i].grpc;
-        CentralStoreClient::new(
-            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("a valid address").connect_lazy(),
-        )
+    /// A store client of central node `i` (no link in between), with the admin token.
+    pub fn central_store(&self, i: usize) -> CentralStoreClient<Authorized> {
+        CentralStoreClient::new(self.authorized(self.cluster.central[i].grpc))
     }
 
-    /// An admin client of central node `i`.
-    pub fn central_admin(&self, i: usize) -> ClusterAdminClient<tonic::transport::Channel> {
-        let addr = self.cluster.central[i].grpc;
-        ClusterAdminClient::new(
-            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("a valid address").connect_lazy(),
-        )
+    /// An admin client of central node `i`, with the admin token.
+    pub fn central_admin(&self, i: usize) -> ClusterAdminClient<Authorized> {
+        ClusterAdminClient::new(self.authorized(self.cluster.central[i].grpc))
+    }
+
+    /// A lazily connecting channel to `addr` that sends the admin token.
+    pub fn authorized(&self, addr: std::net::SocketAddr) -> Authorized {
+        let ch =
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("a valid address").connect_lazy();
+        authorized(ch, &self.cluster.admin_token).expect("the admin token is ASCII")
+    }
+
+    /// The REST API of edge `i`, with the admin token.
+    pub fn rest(&self, i: usize) -> crate::rest::Rest {
+        let e = self.cluster.edges().nth(i).expect("edge index");
+        crate::rest::Rest::new(e.node.http, Some(&self.cluster.admin_token))
     }
 
     /// Makes sure central node `i` does not lead (moving the leadership elsewhere if it does),

@@ -6,13 +6,14 @@ use kv_tests::tiers::{test_topology, Tiers};
 use serde_json::{json, Value};
 use std::process::Output;
 
-/// Runs `kv` with `args` against `endpoint`.
-fn kv(endpoint: &str, args: &[&str]) -> Output {
+/// Runs `kv` with `args` against `endpoint`, sending `token` (from `KV_TOKEN`, as a script would).
+fn kv_as(endpoint: &str, token: &str, args: &[&str]) -> Output {
     let bin = kv_deploy::launch::bin_dir().expect("the binaries' directory").join("kv");
     std::process::Command::new(bin)
         .args(["--endpoint", endpoint, "--output", "json"])
         .args(args)
         .env_remove("KV_NAMESPACE_ID")
+        .env("KV_TOKEN", token)
         .output()
         .expect("kv runs")
 }
@@ -29,6 +30,7 @@ async fn a_25000_item_bulk_file_round_trips_and_exit_codes_tell_what_happened() 
     ))
     .await
     .unwrap();
+    let kv = |endpoint: &str, args: &[&str]| kv_as(endpoint, &t.cluster.admin_token, args);
     let endpoint = t.cluster.edges().next().unwrap().node.grpc.to_string();
     let e = endpoint.as_str();
     let dir = tempfile::tempdir().unwrap();
@@ -128,4 +130,28 @@ async fn a_25000_item_bulk_file_round_trips_and_exit_codes_tell_what_happened() 
         "error: UTF-8 encoded length of 513 exceeds key length limit of 512."
     );
     assert_eq!(kv(&format!("http://127.0.0.1:{port}/client/v4"), &["namespace", "list"]).status.code(), Some(3));
+
+    // Tokens: a scoped one reads over both APIs but may not write; once revoked it is refused.
+    let made = json_of(&kv(e, &["token", "create", "--ns", &ns, "--read", "--name", "reader"]));
+    let (id, secret) = (made["id"].as_str().unwrap().to_owned(), made["secret"].as_str().unwrap().to_owned());
+    assert_eq!(made["grants"], json!([{ "namespace_id": ns, "read": true, "write": false }]));
+    let listed = json_of(&kv(e, &["token", "list"]));
+    assert!(listed.as_array().unwrap().iter().any(|t| t["id"] == id.as_str() && t["name"] == "reader"));
+    assert!(listed.to_string().find(&secret).is_none(), "a listing never shows a secret");
+    for endpoint in [e, r] {
+        let got = json_of(&kv_as(endpoint, &secret, &["key", "get", "r007", "-n", &ns]));
+        assert_eq!(got["value"], "v7");
+        let refused = kv_as(endpoint, &secret, &["key", "put", "r007", "w", "-n", &ns]);
+        assert_eq!(refused.status.code(), Some(1), "{endpoint}: a reader may not write");
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert!(said.contains("may not write namespace"), "{endpoint}: {said}");
+    }
+    assert_eq!(json_of(&kv_as(e, &secret, &["token", "verify"]))["id"], id.as_str());
+    assert_eq!(kv_as(e, &secret, &["token", "list"]).status.code(), Some(1), "listing tokens needs admin");
+    assert_eq!(kv(e, &["token", "create", "--ns", &ns]).status.code(), Some(2), "a grant needs --read or --write");
+    json_of(&kv(e, &["token", "revoke", &id]));
+    let revoked = kv_as(e, &secret, &["key", "get", "r007", "-n", &ns]);
+    assert_eq!(revoked.status.code(), Some(1), "revoked at the edge that revoked it at once");
+    assert!(String::from_utf8_lossy(&revoked.stderr).contains("Authentication error"));
+    assert_eq!(kv(e, &["token", "revoke", &id]).status.code(), Some(1), "revoking twice: no such token");
 }

@@ -4,6 +4,7 @@
 //! namespace per target; a failing case is reported with the target it failed on.
 
 use kv_client::api::{self, kv_client::KvClient};
+use kv_common::auth::Authorized;
 use kv_common::error::http_status_of;
 use kv_deploy::topology::Topology;
 use kv_proto::store::v1::{self as pb, central_store_client::CentralStoreClient};
@@ -12,14 +13,13 @@ use kv_tests::tiers::Tiers;
 use serde_json::{json, Value};
 use std::future::Future;
 use std::pin::Pin;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// One node offering the contract.
 #[derive(Clone)]
 enum Target {
-    Edge(KvClient<Channel>, Channel),
-    Store(CentralStoreClient<Channel>, Channel),
+    Edge(KvClient<Authorized>, Authorized),
+    Store(CentralStoreClient<Authorized>, Authorized),
     /// An edge's REST gateway, spoken to as any HTTP client would.
     Rest(Rest),
 }
@@ -611,9 +611,7 @@ edges = [{ name = "a-push", delay_ms = 1 }]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_keeps_the_kv_contract() {
     let t = Tiers::start_topology(&with_kv_limits()).await.unwrap();
-    let lazy = |addr: std::net::SocketAddr| {
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("address").connect_lazy()
-    };
+    let lazy = |addr: std::net::SocketAddr| t.authorized(addr);
     let big = 110 << 20;
     let edge_target = |addr| {
         let ch = lazy(addr);
@@ -628,7 +626,7 @@ async fn every_node_keeps_the_kv_contract() {
         ("edge", edge_target(t.cluster.edges().next().unwrap().node.grpc)),
         ("regional tier", store_target(t.cluster.regions[0].regional.grpc)),
         ("central node", store_target(t.cluster.central[0].grpc)),
-        ("REST gateway", Target::Rest(Rest::new(t.cluster.edges().next().unwrap().node.http))),
+        ("REST gateway", Target::Rest(t.rest(0))),
     ];
     let edge = t.edge(0).await.unwrap();
     let mut failures = Vec::new();

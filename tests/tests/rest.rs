@@ -15,7 +15,7 @@ async fn start() -> (Tiers, Rest) {
     ))
     .await
     .unwrap();
-    let rest = Rest::new(t.cluster.edges().next().unwrap().node.http);
+    let rest = t.rest(0);
     (t, rest)
 }
 

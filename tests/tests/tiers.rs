@@ -137,10 +137,7 @@ async fn expiration_wins_over_a_long_cache_ttl_at_every_tier() {
     .unwrap();
     // The regional tier's own copy is hidden too.
     let regional = &t.cluster.regions[1].regional;
-    let mut store =
-        kv_proto::store::v1::central_store_client::CentralStoreClient::connect(format!("http://{}", regional.grpc))
-            .await
-            .unwrap();
+    let mut store = kv_proto::store::v1::central_store_client::CentralStoreClient::new(t.authorized(regional.grpc));
     let req = kv_proto::store::v1::GetRequest { namespace_id: ns.clone(), key: "brief".into(), ..Default::default() };
     assert!(store.get(req).await.unwrap().into_inner().entry.is_none());
 }

@@ -122,62 +122,6 @@ impl Upstream {
         Err(last)
     }
 
-    pub async fn write(&self, req: pb::WriteRequest) -> Result<pb::WriteResponse, Status> {
-        self.call(|mut c, t| {
-            let r = within(req.clone(), t);
-            async move { c.write(r).await }
-        })
-        .await
-    }
-
-    pub async fn list(&self, req: pb::ListRequest) -> Result<pb::ListResponse, Status> {
-        self.call(|mut c, t| {
-            let r = within(req.clone(), t);
-            async move { c.list(r).await }
-        })
-        .await
-    }
-
-    pub async fn create_namespace(&self, req: pb::CreateNamespaceRequest) -> Result<pb::Namespace, Status> {
-        self.call(|mut c, t| {
-            let r = within(req.clone(), t);
-            async move { c.create_namespace(r).await }
-        })
-        .await
-    }
-
-    pub async fn list_namespaces(&self, req: pb::ListNamespacesRequest) -> Result<pb::ListNamespacesResponse, Status> {
-        self.call(|mut c, t| {
-            let r = within(req.clone(), t);
-            async move { c.list_namespaces(r).await }
-        })
-        .await
-    }
-
-    pub async fn get_namespace(&self, req: pb::NamespaceRef) -> Result<pb::Namespace, Status> {
-        self.call(|mut c, t| {
-            let r = within(req.clone(), t);
-            async move { c.get_namespace(r).await }
-        })
-        .await
-    }
-
-    pub async fn rename_namespace(&self, req: pb::RenameNamespaceRequest) -> Result<pb::Namespace, Status> {
-        self.call(|mut c, t| {
-            let r = within(req.clone(), t);
-            async move { c.rename_namespace(r).await }
-        })
-        .await
-    }
-
-    pub async fn delete_namespace(&self, req: pb::NamespaceRef) -> Result<pb::DeleteNamespaceResponse, Status> {
-        self.call(|mut c, t| {
-            let r = within(req.clone(), t);
-            async move { c.delete_namespace(r).await }
-        })
-        .await
-    }
-
     /// A version every write acknowledged before the returned instant is at or below.
     pub async fn read_index(&self) -> Result<(u64, Instant), Status> {
         let (sent, sent_ms) = (Instant::now(), time::now_ms());
@@ -190,6 +134,35 @@ impl Upstream {
         time::learn_central_clock(sent_ms, r.central_time_ms);
         Ok((r.version, as_of(sent, r.age_ms)))
     }
+}
+
+/// Store API calls passed up as they are, each within the share of the budget `call` gives it.
+macro_rules! pass_up {
+    ($(fn $name:ident($req:ty) -> $resp:ty;)*) => {
+        impl Upstream {
+            $(pub async fn $name(&self, req: $req) -> Result<$resp, Status> {
+                self.call(|mut c, t| {
+                    let r = within(req.clone(), t);
+                    async move { c.$name(r).await }
+                })
+                .await
+            })*
+        }
+    };
+}
+
+pass_up! {
+    fn write(pb::WriteRequest) -> pb::WriteResponse;
+    fn list(pb::ListRequest) -> pb::ListResponse;
+    fn create_namespace(pb::CreateNamespaceRequest) -> pb::Namespace;
+    fn list_namespaces(pb::ListNamespacesRequest) -> pb::ListNamespacesResponse;
+    fn get_namespace(pb::NamespaceRef) -> pb::Namespace;
+    fn rename_namespace(pb::RenameNamespaceRequest) -> pb::Namespace;
+    fn delete_namespace(pb::NamespaceRef) -> pb::DeleteNamespaceResponse;
+    fn create_token(pb::CreateTokenRequest) -> pb::TokenInfo;
+    fn list_tokens(pb::ListTokensRequest) -> pb::ListTokensResponse;
+    fn revoke_token(pb::RevokeTokenRequest) -> pb::RevokeTokenResponse;
+    fn lookup_token(pb::LookupTokenRequest) -> pb::LookupTokenResponse;
 }
 
 fn max_age_ms(spec: &ReadSpec) -> u32 {

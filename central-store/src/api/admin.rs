@@ -4,6 +4,9 @@ use crate::error::{StoreError, StoreResult};
 use crate::node::Node;
 use crate::routing::{forwarded, route, Route};
 use crate::types::{Node as RaftNode, NodeId};
+use kv_common::auth::{Principal, ADMIN_TOKEN_ID};
+use kv_common::client::node_channel;
+use kv_common::KvError;
 use kv_proto::admin::v1::{self as pb, cluster_admin_client::ClusterAdminClient, cluster_admin_server::ClusterAdmin};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -69,7 +72,7 @@ impl AdminService {
         tokio::time::sleep(lease).await;
         let campaign = async {
             let target_addr = members.iter().find(|(id, _)| *id == to).map_or("", |(_, a)| a.as_str());
-            let mut target = ClusterAdminClient::new(node.peers.channel(to, target_addr)?);
+            let mut target = ClusterAdminClient::new(node_channel(node.peers.channel(to, target_addr)?));
             target
                 .transfer_leader(forwarded(pb::TransferLeaderRequest { to }))
                 .await
@@ -87,7 +90,9 @@ impl AdminService {
     async fn set_elections(&self, nodes: &[&(NodeId, String)], enabled: bool) {
         for (id, addr) in nodes {
             let Ok(ch) = self.node.peers.channel(*id, addr) else { continue };
-            if let Err(e) = ClusterAdminClient::new(ch).set_election(pb::SetElectionRequest { enabled }).await {
+            if let Err(e) =
+                ClusterAdminClient::new(node_channel(ch)).set_election(pb::SetElectionRequest { enabled }).await
+            {
                 tracing::warn!(%addr, error = %e, "could not switch the election timer");
             }
         }
@@ -121,14 +126,26 @@ pub fn cluster_metrics(node: &Node) -> pb::ClusterMetrics {
 macro_rules! on_leader {
     ($self:ident, $req:ident, $method:ident) => {
         if let Route::Leader(ch) = route(&$self.node, &$req)? {
-            return ClusterAdminClient::new(ch).$method(forwarded($req.into_inner())).await;
+            return ClusterAdminClient::new(node_channel(ch)).$method(forwarded($req.into_inner())).await;
         }
     };
+}
+
+/// Calls that name addresses this cluster will then call with its own credential (the
+/// configured admin token) take that token itself, not a stored admin token: otherwise a
+/// stored token, revocable, could have the nodes hand over the one that is not.
+fn configured_token_only<T>(req: &Request<T>) -> Result<(), Status> {
+    let configured = req.extensions().get::<Principal>().is_some_and(|p| p.token_id == ADMIN_TOKEN_ID);
+    if configured {
+        return Ok(());
+    }
+    Err(KvError::PermissionDenied("membership changes take the cluster's configured admin token".into()).to_status())
 }
 
 #[tonic::async_trait]
 impl ClusterAdmin for AdminService {
     async fn initialize(&self, req: Request<pb::InitializeRequest>) -> Result<Response<pb::AdminReply>, Status> {
+        configured_token_only(&req)?;
         let members: BTreeMap<NodeId, RaftNode> =
             req.into_inner().members.into_iter().map(|m| (m.node_id, RaftNode::new(m.addr))).collect();
         if members.is_empty() {
@@ -141,6 +158,7 @@ impl ClusterAdmin for AdminService {
     }
 
     async fn add_learner(&self, req: Request<pb::AddLearnerRequest>) -> Result<Response<pb::AdminReply>, Status> {
+        configured_token_only(&req)?;
         on_leader!(self, req, add_learner);
         let r = req.into_inner();
         let m = r.member.ok_or_else(|| StoreError::Precondition("member is required".into()))?;
@@ -156,6 +174,7 @@ impl ClusterAdmin for AdminService {
         &self,
         req: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::AdminReply>, Status> {
+        configured_token_only(&req)?;
         on_leader!(self, req, change_membership);
         let r = req.into_inner();
         let voters: BTreeSet<NodeId> = r.voters.into_iter().collect();

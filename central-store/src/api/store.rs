@@ -6,10 +6,10 @@ use crate::freshness::Proof;
 use crate::node::Node;
 use crate::routing::{forwarded, route, Route};
 use crate::storage::reader::StoredEntry;
-use crate::types::{Command, NamespaceRecord};
+use crate::types::{Command, NamespaceRecord, TokenRecord};
 use crate::writes;
 use kv_common::client::{store_client, StoreClient};
-use kv_common::{call, namespace::validate_title, time, validate, KvError, NamespaceId};
+use kv_common::{auth, call, namespace::validate_title, time, validate, KvError, NamespaceId};
 use kv_proto::store::v1::{self as pb, central_store_server::CentralStore};
 use std::future::Future;
 use std::sync::Arc;
@@ -93,6 +93,17 @@ fn to_entry(e: StoredEntry) -> pb::Entry {
 
 fn to_namespace(rec: NamespaceRecord, version: u64) -> pb::Namespace {
     pb::Namespace { id: rec.id.to_string(), title: rec.title, version }
+}
+
+fn to_token(t: &TokenRecord, version: u64) -> pb::TokenInfo {
+    pb::TokenInfo {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        admin: t.rights.admin,
+        grants: auth::grants_to_wire(&t.rights),
+        created_at: t.created_at,
+        version,
+    }
 }
 
 type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<pb::WatchEvent, Status>>;
@@ -277,6 +288,72 @@ impl CentralStore for StoreService {
         let req = req.into_inner();
         let start = if req.from_now { super::watch::Start::Now } else { super::watch::Start::After(req.from_version) };
         Ok(Response::new(super::watch::stream(self.node.clone(), start)))
+    }
+
+    async fn create_token(&self, req: Request<pb::CreateTokenRequest>) -> Result<Response<pb::TokenInfo>, Status> {
+        let local = |r: pb::CreateTokenRequest| async move {
+            let info = r.token.ok_or_else(|| KvError::InvalidRequest("a token to create is required".into()))?;
+            auth::validate_id(&info.id)?;
+            auth::validate_name(&info.name)?;
+            let rights = auth::rights_from_wire(info.admin, &info.grants)?;
+            let digest = auth::SecretDigest::from_slice(&r.secret_sha256)
+                .ok_or_else(|| KvError::InvalidRequest("secret_sha256 must be 32 bytes".into()))?;
+            let now_ms = time::now_ms();
+            let record =
+                TokenRecord { id: info.id, name: info.name, digest, rights, created_at: (now_ms / 1000) as i64 };
+            let stored = record.clone();
+            let version =
+                writes::token(&self.node, &r.request_id, |request| Command::CreateToken { record, now_ms, request })
+                    .await?;
+            Ok::<_, StoreError>(to_token(&stored, version))
+        };
+        self.on_leader(req, local, |mut c, r| async move { c.create_token(r).await }).await
+    }
+
+    async fn list_tokens(&self, _: Request<pb::ListTokensRequest>) -> Result<Response<pb::ListTokensResponse>, Status> {
+        self.fresh(0, 0).await?;
+        let tokens = self.node.reader.tokens()?.iter().map(|t| to_token(t, 0)).collect();
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let local = |r: pb::RevokeTokenRequest| async move {
+            auth::validate_id(&r.token_id)?;
+            let (id, now_ms) = (r.token_id, time::now_ms());
+            let version =
+                writes::token(&self.node, &r.request_id, |request| Command::RevokeToken { id, now_ms, request })
+                    .await?;
+            Ok::<_, StoreError>(pb::RevokeTokenResponse { version })
+        };
+        self.on_leader(req, local, |mut c, r| async move { c.revoke_token(r).await }).await
+    }
+
+    async fn lookup_token(
+        &self,
+        req: Request<pb::LookupTokenRequest>,
+    ) -> Result<Response<pb::LookupTokenResponse>, Status> {
+        let arrived = std::time::Instant::now();
+        let req = req.into_inner();
+        auth::validate_id(&req.token_id)?;
+        let mut proof = self.fresh(0, req.max_age_ms).await?;
+        let mut found = self.node.reader.token(&req.token_id)?;
+        if found.is_none() {
+            // "No such token" is read linearizably, so a token is found by every edge as soon
+            // as its creation is acknowledged (a revocation may take the edges' bound).
+            let wait = call::remaining_or(Duration::from_millis(self.node.config.freshness.wait_ms));
+            proof = self.node.freshness.since(arrived, wait).await.ok_or_else(|| {
+                KvError::Unavailable("this replica cannot prove it is current; ask another node".into())
+            })?;
+            found = self.node.reader.token(&req.token_id)?;
+        }
+        Ok(Response::new(pb::LookupTokenResponse {
+            secret_sha256: found.as_ref().map(|t| t.digest.0.to_vec()).unwrap_or_default(),
+            token: found.map(|t| to_token(&t, 0)),
+            age_ms: age_ms(&proof),
+        }))
     }
 
     async fn read_index(&self, _: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {

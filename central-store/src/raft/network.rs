@@ -15,6 +15,7 @@ use super::MAX_RAFT_MESSAGE_BYTES;
 use crate::peers::Peers;
 use crate::types::{Entry, LogId, Node, NodeId, TypeConfig, Vote};
 use futures::future::{BoxFuture, FutureExt, Shared};
+use kv_common::client::{node_channel, NodeChannel};
 use kv_proto::raft::v1::{raft_transport_client::RaftTransportClient, RaftMessage};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -25,7 +26,6 @@ use openraft::raft::{
 use serde::{de::DeserializeOwned, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::Channel;
 
 /// Above this many encoded bytes an append is split into several messages.
 const APPEND_CHUNK_BYTES: u64 = 8 << 20;
@@ -48,7 +48,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Connection {
         let client = self.peers.channel(target, &node.addr).ok().map(|ch| {
-            RaftTransportClient::new(ch)
+            RaftTransportClient::new(node_channel(ch))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         });
@@ -102,7 +102,7 @@ struct Transfer {
 pub struct Connection {
     target: NodeId,
     addr: String,
-    client: Option<RaftTransportClient<Channel>>,
+    client: Option<RaftTransportClient<NodeChannel>>,
     transfer: Option<Transfer>,
 }
 
@@ -115,7 +115,7 @@ enum Rpc {
 
 /// Sends one message to `target` within `timeout` and decodes its `Result<Resp, RaftError<E>>`.
 async fn call<Req, Resp, E>(
-    client: &mut RaftTransportClient<Channel>,
+    client: &mut RaftTransportClient<NodeChannel>,
     target: NodeId,
     kind: Rpc,
     req: &Req,
@@ -144,7 +144,7 @@ where
 }
 
 impl Connection {
-    fn client(&self) -> Result<RaftTransportClient<Channel>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+    fn client(&self) -> Result<RaftTransportClient<NodeChannel>, RPCError<NodeId, Node, RaftError<NodeId>>> {
         self.client.clone().ok_or_else(|| {
             let e = std::io::Error::other(format!("bad peer address {:?}", self.addr));
             RPCError::Unreachable(Unreachable::new(&e))
@@ -208,7 +208,7 @@ fn split_append(rpc: AppendEntriesRequest<TypeConfig>) -> Vec<AppendEntriesReque
 /// Sends the messages of one transfer in order; a later one failing leaves the earlier ones
 /// accepted (a partial success).
 async fn send_transfer(
-    mut client: RaftTransportClient<Channel>,
+    mut client: RaftTransportClient<NodeChannel>,
     target: NodeId,
     chunks: Vec<AppendEntriesRequest<TypeConfig>>,
     deadline: Duration,

@@ -14,6 +14,7 @@
 //! | `tombstones` | version (u64 BE) ++ ns ++ key     | empty                      |
 //! | `requests`   | request id                        | bincode `RequestRecord`    |
 //! | `request_times` | time (ms, u64 BE) ++ request id | empty                     |
+//! | `tokens`     | token id (hex text)               | bincode `TokenRecord`      |
 //!
 //! Keys of one namespace sort by their UTF-8 bytes, which is the list order of the contract.
 
@@ -32,9 +33,10 @@ pub const CF_CHANGES: &str = "changes";
 pub const CF_TOMBSTONES: &str = "tombstones";
 pub const CF_REQUESTS: &str = "requests";
 pub const CF_REQUEST_TIMES: &str = "request_times";
+pub const CF_TOKENS: &str = "tokens";
 
 /// Every column family, in creation order.
-pub const ALL_CFS: [&str; 12] = [
+pub const ALL_CFS: [&str; 13] = [
     CF_RAFT_LOG,
     CF_RAFT_META,
     CF_SM_META,
@@ -47,12 +49,22 @@ pub const ALL_CFS: [&str; 12] = [
     CF_TOMBSTONES,
     CF_REQUESTS,
     CF_REQUEST_TIMES,
+    CF_TOKENS,
 ];
 
 /// The column families that make up the state machine (and so a snapshot).
 /// Positions are the tags of the snapshot format: append only.
-pub const SNAPSHOT_CFS: [&str; 8] =
-    [CF_NAMESPACES, CF_NS_TITLES, CF_ENTRIES, CF_VALUES, CF_EXPIRY, CF_TOMBSTONES, CF_REQUESTS, CF_REQUEST_TIMES];
+pub const SNAPSHOT_CFS: [&str; 9] = [
+    CF_NAMESPACES,
+    CF_NS_TITLES,
+    CF_ENTRIES,
+    CF_VALUES,
+    CF_EXPIRY,
+    CF_TOMBSTONES,
+    CF_REQUESTS,
+    CF_REQUEST_TIMES,
+    CF_TOKENS,
+];
 
 pub const META_VOTE: &[u8] = b"vote";
 pub const META_COMMITTED: &[u8] = b"committed";

@@ -8,7 +8,7 @@ use super::cf;
 use super::keys::*;
 use super::log_store::read_bincode;
 use crate::error::{StoreError, StoreResult};
-use crate::types::{NamespaceRecord, Recorded};
+use crate::types::{NamespaceRecord, Recorded, TokenRecord};
 use kv_common::{KvError, NamespaceId};
 use rocksdb::{Direction, IteratorMode, ReadOptions, SnapshotWithThreadMode, DB};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -144,6 +144,23 @@ impl Reader {
     /// The first outcome of a request id, if that request was applied.
     pub fn request(&self, id: &str) -> StoreResult<Option<Recorded>> {
         self.consistent(|| Ok(read_bincode::<RequestRecord>(&self.db, CF_REQUESTS, id.as_bytes())?.map(|r| r.recorded)))
+    }
+
+    /// One token, if it exists.
+    pub fn token(&self, id: &str) -> StoreResult<Option<TokenRecord>> {
+        self.consistent(|| Ok(read_bincode(&self.db, CF_TOKENS, id.as_bytes())?))
+    }
+
+    /// Every token, ordered by id.
+    pub fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        self.consistent(|| {
+            let mut out = Vec::new();
+            for item in self.db.iterator_cf(cf(&self.db, CF_TOKENS), IteratorMode::Start) {
+                let (_, v) = item?;
+                out.push(bincode::deserialize(&v).map_err(anyhow::Error::from)?);
+            }
+            Ok(out)
+        })
     }
 
     /// Every namespace, ordered by title.

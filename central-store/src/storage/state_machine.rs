@@ -144,6 +144,15 @@ impl StateMachine {
                 self.record(wb, request.as_ref(), now_ms, &Recorded::Namespace(done.clone()))?;
                 CommandResult::Namespace(done)
             }
+            Command::CreateToken { ref request, now_ms, .. } | Command::RevokeToken { ref request, now_ms, .. } => {
+                let request = request.clone();
+                if let Some(Recorded::Token(first)) = self.recorded(request.as_ref())? {
+                    return Ok(CommandResult::Token(first));
+                }
+                let done = self.apply_token(wb, index, cmd)?;
+                self.record(wb, request.as_ref(), now_ms, &Recorded::Token(done.clone()))?;
+                CommandResult::Token(done)
+            }
             Command::Sweep { now_ms, budget, tombstones_before, requests_before_ms } => {
                 let due = (now_ms / 1000).saturating_add(1);
                 let expired = self
@@ -214,8 +223,28 @@ impl StateMachine {
                 wb.put_cf(self.cf(CF_CHANGES), index_key(index), bincode::serialize(&vec![change])?);
                 done(None)
             }
-            Command::Write { .. } | Command::Sweep { .. } => Err(anyhow::anyhow!("not a namespace command")),
+            _ => Err(anyhow::anyhow!("not a namespace command")),
         }
+    }
+
+    fn apply_token(&self, wb: &mut WriteBatch, index: u64, cmd: Command) -> anyhow::Result<Result<u64, KvError>> {
+        let tokens = self.cf(CF_TOKENS);
+        match cmd {
+            Command::CreateToken { record, .. } => {
+                if self.db.get_pinned_cf(tokens, record.id.as_bytes())?.is_some() {
+                    return Ok(Err(KvError::Internal("token id collision; retry".into())));
+                }
+                wb.put_cf(tokens, record.id.as_bytes(), bincode::serialize(&record)?);
+            }
+            Command::RevokeToken { id, .. } => {
+                if self.db.get_pinned_cf(tokens, id.as_bytes())?.is_none() {
+                    return Ok(Err(KvError::TokenNotFound));
+                }
+                wb.delete_cf(tokens, id.as_bytes());
+            }
+            _ => anyhow::bail!("not a token command"),
+        }
+        Ok(Ok(index))
     }
 
     /// Forgets up to `budget` request records made before `before_ms`.

@@ -7,6 +7,8 @@ use super::target::{Query, Target};
 use super::Gateway;
 use axum::extract::State;
 use axum::response::Response;
+use axum::Extension;
+use kv_common::auth::Principal;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -56,6 +58,7 @@ pub async fn user(State(gw): State<Gateway>) -> Response {
     ok(json!({ "id": gw.account.id, "email": format!("{}@localhost", gw.account.name) }))
 }
 
-pub async fn verify() -> Response {
-    ok(json!({ "id": "local", "status": "active" }))
+/// The token the call carries: any valid token may ask.
+pub async fn verify(Extension(who): Extension<Principal>) -> Response {
+    ok(json!({ "id": who.token_id, "status": "active" }))
 }

@@ -8,6 +8,8 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
+use axum::Extension;
+use kv_common::auth::Principal;
 use kv_common::KvError;
 use kv_proto::client::v1::{self as api, kv_server::Kv};
 use serde::{Deserialize, Serialize};
@@ -35,10 +37,12 @@ fn report(r: &api::BulkWriteResponse, refused: Vec<String>) -> Response {
 
 pub async fn put(
     State(gw): State<Gateway>,
+    Extension(who): Extension<Principal>,
     target: Target,
     headers: HeaderMap,
     b: Body,
 ) -> Result<Response, RestError> {
+    Gateway::may_write(&who, &target.ns)?;
     let read = body(&gw, &headers, b).await?;
     let (put, refused) = kv_common::bulk::put_items(json(&read.bytes)?);
     let req = api::PutBulkRequest { namespace_id: target.ns, items: put };
@@ -47,10 +51,12 @@ pub async fn put(
 
 pub async fn delete(
     State(gw): State<Gateway>,
+    Extension(who): Extension<Principal>,
     target: Target,
     headers: HeaderMap,
     b: Body,
 ) -> Result<Response, RestError> {
+    Gateway::may_write(&who, &target.ns)?;
     let read = body(&gw, &headers, b).await?;
     let keys: Vec<String> = json(&read.bytes)?;
     let req = api::DeleteBulkRequest { namespace_id: target.ns, keys };

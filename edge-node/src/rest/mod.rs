@@ -20,12 +20,14 @@ mod values;
 
 use crate::api::KvApi;
 use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
 use envelope::RestError;
+use kv_common::auth::{self, Need, Principal};
 use kv_common::call::{CallLayer, LATE, OVERLOADED, TRACEPARENT};
 use kv_common::Limits;
 use tonic::Status;
@@ -65,12 +67,21 @@ impl Gateway {
         body::read(&self.bodies, headers, body, limit, too_large).await
     }
 
+    /// Refuses a write its token may not make before its body is read (`KvApi` checks every
+    /// call again; a namespace id that does not parse is left to it to refuse).
+    fn may_write(who: &Principal, ns: &str) -> Result<(), RestError> {
+        match kv_common::NamespaceId::parse(ns) {
+            Ok(id) => who.require(Need::Write(&id)).map(drop).map_err(|e| RestError::from(Status::from(e))),
+            Err(_) => Ok(()),
+        }
+    }
+
     /// The client API request for `msg`, carrying the caller's credentials as gRPC does.
     fn request<T>(&self, headers: &HeaderMap, msg: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
-        if let Some(v) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        if let Some(v) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
             if let Ok(v) = v.parse() {
-                req.metadata_mut().insert("authorization", v);
+                req.metadata_mut().insert(auth::AUTHORIZATION, v);
             }
         }
         req
@@ -103,14 +114,26 @@ pub fn router(gateway: Gateway) -> Router {
 }
 
 /// Admits each call through the node's `CallLayer` and answers it by its deadline; a
-/// method the route does not have gets an envelope too (axum's own 405 has no body).
-async fn admit(State(gw): State<Gateway>, req: Request, next: Next) -> Response {
+/// method the route does not have gets an envelope too (axum's own 405 has no body). A call
+/// without a valid token is refused here, before its body is read; the routes find its
+/// `Principal` among the request's extensions.
+async fn admit(State(gw): State<Gateway>, mut req: Request, next: Next) -> Response {
     let traceparent = req.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let method = format!("{} {}", req.method(), req.uri().path());
     let Some(call) = gw.layer.admit("rest", &method, traceparent.as_deref(), None) else {
         return RestError::from(Status::unavailable(OVERLOADED)).into_response();
     };
-    match call.serve(next.run(req)).await {
+    let served = call.serve(async move {
+        let bearer = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(auth::bearer);
+        match gw.api.authenticate(bearer).await {
+            Ok(who) => {
+                req.extensions_mut().insert(who);
+                next.run(req).await
+            }
+            Err(e) => RestError::from(Status::from(e)).into_response(),
+        }
+    });
+    match served.await {
         Some(r) if r.status() == StatusCode::METHOD_NOT_ALLOWED => {
             let mut answer = RestError::method_not_allowed().into_response();
             if let Some(allow) = r.headers().get(axum::http::header::ALLOW) {

@@ -12,7 +12,9 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use bytes::Bytes;
+use kv_common::auth::Principal;
 use kv_common::{time, validate, KvError};
 use kv_proto::client::v1::{self as api, kv_server::Kv};
 use serde::Deserialize;
@@ -181,11 +183,13 @@ async fn multipart(body: Bytes, boundary: String) -> Result<Upload, RestError> {
 
 pub async fn put(
     State(gw): State<Gateway>,
+    Extension(who): Extension<Principal>,
     target: Target,
     Query(q): Query<WriteQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, RestError> {
+    Gateway::may_write(&who, &target.ns)?;
     // The body is read before answering (a client still sending would see a broken
     // connection instead of the answer), but one too large for any value is reported only
     // after the key and expiration, which the contract checks first.

@@ -9,7 +9,7 @@ use super::nemesis::Nemesis;
 use super::workload::{key_name, recorded, Client};
 use crate::tiers::{test_topology, TEST_LIMITS};
 use anyhow::Context;
-use kv_client::api::{self, kv_client::KvClient};
+use kv_client::api;
 use kv_deploy::launch::LocalCluster;
 use kv_deploy::topology::Topology;
 use kv_proto::store::v1::{self as pb, central_store_client::CentralStoreClient};
@@ -68,7 +68,7 @@ pub async fn run(plan: Plan, root: &Path) -> anyhow::Result<Outcome> {
         cluster.edges().map(|e| (e.node.grpc, !e.node.name.ends_with("-ttl"))).collect();
     let edge_region: Vec<usize> =
         cluster.regions.iter().enumerate().flat_map(|(r, region)| region.edges.iter().map(move |_| r)).collect();
-    let first = kv_client::Client::connect(&edges[0].0.to_string()).await?;
+    let first = kv_client::Client::connect(&edges[0].0.to_string()).await?.with_token(&cluster.admin_token)?;
     let namespace = first.create_namespace(&format!("fault-{}", plan.seed)).await?.id;
 
     let rec = Recorder::new();
@@ -84,6 +84,7 @@ pub async fn run(plan: Plan, root: &Path) -> anyhow::Result<Outcome> {
                 namespace: namespace.clone(),
                 keys: plan.keys,
                 seed: plan.seed.wrapping_mul(1_000_003).wrapping_add(id as u64),
+                token: cluster.admin_token.clone(),
             };
             clients.push(tokio::spawn(client.run(rec.clone(), until)));
         }
@@ -105,7 +106,7 @@ pub async fn run(plan: Plan, root: &Path) -> anyhow::Result<Outcome> {
     let final_rec = Recorder::new();
     for (e, (addr, push)) in edges.iter().enumerate() {
         if *push {
-            final_reads(&final_rec, e, *addr, &namespace, plan.keys).await;
+            final_reads(&final_rec, e, *addr, &namespace, plan.keys, &cluster.admin_token).await?;
         }
     }
     let mut final_reads = final_rec.take().ops;
@@ -137,8 +138,8 @@ async fn final_state(
         .max()
         .unwrap_or(0);
     let addr = cluster.central[0].grpc;
-    let mut store =
-        CentralStoreClient::new(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_lazy());
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_lazy();
+    let mut store = CentralStoreClient::new(kv_common::auth::authorized(ch, &cluster.admin_token)?);
     let mut out = HashMap::new();
     for k in 0..keys {
         let key = key_name(k);
@@ -164,10 +165,16 @@ async fn final_state(
 }
 
 /// Reads every key at a push-mode edge with a long cacheTtl: what it serves from its copies.
-async fn final_reads(rec: &Recorder, edge: usize, addr: std::net::SocketAddr, ns: &str, keys: usize) {
-    let mut kv = KvClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("address").connect_lazy(),
-    );
+async fn final_reads(
+    rec: &Recorder,
+    edge: usize,
+    addr: std::net::SocketAddr,
+    ns: &str,
+    keys: usize,
+    token: &str,
+) -> anyhow::Result<()> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_lazy();
+    let mut kv = kv_client::raw_client(ch, Some(token))?;
     for k in 0..keys {
         let key = key_name(k);
         let start = rec.now();
@@ -191,6 +198,7 @@ async fn final_reads(rec: &Recorder, edge: usize, addr: std::net::SocketAddr, ns
         let call = Call::Read { keys: vec![key], cache_ttl_secs: 300, result };
         rec.op(Op { id: 0, client: usize::MAX, edge, start, end: rec.now(), start_wall_ms, call });
     }
+    Ok(())
 }
 
 /// The shortest excerpt that shows a violation: the calls it names, and the faults around them.

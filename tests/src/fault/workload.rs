@@ -4,7 +4,8 @@
 //! written is unique, so any value read names the one write that made it.
 
 use super::history::{Call, ItemDone, KeyRead, KeyWrite, Op, Recorder, WriteResult};
-use kv_client::api::{self, kv_client::KvClient};
+use kv_client::api;
+use kv_client::RawClient;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::net::SocketAddr;
@@ -27,6 +28,8 @@ pub struct Client {
     pub namespace: String,
     pub keys: usize,
     pub seed: u64,
+    /// The bearer token every call sends.
+    pub token: String,
 }
 
 /// The keys a run uses.
@@ -87,7 +90,7 @@ impl Client {
     /// Calls until `until`, recording each call.
     pub async fn run(self, rec: Recorder, until: Instant) {
         let mut rng = StdRng::seed_from_u64(self.seed);
-        let mut kv = KvClient::new(channel(self.endpoint));
+        let Ok(mut kv) = kv_client::raw_client(channel(self.endpoint), Some(&self.token)) else { return };
         let mut seq = 0u64;
         while Instant::now() < until {
             let next = Instant::now() + PACE;
@@ -111,7 +114,7 @@ impl Client {
         format!("c{}-{}{}", self.id, seq, "x".repeat(large))
     }
 
-    async fn one(&self, rng: &mut StdRng, kv: &mut KvClient<Channel>, seq: &mut u64) -> Call {
+    async fn one(&self, rng: &mut StdRng, kv: &mut RawClient, seq: &mut u64) -> Call {
         let ns = self.namespace.clone();
         let roll = rng.gen_range(0..100);
         let cache_ttl = CACHE_TTLS[rng.gen_range(0..CACHE_TTLS.len())];
@@ -252,7 +255,7 @@ fn bulk_items(writes: &[KeyWrite], r: api::BulkWriteResponse) -> Vec<ItemDone> {
 }
 
 /// Every key of a list, page after page, from the start.
-async fn list_all(kv: &mut KvClient<Channel>, ns: &str, prefix: &str) -> Result<Vec<String>, Status> {
+async fn list_all(kv: &mut RawClient, ns: &str, prefix: &str) -> Result<Vec<String>, Status> {
     let mut names = Vec::new();
     let mut cursor = String::new();
     loop {

@@ -6,7 +6,7 @@ use kv_client::{api, Client};
 use tonic::Status;
 
 pub enum Endpoint {
-    Grpc(Client),
+    Grpc(Box<Client>),
     Rest(RestClient),
 }
 
@@ -37,6 +37,7 @@ forward! {
     fn put_bulk(req: api::PutBulkRequest) -> api::BulkWriteResponse;
     fn delete_bulk(req: api::DeleteBulkRequest) -> api::BulkWriteResponse;
     fn get_bulk(req: api::GetBulkRequest) -> api::GetBulkResponse;
+    fn verify_token() -> api::Token;
 }
 
 impl Endpoint {
@@ -50,7 +51,11 @@ impl Endpoint {
                     .map_err(|s| anyhow::anyhow!(s.message().to_owned()))?,
             ))
         } else {
-            Ok(Endpoint::Grpc(Client::connect(endpoint).await?))
+            let client = Client::connect(endpoint).await?;
+            Ok(Endpoint::Grpc(Box::new(match token {
+                Some(t) => client.with_token(t)?,
+                None => client,
+            })))
         }
     }
 }

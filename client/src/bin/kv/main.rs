@@ -2,7 +2,7 @@
 //!
 //! The endpoint (any edge node, over gRPC or REST) comes from `--endpoint` or `KV_ENDPOINT`.
 //! Read in this order: this file (commands, output, exit codes), `endpoint`, then
-//! `namespace`, `key` and `bulk`.
+//! `namespace`, `key`, `bulk` and `token`.
 //!
 //! Exit codes, for scripts: 0 done; 1 the cluster refused the request (its message on
 //! stderr); 2 a usage error or an input file that cannot be used; 3 the cluster could not be
@@ -13,6 +13,7 @@ mod bulk;
 mod endpoint;
 mod key;
 mod namespace;
+mod token;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use endpoint::Endpoint;
@@ -54,6 +55,9 @@ enum Command {
     /// Put, get and delete many keys from a JSON file, as `wrangler kv bulk` does.
     #[command(subcommand)]
     Bulk(bulk::Cmd),
+    /// Create, list and revoke bearer tokens (admin right).
+    #[command(subcommand)]
+    Token(token::Cmd),
 }
 
 /// Why a command failed, which decides its exit code.
@@ -130,5 +134,6 @@ async fn run(cli: Cli) -> Done {
         Command::Namespace(cmd) => namespace::run(&client, cmd, cli.output).await,
         Command::Key(cmd) => key::run(&client, cmd, cli.output).await,
         Command::Bulk(cmd) => bulk::run(&client, cmd, cli.output).await,
+        Command::Token(cmd) => token::run(&client, cmd, cli.output).await,
     }
 }
