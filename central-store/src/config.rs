@@ -17,6 +17,12 @@ pub struct Config {
     /// credential on every call it makes, and accepted as an admin token.
     #[serde(skip)]
     pub admin_token: kv_common::auth::AdminToken,
+    /// A file holding the keys values and metadata are sealed with at rest (see
+    /// `storage::seal`; `KV_ENCRYPTION_KEY` wins over it). Keep it outside `data_dir`.
+    pub encryption_key_file: Option<PathBuf>,
+    /// The keys, from `KV_ENCRYPTION_KEY` or `encryption_key_file`.
+    #[serde(skip)]
+    pub sealer: Option<crate::storage::seal::Sealer>,
     pub node_id: u64,
     /// gRPC: store API, Raft transport, admin, health, reflection.
     pub listen: SocketAddr,
@@ -118,6 +124,8 @@ impl Default for Config {
         Config {
             admin_token_file: None,
             admin_token: Default::default(),
+            encryption_key_file: None,
+            sealer: None,
             node_id: 1,
             listen: ([127, 0, 0, 1], 7101).into(),
             http_listen: ([127, 0, 0, 1], 7201).into(),
@@ -165,6 +173,10 @@ pub struct Args {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub admin_token: kv_common::auth::AdminTokenArg,
+    /// Encryption keys at rest, `id:hex` separated by commas, the last one sealing (prefer the
+    /// environment variable: flags show in `ps`).
+    #[arg(long = "encryption-key", env = "KV_ENCRYPTION_KEY", hide_env_values = true)]
+    pub encryption_key: Option<String>,
     #[arg(long, env = "KV_NODE_ID")]
     pub node_id: Option<u64>,
     #[arg(long, env = "KV_LISTEN")]
@@ -227,6 +239,15 @@ impl Config {
             c.initial_members = parse_members(&v)?;
         }
         c.admin_token = kv_common::auth::AdminToken::load(args.admin_token, c.admin_token_file.as_deref())?;
+        let keys = match (args.encryption_key, &c.encryption_key_file) {
+            (Some(text), _) => Some(text),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading encryption keys from {}", path.display()))?,
+            ),
+            (None, None) => None,
+        };
+        c.sealer = keys.map(|k| crate::storage::seal::Sealer::parse(&k)).transpose().context("encryption keys")?;
         Ok(c)
     }
 }

@@ -35,16 +35,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let admin_token = config.admin_token.require()?.to_owned();
     auth::set_node_token(&admin_token)?;
     crate::storage::check_format(&config.data_dir)?;
+    let sealer =
+        Arc::new(config.sealer.clone().context(
+            "no encryption key: set KV_ENCRYPTION_KEY or encryption_key_file (scripts/run-cluster makes one)",
+        )?);
     let db = open_db(&config.data_dir.join("db")).context("opening RocksDB")?;
     let metrics = Metrics::new();
-    let log_store = LogStore::new(db.clone(), metrics.clone());
+    let log_store = LogStore::new(db.clone(), metrics.clone(), sealer.clone());
     let snapshots = SnapshotDir::open(config.data_dir.join("snapshots"))?;
     let feed = state_machine::FeedConfig {
         retention: config.feed.retention,
         trim_every: config.feed.trim_every.max(1),
         inline_value_limit: config.feed.inline_value_limit,
     };
-    let (sm, reader) = state_machine::StateMachine::new(db.clone(), snapshots, feed, metrics.clone())?;
+    let (sm, reader) = state_machine::StateMachine::new(db.clone(), snapshots, feed, metrics.clone(), sealer)?;
     let peers = Arc::new(Peers::new(config.peer_routes()?));
     let network = Network { peers: peers.clone() };
     let raft = Raft::new(config.node_id, Arc::new(raft_config(&config)?), network, log_store, sm)

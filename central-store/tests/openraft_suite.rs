@@ -5,11 +5,13 @@
 use central_store::metrics::Metrics;
 use central_store::storage::log_store::LogStore;
 use central_store::storage::open_db;
+use central_store::storage::seal::Sealer;
 use central_store::storage::snapshot::SnapshotDir;
 use central_store::storage::state_machine::{FeedConfig, StateMachine};
 use central_store::types::{StorageError, TypeConfig};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageIOError;
+use std::sync::Arc;
 
 /// A fresh database in a temporary directory per store (the guard keeps it until the test ends).
 struct RocksBuilder;
@@ -25,8 +27,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Roc
         let metrics = Metrics::new();
         let snaps = SnapshotDir::open(dir.path().join("snap")).map_err(storage_err)?;
         let feed = FeedConfig { retention: 1000, trim_every: 100, inline_value_limit: 1024 };
-        let (sm, _reader) = StateMachine::new(db.clone(), snaps, feed, metrics.clone()).map_err(storage_err)?;
-        Ok((dir, LogStore::new(db, metrics), sm))
+        let (sm, _reader) = StateMachine::new(db.clone(), snaps, feed, metrics.clone(), Arc::new(Sealer::for_tests()))
+            .map_err(storage_err)?;
+        Ok((dir, LogStore::new(db, metrics, Arc::new(Sealer::for_tests())), sm))
     }
 }
 

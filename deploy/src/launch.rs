@@ -247,25 +247,30 @@ pub fn token_file(root: &Path) -> PathBuf {
     root.join("admin-token")
 }
 
-/// The cluster's admin token: `$KV_ADMIN_TOKEN`, else the one a previous run under `root`
-/// made, else a new random one; written (owner-only) where every node reads it.
-fn admin_token(root: &Path) -> anyhow::Result<String> {
+/// Where a cluster under `root` keeps the central store's encryption keys (outside every
+/// node's data directory).
+pub fn key_file(root: &Path) -> PathBuf {
+    root.join("encryption-key")
+}
+
+/// A secret of the cluster under `root`: `$var`, else what a previous run kept in `path`,
+/// else `fresh()`; written (owner-only) to `path`, where the nodes read it.
+fn cluster_secret(root: &Path, path: &Path, var: &str, fresh: impl FnOnce() -> String) -> anyhow::Result<String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let path = token_file(root);
-    let token = match std::env::var("KV_ADMIN_TOKEN") {
+    let secret = match std::env::var(var) {
         Ok(t) => t.trim().to_owned(),
-        Err(_) => match std::fs::read_to_string(&path) {
+        Err(_) => match std::fs::read_to_string(path) {
             Ok(t) => t.trim().to_owned(),
-            Err(_) => format!("kvadmin_{}", hex::encode(rand::random::<[u8; 32]>())),
+            Err(_) => fresh(),
         },
     };
     std::fs::create_dir_all(root)?;
-    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&path)?;
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)?;
     // `mode` applies to a new file only; an older one is made owner-only too.
     f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    f.write_all(token.as_bytes())?;
-    Ok(token)
+    f.write_all(secret.as_bytes())?;
+    Ok(secret)
 }
 
 fn quoted_list<T: ToString>(items: impl IntoIterator<Item = T>) -> String {
@@ -276,7 +281,12 @@ impl LocalCluster {
     /// Starts `topology` with data under `root` and waits until it serves.
     pub async fn start(topology: &Topology, root: &Path) -> anyhow::Result<LocalCluster> {
         let bins = bin_dir()?;
-        let admin_token = admin_token(root)?;
+        let admin_token = cluster_secret(root, &token_file(root), "KV_ADMIN_TOKEN", || {
+            format!("kvadmin_{}", hex::encode(rand::random::<[u8; 32]>()))
+        })?;
+        cluster_secret(root, &key_file(root), "KV_ENCRYPTION_KEY", || {
+            format!("1:{}", hex::encode(rand::random::<[u8; 32]>()))
+        })?;
         let base = topology.base_port;
         let mut central = Vec::new();
         for i in 0..topology.central.voters {
@@ -319,9 +329,10 @@ impl LocalCluster {
                 .collect();
             let n = &mut cluster.central[i];
             let specific = format!(
-                "node_id = {}\ndata_dir = \"{}\"\ninitial_members = [{members}]\n",
+                "node_id = {}\ndata_dir = \"{}\"\nencryption_key_file = \"{}\"\ninitial_members = [{members}]\n",
                 i + 1,
-                n.dir.join("data").display()
+                n.dir.join("data").display(),
+                key_file(root).display()
             );
             n.write_config(&specific, &cluster.central_config, &format!("[peer_routes]\n{routes}"))?;
             n.start()?;
@@ -414,7 +425,12 @@ impl LocalCluster {
             child: None,
             token_file: token_file(root),
         };
-        let specific = format!("node_id = {}\ndata_dir = \"{}\"\n", i + 1, n.dir.join("data").display());
+        let specific = format!(
+            "node_id = {}\ndata_dir = \"{}\"\nencryption_key_file = \"{}\"\n",
+            i + 1,
+            n.dir.join("data").display(),
+            key_file(root).display()
+        );
         n.write_config(&specific, &self.central_config, "")?;
         n.start()?;
         self.central.push(n);

@@ -6,6 +6,7 @@
 //! and openraft counts an entry toward commit only after its callback fired.
 
 use super::keys::*;
+use super::seal::Sealer;
 use super::{any_error, cf};
 use crate::metrics::Metrics;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
@@ -22,6 +23,8 @@ use std::sync::{mpsc, Arc};
 pub struct LogStore {
     db: Arc<DB>,
     flusher: Arc<Flusher>,
+    /// Entries carry values: they are sealed at rest (`seal`).
+    sealer: Arc<Sealer>,
 }
 
 /// The flusher thread and the way to it; dropping the last handle stops the thread and
@@ -42,14 +45,14 @@ impl Drop for Flusher {
 
 impl LogStore {
     /// Starts the flusher thread; it ends when the last clone of the store is dropped.
-    pub fn new(db: Arc<DB>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(db: Arc<DB>, metrics: Arc<Metrics>, sealer: Arc<Sealer>) -> Self {
         let (flush_tx, flush_rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let flush_db = db.clone();
         let thread = std::thread::Builder::new()
             .name("raft-log-flusher".into())
             .spawn(move || flush_loop(&flush_db, &flush_rx, &metrics))
             .expect("spawning the log flusher thread");
-        LogStore { db, flusher: Arc::new(Flusher { tx: Some(flush_tx), thread: Some(thread) }) }
+        LogStore { db, flusher: Arc::new(Flusher { tx: Some(flush_tx), thread: Some(thread) }), sealer }
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -63,13 +66,18 @@ impl LogStore {
         self.db.put_cf_opt(cf(&self.db, CF_RAFT_META), key, bytes, &opts).map_err(|e| StorageIOError::write(&e).into())
     }
 
+    /// Opens one stored log entry.
+    fn open(&self, key: &[u8], sealed: &[u8]) -> Result<Entry, StorageError> {
+        self.sealer.open_bincode(CF_RAFT_LOG, key, sealed).map_err(|e| StorageIOError::read_logs(any_error(e)).into())
+    }
+
     fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
         let mut it = self.db.iterator_cf(cf(&self.db, CF_RAFT_LOG), IteratorMode::End);
         match it.next() {
             None => Ok(None),
             Some(item) => {
-                let (_, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-                let entry: Entry = bincode::deserialize(&v).map_err(|e| StorageIOError::read_logs(&e))?;
+                let (k, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+                let entry: Entry = self.open(&k, &v)?;
                 Ok(Some(entry.log_id))
             }
         }
@@ -121,7 +129,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             if !range.contains(&idx) {
                 break;
             }
-            out.push(bincode::deserialize(&v).map_err(|e| StorageIOError::read_logs(&e))?);
+            out.push(self.open(&k, &v)?);
         }
         Ok(out)
     }
@@ -164,8 +172,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         let log_cf = cf(&self.db, CF_RAFT_LOG);
         for entry in entries {
-            let bytes = bincode::serialize(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
-            batch.put_cf(log_cf, index_key(entry.log_id.index), bytes);
+            let key = index_key(entry.log_id.index);
+            let sealed = self
+                .sealer
+                .seal_bincode(CF_RAFT_LOG, &key, &entry)
+                .map_err(|e| StorageIOError::write_logs(any_error(e)))?;
+            batch.put_cf(log_cf, key, sealed);
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(false);

@@ -4,6 +4,7 @@
 pub mod keys;
 pub mod log_store;
 pub mod reader;
+pub mod seal;
 pub mod snapshot;
 pub mod state_machine;
 
@@ -16,7 +17,7 @@ use std::sync::Arc;
 const MIN_BLOB_SIZE: u64 = 4096;
 
 /// What this build writes to disk; data written by another format is refused, not misread.
-const FORMAT: &str = "kv-central-store data format 2 (request records, freshness proofs)";
+const FORMAT: &str = "kv-central-store data format 3 (sealed records, tokens)";
 
 /// Checks that `data_dir` holds data this build can read (or is new, then marks it).
 pub fn check_format(data_dir: &Path) -> anyhow::Result<()> {

@@ -7,6 +7,7 @@
 use super::cf;
 use super::keys::*;
 use super::log_store::read_bincode;
+use super::seal::Sealer;
 use crate::error::{StoreError, StoreResult};
 use crate::types::{NamespaceRecord, Recorded, TokenRecord};
 use kv_common::{KvError, NamespaceId};
@@ -52,6 +53,7 @@ pub enum FeedRead {
 #[derive(Clone)]
 pub struct Reader {
     db: Arc<DB>,
+    sealer: Arc<Sealer>,
     applied: watch::Receiver<u64>,
     installs: InstallCounter,
 }
@@ -82,8 +84,8 @@ fn list_scan_budget(limit: u32) -> usize {
 }
 
 impl Reader {
-    pub fn new(db: Arc<DB>, applied: watch::Receiver<u64>, installs: InstallCounter) -> Self {
-        Reader { db, applied, installs }
+    pub fn new(db: Arc<DB>, applied: watch::Receiver<u64>, installs: InstallCounter, sealer: Arc<Sealer>) -> Self {
+        Reader { db, sealer, applied, installs }
     }
 
     /// Runs `read` and returns its result only if no snapshot install overlapped it.
@@ -200,7 +202,7 @@ impl Reader {
             let mut newest = read_version;
             for key in keys {
                 let ek = entry_key(ns, key.as_ref().as_bytes());
-                let entry = read_live(&self.db, &snap, &ek, now_secs)?;
+                let entry = self.read_live(&snap, &ek, now_secs)?;
                 if let Some(e) = &entry {
                     newest = newest.max(e.meta.version);
                 }
@@ -249,7 +251,7 @@ impl Reader {
                     page.cursor = last_seen.map(|n| encode_cursor(&n));
                     return Ok(page);
                 }
-                let meta: EntryMeta = bincode::deserialize(&v)?;
+                let meta: EntryMeta = self.sealer.open_bincode(CF_ENTRIES, &k, &v)?;
                 if !meta.tombstone && !kv_common::time::is_expired(meta.expiration, now_secs) {
                     page.keys.push((name.clone(), meta));
                 }
@@ -257,6 +259,25 @@ impl Reader {
             }
             Ok(page)
         })
+    }
+
+    /// The entry at `ek` if it exists, is not a tombstone and has not expired.
+    fn read_live(
+        &self,
+        snap: &SnapshotWithThreadMode<'_, DB>,
+        ek: &[u8],
+        now_secs: i64,
+    ) -> StoreResult<Option<StoredEntry>> {
+        let Some(sealed) = snap.get_cf(cf(&self.db, CF_ENTRIES), ek)? else { return Ok(None) };
+        let meta: EntryMeta = self.sealer.open_bincode(CF_ENTRIES, ek, &sealed)?;
+        if meta.tombstone || kv_common::time::is_expired(meta.expiration, now_secs) {
+            return Ok(None);
+        }
+        let value = match snap.get_cf(cf(&self.db, CF_VALUES), ek)? {
+            Some(sealed) => self.sealer.open(CF_VALUES, ek, &sealed)?,
+            None => Vec::new(),
+        };
+        Ok(Some(StoredEntry { value, meta }))
     }
 
     /// Change sets with versions greater than `from`, at most `max` of them. The floor and
@@ -283,7 +304,7 @@ impl Reader {
             for item in it.take(max) {
                 let (k, v) = item?;
                 let version = decode_index(&k).ok_or_else(|| anyhow::anyhow!("bad change key"))?;
-                out.push((version, bincode::deserialize(&v)?));
+                out.push((version, self.sealer.open_bincode(CF_CHANGES, &k, &v)?));
             }
             Ok(FeedRead::Changes(out))
         })
@@ -314,22 +335,6 @@ impl Reader {
             || first_below(CF_TOMBSTONES, tombstones_before)?
             || first_below(CF_REQUEST_TIMES, requests_before_ms)?)
     }
-}
-
-/// The entry at `ek` if it exists, is not a tombstone and has not expired.
-fn read_live(
-    db: &DB,
-    snap: &SnapshotWithThreadMode<'_, DB>,
-    ek: &[u8],
-    now_secs: i64,
-) -> StoreResult<Option<StoredEntry>> {
-    let Some(raw) = snap.get_cf(cf(db, CF_ENTRIES), ek)? else { return Ok(None) };
-    let meta: EntryMeta = bincode::deserialize(&raw)?;
-    if meta.tombstone || kv_common::time::is_expired(meta.expiration, now_secs) {
-        return Ok(None);
-    }
-    let value = snap.get_cf(cf(db, CF_VALUES), ek)?.unwrap_or_default();
-    Ok(Some(StoredEntry { value, meta }))
 }
 
 fn key_name(entry_key: &[u8]) -> StoreResult<String> {

@@ -7,6 +7,7 @@
 use super::keys::*;
 use super::log_store::read_bincode;
 use super::reader::{InstallCounter, Reader};
+use super::seal::Sealer;
 use super::snapshot::{self, SnapshotDir};
 use super::{any_error, cf};
 use crate::metrics::Metrics;
@@ -32,6 +33,8 @@ pub struct FeedConfig {
 /// The RocksDB state machine.
 pub struct StateMachine {
     db: Arc<DB>,
+    /// Entries, values and the feed hold values and metadata: sealed at rest (`seal`).
+    sealer: Arc<Sealer>,
     applied_tx: Arc<watch::Sender<u64>>,
     installs: InstallCounter,
     snapshots: SnapshotDir,
@@ -46,13 +49,14 @@ impl StateMachine {
         snapshots: SnapshotDir,
         feed: FeedConfig,
         metrics: Arc<Metrics>,
+        sealer: Arc<Sealer>,
     ) -> anyhow::Result<(Self, Reader)> {
         snapshot::resume_interrupted_install(&db, &snapshots)?;
         let applied: Option<LogId> = read_bincode::<Option<LogId>>(&db, CF_SM_META, META_APPLIED)?.flatten();
         let (tx, rx) = watch::channel(applied.map_or(0, |l| l.index));
         let installs = InstallCounter::default();
-        let reader = Reader::new(db.clone(), rx, installs.clone());
-        Ok((StateMachine { db, applied_tx: Arc::new(tx), installs, snapshots, feed, metrics }, reader))
+        let reader = Reader::new(db.clone(), rx, installs.clone(), sealer.clone());
+        Ok((StateMachine { db, sealer, applied_tx: Arc::new(tx), installs, snapshots, feed, metrics }, reader))
     }
 
     fn apply_entry(&self, entry: Entry) -> Result<CommandResult, anyhow::Error> {
@@ -79,6 +83,23 @@ impl StateMachine {
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         cf(&self.db, name)
+    }
+
+    fn put_changes(&self, wb: &mut WriteBatch, index: u64, changes: &[ChangeRecord]) -> anyhow::Result<()> {
+        let key = index_key(index);
+        wb.put_cf(self.cf(CF_CHANGES), key, self.sealer.seal_bincode(CF_CHANGES, &key, &changes)?);
+        Ok(())
+    }
+
+    /// An entry's metadata as stored (sealed).
+    fn entry(&self, ek: &[u8]) -> anyhow::Result<Option<EntryMeta>> {
+        let Some(sealed) = self.db.get_pinned_cf(self.cf(CF_ENTRIES), ek)? else { return Ok(None) };
+        Ok(Some(self.sealer.open_bincode(CF_ENTRIES, ek, &sealed)?))
+    }
+
+    fn put_entry(&self, wb: &mut WriteBatch, ek: &[u8], meta: &EntryMeta) -> anyhow::Result<()> {
+        wb.put_cf(self.cf(CF_ENTRIES), ek, self.sealer.seal_bincode(CF_ENTRIES, ek, meta)?);
+        Ok(())
     }
 
     fn namespace(&self, id: &NamespaceId) -> anyhow::Result<Option<NamespaceRecord>> {
@@ -129,7 +150,7 @@ impl StateMachine {
                     outcomes.push(outcome);
                 }
                 if !changes.is_empty() {
-                    wb.put_cf(self.cf(CF_CHANGES), index_key(index), bincode::serialize(&changes)?);
+                    self.put_changes(wb, index, &changes)?;
                 }
                 CommandResult::Writes(outcomes)
             }
@@ -220,7 +241,7 @@ impl StateMachine {
                     metadata: None,
                     expiration: None,
                 };
-                wb.put_cf(self.cf(CF_CHANGES), index_key(index), bincode::serialize(&vec![change])?);
+                self.put_changes(wb, index, &[change])?;
                 done(None)
             }
             _ => Err(anyhow::anyhow!("not a namespace command")),
@@ -263,7 +284,7 @@ impl StateMachine {
 
     fn apply_op(&self, wb: &mut WriteBatch, index: u64, ns: &NamespaceId, op: Op) -> anyhow::Result<ChangeRecord> {
         let ek = entry_key(ns, op.key.as_bytes());
-        if let Some(old) = read_bincode::<EntryMeta>(&self.db, CF_ENTRIES, &ek)? {
+        if let Some(old) = self.entry(&ek)? {
             if let Some(exp) = old.expiration {
                 wb.delete_cf(self.cf(CF_EXPIRY), expiry_key(exp, ns, op.key.as_bytes()));
             }
@@ -279,21 +300,21 @@ impl StateMachine {
         match op.kind {
             OpKind::Put { value, metadata, expiration } => {
                 let meta = EntryMeta { version: index, expiration, metadata: metadata.clone(), tombstone: false };
-                wb.put_cf(self.cf(CF_ENTRIES), &ek, bincode::serialize(&meta)?);
+                self.put_entry(wb, &ek, &meta)?;
                 if let Some(exp) = expiration {
                     wb.put_cf(self.cf(CF_EXPIRY), expiry_key(exp, ns, op.key.as_bytes()), []);
                 }
                 change.kind = ChangeKind::Put;
                 change.metadata = metadata;
                 change.expiration = expiration;
-                wb.put_cf(self.cf(CF_VALUES), &ek, &value);
+                wb.put_cf(self.cf(CF_VALUES), &ek, self.sealer.seal(CF_VALUES, &ek, &value)?);
                 if value.len() <= self.feed.inline_value_limit {
                     change.value = Some(value);
                 }
             }
             OpKind::Delete => {
                 let meta = EntryMeta { version: index, expiration: None, metadata: None, tombstone: true };
-                wb.put_cf(self.cf(CF_ENTRIES), &ek, bincode::serialize(&meta)?);
+                self.put_entry(wb, &ek, &meta)?;
                 wb.put_cf(self.cf(CF_TOMBSTONES), sweep_index_key(index, ns, op.key.as_bytes()), []);
                 wb.delete_cf(self.cf(CF_VALUES), &ek);
             }
@@ -320,7 +341,7 @@ impl StateMachine {
                 break;
             }
             wb.delete_cf(self.cf(index_cf), &k);
-            if let Some(meta) = read_bincode::<EntryMeta>(&self.db, CF_ENTRIES, ek)? {
+            if let Some(meta) = self.entry(ek)? {
                 if still_due(&meta, at) {
                     wb.delete_cf(self.cf(CF_ENTRIES), ek);
                     wb.delete_cf(self.cf(CF_VALUES), ek);

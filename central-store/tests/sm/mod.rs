@@ -6,6 +6,7 @@
 use central_store::metrics::Metrics;
 use central_store::storage::open_db;
 use central_store::storage::reader::Reader;
+use central_store::storage::seal::Sealer;
 use central_store::storage::snapshot::SnapshotDir;
 pub use central_store::storage::state_machine::{FeedConfig, StateMachine};
 pub use central_store::types::*;
@@ -49,7 +50,8 @@ pub async fn new_sm_with(feed: FeedConfig) -> Sm {
     let dir = tempfile::tempdir().unwrap();
     let db = open_db(&dir.path().join("db")).unwrap();
     let snaps = SnapshotDir::open(dir.path().join("snap")).unwrap();
-    let (sm, reader) = StateMachine::new(db, snaps, feed, Metrics::new()).unwrap();
+    let (sm, reader) =
+        StateMachine::new(db, snaps, feed, Metrics::new(), std::sync::Arc::new(Sealer::for_tests())).unwrap();
     let mut s = Sm { sm, reader, next: 1, _dir: dir };
     s.apply(create(NS, "ns")).await;
     s
