@@ -3,12 +3,12 @@
 use anyhow::Context;
 use clap::Parser;
 use kv_common::Limits;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Everything a central node needs to run.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// A file holding the cluster's admin token (`KV_ADMIN_TOKEN` wins over it).
@@ -53,7 +53,7 @@ pub struct Config {
 }
 
 /// How this replica proves it is current, and what it demands of that proof.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FreshnessSettings {
     /// How often the node renews its proof (a read index from the leader).
@@ -87,14 +87,14 @@ impl FreshnessSettings {
 }
 
 /// One initial cluster member.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 pub struct MemberConfig {
     pub id: u64,
     pub addr: String,
 }
 
 /// Raft timers and log compaction.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RaftTiming {
     /// Also the deadline openraft 0.9 gives every heartbeat (appends with entries run as
@@ -110,7 +110,7 @@ pub struct RaftTiming {
 }
 
 /// How the change feed is kept.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FeedSettings {
     pub retention: u64,
@@ -171,6 +171,9 @@ pub struct Args {
     /// TOML config file.
     #[arg(long, env = "KV_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Print every setting with its default value (TOML, as the config file takes it) and exit.
+    #[arg(long)]
+    pub print_default_config: bool,
     #[command(flatten)]
     pub admin_token: kv_common::auth::AdminTokenArg,
     /// Encryption keys at rest, `id:hex` separated by commas, the last one sealing (prefer the
@@ -255,6 +258,13 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_printed_default_config_reads_back_as_the_default() {
+        let text = kv_common::config::default_toml::<Config>("# a header\n").unwrap();
+        let read: Config = toml::from_str(&text).unwrap();
+        assert_eq!(format!("{read:?}"), format!("{:?}", Config::default()));
+    }
 
     #[test]
     fn parses_members_and_toml() {

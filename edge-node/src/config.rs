@@ -2,12 +2,12 @@
 
 use clap::{Parser, ValueEnum};
 use kv_common::Limits;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// How an edge keeps cached copies fresh.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Copies are replaced by pushed newer versions (ours; the default).
@@ -20,7 +20,7 @@ pub enum Mode {
 pub const DEFAULT_ACCOUNT_ID: &str = "00000000000000000000000000000001";
 
 /// Everything an edge node needs to run.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// A file holding the cluster's admin token (`KV_ADMIN_TOKEN` wins over it).
@@ -107,6 +107,9 @@ pub struct Args {
     /// TOML config file.
     #[arg(long, env = "KV_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Print every setting with its default value (TOML, as the config file takes it) and exit.
+    #[arg(long)]
+    pub print_default_config: bool,
     #[command(flatten)]
     pub admin_token: kv_common::auth::AdminTokenArg,
     #[arg(long, env = "KV_EDGE_ID")]
@@ -152,6 +155,13 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_printed_default_config_reads_back_as_the_default() {
+        let text = kv_common::config::default_toml::<Config>("# a header\n").unwrap();
+        let read: Config = toml::from_str(&text).unwrap();
+        assert_eq!(format!("{read:?}"), format!("{:?}", Config::default()));
+    }
 
     #[test]
     fn mode_and_upstreams_from_flags_or_file() {

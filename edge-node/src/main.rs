@@ -3,9 +3,19 @@
 use clap::Parser;
 use edge_node::config::{Args, Config};
 
+/// What `--print-default-config` says first.
+const DEFAULT_CONFIG_HEADER: &str = r#"# Secrets, from files or the environment (never in this file):
+# admin_token_file = "/etc/kv/admin-token"  # or KV_ADMIN_TOKEN
+"#;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.print_default_config {
+        print!("{}", kv_common::config::default_toml::<Config>(DEFAULT_CONFIG_HEADER)?);
+        return Ok(());
+    }
     kv_common::telemetry::init_tracing("edge-node");
-    let config = Config::load(Args::parse())?;
+    let config = Config::load(args)?;
     edge_node::node::run(config, kv_common::serve::shutdown_signal()).await
 }
