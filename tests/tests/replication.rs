@@ -34,6 +34,67 @@ async fn put_keys(c: &Cluster, i: usize, ns: &str, prefix: &str, count: usize) -
     acked
 }
 
+/// A client that writes without pause through the nodes the cluster had when it started,
+/// trying the next one whenever one fails, and keeps what was acknowledged.
+struct Writer {
+    acked: Arc<Mutex<Acked>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl Writer {
+    fn start(c: &Cluster, ns: &str) -> Writer {
+        let acked: Arc<Mutex<Acked>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients: Vec<_> = (0..c.nodes.len()).map(|i| c.store(i)).collect();
+        let (a, s, ns) = (acked.clone(), stop.clone(), ns.to_owned());
+        let task = tokio::spawn(async move {
+            let (mut n, mut target, mut errors) = (0u64, 0usize, 0u64);
+            while !s.load(std::sync::atomic::Ordering::SeqCst) {
+                let key = format!("k{n:06}");
+                let value = format!("v{n}").into_bytes();
+                let req = pb::WriteRequest {
+                    namespace_id: ns.clone(),
+                    ops: vec![put_op(&key, &value)],
+                    ..Default::default()
+                };
+                let mut client = clients[target].clone();
+                // Unknown outcomes leave their key unused: it may or may not be written.
+                n += 1;
+                match tokio::time::timeout(Duration::from_secs(3), client.write(req)).await {
+                    Ok(Ok(reply)) => {
+                        let r = &reply.get_ref().results[0];
+                        assert!(r.error.is_none(), "unexpected item error {:?}", r.error);
+                        a.lock().unwrap().insert(key, (r.version, value));
+                    }
+                    _ => {
+                        errors += 1;
+                        target = (target + 1) % clients.len();
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            errors
+        });
+        Writer { acked, stop, task }
+    }
+
+    /// Waits until `count` more writes are acknowledged than now.
+    async fn more(&self, count: usize) {
+        let at_least = self.acked.lock().unwrap().len() + count;
+        let reached = || async { (self.acked.lock().unwrap().len() >= at_least).then_some(()) };
+        eventually(Duration::from_secs(60), "acknowledged writes to go on", reached).await.unwrap();
+    }
+
+    /// Stops writing: what was acknowledged, and how many attempts failed.
+    async fn stop(self) -> (Acked, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let errors = self.task.await.unwrap();
+        let acked = self.acked.lock().unwrap().clone();
+        (acked, errors)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_any_node_are_readable_from_every_node() {
     let c = Cluster::start(3, ClusterOptions::without_rate_limit()).await.unwrap();
@@ -58,68 +119,19 @@ async fn writes_through_any_node_are_readable_from_every_node() {
 async fn killing_the_leader_loses_no_acknowledged_write() {
     let mut c = Cluster::start(3, ClusterOptions::default()).await.unwrap();
     let ns = c.create_namespace(0, "failover").await.unwrap();
-    let acked: Arc<Mutex<Acked>> = Arc::default();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-
-    // A client that writes without pause, trying the next node whenever one fails.
-    let addrs: Vec<_> = (0..3).map(|i| c.store(i)).collect();
-    let writer = {
-        let (acked, stop, ns) = (acked.clone(), stop.clone(), ns.clone());
-        tokio::spawn(async move {
-            let mut n = 0u64;
-            let mut target = 0usize;
-            let mut errors = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let key = format!("k{n:06}");
-                let value = format!("v{n}").into_bytes();
-                let req = pb::WriteRequest {
-                    namespace_id: ns.clone(),
-                    ops: vec![put_op(&key, &value)],
-                    ..Default::default()
-                };
-                let mut client = addrs[target].clone();
-                let call = tokio::time::timeout(Duration::from_secs(3), client.write(req)).await;
-                match call {
-                    Ok(Ok(reply)) => {
-                        let r = &reply.get_ref().results[0];
-                        assert!(r.error.is_none(), "unexpected item error {:?}", r.error);
-                        acked.lock().unwrap().insert(key, (r.version, value));
-                        n += 1;
-                    }
-                    _ => {
-                        // Unknown outcome: the key may or may not be written; never reuse it.
-                        errors += 1;
-                        n += 1;
-                        target = (target + 1) % 3;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-            }
-            errors
-        })
-    };
+    let writer = Writer::start(&c, &ns);
 
     // Let writes flow, then kill -9 the leader while they do.
-    let wait_acked = |at_least: usize| {
-        let acked = acked.clone();
-        async move {
-            let reached = || async { (acked.lock().unwrap().len() >= at_least).then_some(()) };
-            eventually(Duration::from_secs(60), "acknowledged writes to resume", reached).await.unwrap();
-        }
-    };
-    wait_acked(50).await;
+    writer.more(50).await;
     let old_leader = c.leader().await.unwrap();
     c.kill(old_leader);
-    let before_kill = acked.lock().unwrap().len();
     // Writes must resume under a new leader.
-    wait_acked(before_kill + 50).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let errors = writer.await.unwrap();
+    writer.more(50).await;
+    let (acked, errors) = writer.stop().await;
     let new_leader = c.wait_for_leader(Duration::from_secs(10)).await.unwrap();
     assert_ne!(new_leader, old_leader);
-    eprintln!("acknowledged {} writes, {errors} failed attempts around the failover", acked.lock().unwrap().len());
+    eprintln!("acknowledged {} writes, {errors} failed attempts around the failover", acked.len());
 
-    let acked = acked.lock().unwrap().clone();
     for i in (0..3).filter(|i| *i != old_leader) {
         assert_has_all(&c, i, &ns, &acked).await;
     }
@@ -331,4 +343,69 @@ async fn the_leader_sweeps_expired_entries_and_old_tombstones_on_every_replica()
         eventually(Duration::from_secs(20), "the expired entry and the tombstone to be swept", swept).await.unwrap();
         assert_eq!(read_at(&c, i, &ns, "short", max_version).await.unwrap(), None);
     }
+}
+
+/// Runs `kv --output json admin --central <node> ...` with the cluster's admin token.
+fn kv_admin(c: &Cluster, node: usize, args: &[&str]) -> serde_json::Value {
+    let bin = kv_deploy::launch::bin_dir().expect("the binaries' directory").join("kv");
+    let out = std::process::Command::new(bin)
+        .args(["--output", "json", "admin", "--central", &c.nodes[node].grpc.to_string()])
+        .args(args)
+        .env("KV_TOKEN", &c.local.admin_token)
+        .output()
+        .expect("kv runs");
+    assert!(out.status.success(), "kv admin {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("kv prints JSON")
+}
+
+fn voter_ids(members: &serde_json::Value) -> Vec<u64> {
+    members["voters"].as_array().unwrap().iter().map(|v| v["id"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_group_grows_replaces_a_dead_voter_and_shrinks_through_the_cli_while_writes_run() {
+    let mut c = Cluster::start(3, ClusterOptions::default()).await.unwrap();
+    let ns = c.create_namespace(0, "membership").await.unwrap();
+    let writer = Writer::start(&c, &ns);
+    writer.more(30).await;
+
+    // Grow 3 -> 5: two empty nodes join as learners, catch up, and become voters.
+    let (four, five) = (c.start_new_node().unwrap(), c.start_new_node().unwrap());
+    for i in [four, five] {
+        let (id, addr) = (c.nodes[i].id.to_string(), c.nodes[i].grpc.to_string());
+        kv_admin(&c, 0, &["add-learner", &id, &addr]);
+    }
+    let grown = kv_admin(&c, 1, &["promote", "4", "5"]);
+    assert_eq!(voter_ids(&grown), vec![1, 2, 3, 4, 5]);
+    writer.more(30).await;
+
+    // A voter dies (kill -9); a new node takes its place.
+    let leader = c.leader().await.unwrap();
+    let dead = (leader + 1) % 3;
+    c.kill(dead);
+    let six = c.start_new_node().unwrap();
+    let (id, addr) = (c.nodes[six].id.to_string(), c.nodes[six].grpc.to_string());
+    kv_admin(&c, leader, &["add-learner", &id, &addr]);
+    kv_admin(&c, leader, &["promote", &id]);
+    let dead_id = c.nodes[dead].id.to_string();
+    let replaced = kv_admin(&c, leader, &["remove", &dead_id]);
+    assert!(!voter_ids(&replaced).contains(&c.nodes[dead].id) && voter_ids(&replaced).contains(&6));
+    writer.more(30).await;
+
+    // Shrink back to three voters.
+    let shrunk = kv_admin(&c, leader, &["remove", "4", "5"]);
+    let mut left = voter_ids(&shrunk);
+    left.sort_unstable();
+    assert_eq!(left.len(), 3, "{shrunk}");
+    writer.more(30).await;
+    let (acked, errors) = writer.stop().await;
+    eprintln!("acknowledged {} writes, {errors} failed attempts", acked.len());
+
+    // Every acknowledged write is on every remaining voter.
+    for id in left {
+        let i = c.nodes.iter().position(|n| n.id == id).unwrap();
+        assert_has_all(&c, i, &ns, &acked).await;
+    }
+    let members = kv_admin(&c, six, &["members"]);
+    assert!(members["leader_id"].as_u64().is_some(), "{members}");
 }

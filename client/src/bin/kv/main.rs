@@ -2,13 +2,14 @@
 //!
 //! The endpoint (any edge node, over gRPC or REST) comes from `--endpoint` or `KV_ENDPOINT`.
 //! Read in this order: this file (commands, output, exit codes), `endpoint`, then
-//! `namespace`, `key`, `bulk` and `token`.
+//! `namespace`, `key`, `bulk`, `token` and `admin`.
 //!
 //! Exit codes, for scripts: 0 done; 1 the cluster refused the request (its message on
 //! stderr); 2 a usage error or an input file that cannot be used; 3 the cluster could not be
 //! reached or did not answer in time; 4 a bulk command ran to the end but some items failed
 //! (listed in its output).
 
+mod admin;
 mod bulk;
 mod endpoint;
 mod key;
@@ -58,6 +59,8 @@ enum Command {
     /// Create, list and revoke bearer tokens (admin right).
     #[command(subcommand)]
     Token(token::Cmd),
+    /// The central Raft group: members, learners, voters, leadership, snapshots.
+    Admin(admin::Admin),
 }
 
 /// Why a command failed, which decides its exit code.
@@ -127,13 +130,18 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> Done {
-    let client = Endpoint::connect(&cli.endpoint, cli.account_id.as_deref(), cli.token.as_deref())
-        .await
-        .map_err(|e| Fail::Unreachable(format!("{}: {e:#}", cli.endpoint)))?;
+    let (token, output) = (cli.token.as_deref(), cli.output);
+    // Every command but `admin` talks to an edge.
+    let edge = || async {
+        Endpoint::connect(&cli.endpoint, cli.account_id.as_deref(), token)
+            .await
+            .map_err(|e| Fail::Unreachable(format!("{}: {e:#}", cli.endpoint)))
+    };
     match cli.command {
-        Command::Namespace(cmd) => namespace::run(&client, cmd, cli.output).await,
-        Command::Key(cmd) => key::run(&client, cmd, cli.output).await,
-        Command::Bulk(cmd) => bulk::run(&client, cmd, cli.output).await,
-        Command::Token(cmd) => token::run(&client, cmd, cli.output).await,
+        Command::Namespace(cmd) => namespace::run(&edge().await?, cmd, output).await,
+        Command::Key(cmd) => key::run(&edge().await?, cmd, output).await,
+        Command::Bulk(cmd) => bulk::run(&edge().await?, cmd, output).await,
+        Command::Token(cmd) => token::run(&edge().await?, cmd, output).await,
+        Command::Admin(admin) => admin::run(admin, token, output).await,
     }
 }
