@@ -16,7 +16,7 @@ use crate::types::{Command, Node as RaftNode, NodeId, Raft};
 use anyhow::Context;
 use kv_common::auth::{self, AdminOnly};
 use kv_common::call::CallLayer;
-use kv_common::serve;
+use kv_common::serve::{self, Drain};
 use kv_common::KvError;
 use kv_proto::admin::v1::cluster_admin_server::ClusterAdminServer;
 use kv_proto::raft::v1::raft_transport_server::RaftTransportServer;
@@ -85,12 +85,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let (health, health_service, reflection) = serve::health_and_reflection(kv_proto::FILE_DESCRIPTOR_SET)?;
     let healthy =
         Healthy { raft: raft.clone(), freshness: freshness.clone(), max_age: config.freshness.health_max_age() };
-    tokio::spawn(report_health(health, healthy.clone()));
+    let (start_drain, drain) = Drain::new();
+    let check: serve::CheckHealth = drain.health(Arc::new(move || healthy.check()));
+    tokio::spawn(report_health(health, check.clone()));
+    let layer = CallLayer::new(config.request_budget(), config.max_in_flight);
     let render = {
-        let (raft, freshness) = (raft.clone(), freshness.clone());
-        Arc::new(move || metrics.render(&raft, freshness.age()))
+        let (raft, freshness, layer) = (raft.clone(), freshness.clone(), layer.clone());
+        Arc::new(move || metrics.render(&raft, freshness.age()) + &layer.render_metrics())
     };
-    tokio::spawn(serve::serve_http(http, render, Arc::new(move || healthy.check())));
+    let http = serve::serve_http(http, render, check, drain.clone());
     tokio::spawn(bootstrap(node.clone()));
     tokio::spawn(sweep_loop(node.clone()));
 
@@ -98,7 +101,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     // the nodes' own APIs for the configured one, cluster administration for stored ones too.
     let nodes_only = AdminOnly::new(&admin_token, None);
     let admin = AdminOnly::new(&admin_token, Some(stored_tokens(node.clone())));
-    let server = kv_common::call::server(CallLayer::new(config.request_budget(), config.max_in_flight))
+    let grpc = kv_common::call::server(layer)
         .add_service(InterceptedService::new(
             RaftTransportServer::new(RaftService::new(raft.clone()))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
@@ -106,7 +109,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             nodes_only.clone(),
         ))
         .add_service(InterceptedService::new(
-            CentralStoreServer::new(StoreService::new(node.clone()))
+            CentralStoreServer::new(StoreService::new(node.clone(), drain.clone()))
                 .max_decoding_message_size(MAX_STORE_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_STORE_MESSAGE_BYTES),
             nodes_only,
@@ -114,11 +117,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .add_service(InterceptedService::new(ClusterAdminServer::new(AdminService::new(node.clone())), admin))
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming(serve::grpc_incoming(grpc)?);
-    // Stop serving at once, then shut Raft down cleanly.
-    let served = serve::serve_until(server, shutdown).await;
+        .serve_with_incoming_shutdown(serve::grpc_incoming(grpc, drain.clone())?, drain.wait());
+    // Drain (the watch streams end, the calls in flight are answered), then stop Raft cleanly.
+    let servers = async { tokio::try_join!(async { grpc.await.context("gRPC server") }, http).map(drop) };
+    let grace = config.request_budget() + Duration::from_secs(1);
+    let served = serve::serve_draining(servers, shutdown, start_drain, grace).await;
     let _ = raft.shutdown().await;
-    served.context("gRPC server")
+    served
 }
 
 /// Stored tokens as this replica holds them, for `AdminOnly`. A replica that cannot prove it
@@ -157,13 +162,13 @@ impl Healthy {
     }
 }
 
-/// Keeps gRPC health in step with `Healthy::check`.
-async fn report_health(mut reporter: tonic_health::server::HealthReporter, healthy: Healthy) {
+/// Keeps gRPC health in step with `check` (`Healthy::check`, or draining).
+async fn report_health(mut reporter: tonic_health::server::HealthReporter, check: serve::CheckHealth) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut serving = None;
     loop {
         tick.tick().await;
-        let (ok, _) = healthy.check();
+        let (ok, _) = check();
         if serving != Some(ok) {
             if ok {
                 reporter.set_serving::<CentralStoreServer<StoreService>>().await;

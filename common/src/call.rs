@@ -173,6 +173,14 @@ impl CallLayer {
         self
     }
 
+    /// The calls being served now, as Prometheus text for the node's `/metrics`.
+    pub fn render_metrics(&self) -> String {
+        let n = self.in_flight.load(Ordering::Acquire);
+        format!(
+            "# HELP kv_calls_in_flight Calls being served now (gRPC and REST).\n# TYPE kv_calls_in_flight gauge\nkv_calls_in_flight {n}\n"
+        )
+    }
+
     /// Admits one call to be served, or `None` when `max_in_flight` calls already are. The
     /// gRPC server and the REST gateway admit through one layer, so one bound covers both.
     /// `api` and `method` name the call in its span; `traceparent` and `budget` are what the

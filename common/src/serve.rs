@@ -1,21 +1,61 @@
 //! What every server process repeats: the `/metrics` + `/health` HTTP endpoint, gRPC
-//! listeners, health and reflection, and waiting for SIGINT/SIGTERM.
+//! listeners, health and reflection, and a graceful drain on SIGINT/SIGTERM.
+//!
+//! A drain (`Drain`, `serve_draining`): the node's health turns to "draining" at once, its
+//! servers take no new connections, the streams it serves (the change feed, pushes) end so
+//! their subscribers move on to another node, and the calls in flight are answered, within
+//! a grace period no shorter than the node's call budget. So a rolling restart under load
+//! cuts no call short.
 
 use axum::{http::StatusCode, routing::get, Router};
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// Renders the Prometheus text exposition.
 pub type RenderMetrics = Arc<dyn Fn() -> String + Send + Sync>;
 /// Reports whether the node can serve, with a short reason.
 pub type CheckHealth = Arc<dyn Fn() -> (bool, String) + Send + Sync>;
 
-/// Serves `/metrics` and `/health` (200 when healthy, 503 otherwise) until the process ends.
+/// Whether the node is draining; cheap to clone, and every clone sees the drain start.
+#[derive(Clone)]
+pub struct Drain(watch::Receiver<bool>);
+
+impl Drain {
+    /// A drain that starts when the returned sender says so (`serve_draining` does).
+    pub fn new() -> (watch::Sender<bool>, Drain) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Drain(rx))
+    }
+
+    pub fn started(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the drain has started (never, if its sender is gone without starting it).
+    pub async fn wait(mut self) {
+        if self.0.wait_for(|d| *d).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// `health`, but "draining" (unhealthy) once the drain started.
+    pub fn health(&self, health: CheckHealth) -> CheckHealth {
+        let drain = self.clone();
+        Arc::new(move || if drain.started() { (false, "draining".into()) } else { health() })
+    }
+}
+
+/// Serves `/metrics` and `/health` (200 when healthy, 503 otherwise) until `drain` starts
+/// and the calls in flight are answered.
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     render: RenderMetrics,
     health: CheckHealth,
-) -> std::io::Result<()> {
-    serve_http_with(listener, render, health, Router::new()).await
+    drain: Drain,
+) -> anyhow::Result<()> {
+    serve_http_with(listener, render, health, Router::new(), drain).await
 }
 
 /// `serve_http`, with `routes` served beside `/metrics` and `/health` (an edge's REST API).
@@ -24,7 +64,9 @@ pub async fn serve_http_with(
     render: RenderMetrics,
     health: CheckHealth,
     routes: Router,
-) -> std::io::Result<()> {
+    drain: Drain,
+) -> anyhow::Result<()> {
+    let health = drain.health(health);
     let app = routes.route("/metrics", get(move || async move { render() })).route(
         "/health",
         get(move || async move {
@@ -32,29 +74,69 @@ pub async fn serve_http_with(
             (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, text)
         }),
     );
-    axum::serve(listener, app).await
+    Ok(axum::serve(listener, app).with_graceful_shutdown(drain.wait()).await?)
 }
 
-/// Runs a gRPC server until it fails or `shutdown` resolves. There is no graceful drain:
-/// Watch and push streams never end on their own, so a drain would wait for ever, and
-/// every node loses nothing by stopping at once.
-pub async fn serve_until<E>(
-    server: impl std::future::Future<Output = Result<(), E>>,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), E> {
+/// Runs a node's servers (built to stop taking calls once `drain` starts) until they fail,
+/// or until `shutdown` resolves; then starts the drain and gives the calls in flight up to
+/// `grace` to be answered.
+pub async fn serve_draining(
+    servers: impl Future<Output = anyhow::Result<()>>,
+    shutdown: impl Future<Output = ()>,
+    drain: watch::Sender<bool>,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    tokio::pin!(servers);
     tokio::select! {
-        served = server => served,
-        () = shutdown => Ok(()),
+        served = &mut servers => return served,
+        () = shutdown => {}
+    }
+    tracing::info!(grace_ms = grace.as_millis() as u64, "draining: no new calls; answering the calls in flight");
+    drain.send_replace(true);
+    match tokio::time::timeout(grace, servers).await {
+        Ok(served) => served,
+        Err(_) => {
+            tracing::warn!("calls were still in flight when the grace period ended");
+            Ok(())
+        }
     }
 }
 
-/// The connections a gRPC server accepts on `listener`, with Nagle's algorithm off.
+/// The connections a gRPC server accepts on `listener`, with Nagle's algorithm off, until
+/// `drain` starts: then the listener is closed, so a new client is refused at once (and
+/// tries another node) instead of waiting on a node that will not serve it.
 ///
 /// `Server::tcp_nodelay` applies only to listeners tonic binds itself; without this, a
 /// small answer can wait for the client's delayed ACK (about 40 ms on Linux).
-pub fn grpc_incoming(listener: tokio::net::TcpListener) -> anyhow::Result<tonic::transport::server::TcpIncoming> {
-    tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
-        .map_err(|e| anyhow::anyhow!("gRPC listener: {e}"))
+pub fn grpc_incoming(
+    listener: tokio::net::TcpListener,
+    drain: Drain,
+) -> anyhow::Result<tokio_stream::wrappers::ReceiverStream<Result<tokio::net::TcpStream, std::io::Error>>> {
+    let (conns, incoming) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let drained = drain.wait();
+        tokio::pin!(drained);
+        loop {
+            tokio::select! {
+                // Returning drops the listener: new clients are refused from now on.
+                () = &mut drained => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((conn, _)) => {
+                        let _ = conn.set_nodelay(true);
+                        if conns.send(Ok(conn)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait, then take calls again.
+                        tracing::warn!(error = %e, "accepting a gRPC connection failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+    });
+    Ok(tokio_stream::wrappers::ReceiverStream::new(incoming))
 }
 
 /// Resolves on SIGINT or SIGTERM.

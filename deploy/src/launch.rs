@@ -85,8 +85,8 @@ impl NodeProc {
         }
     }
 
-    /// Asks the process to stop (SIGTERM); a paused one is woken to hear it.
-    fn terminate(&self) {
+    /// Asks the process to stop (SIGTERM), without waiting; a paused one is woken to hear it.
+    pub fn terminate(&self) {
         self.signal(libc::SIGTERM);
         self.signal(libc::SIGCONT);
     }

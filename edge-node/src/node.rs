@@ -1,5 +1,7 @@
 //! A running edge node: the push follower, the gRPC server, and the HTTP server (the REST
-//! gateway, `/metrics`, `/health`), both under one `CallLayer`.
+//! gateway, `/metrics`, `/health`), both under one `CallLayer`. On SIGTERM it drains
+//! (`kv_common::serve`): it reports itself draining, takes no new calls, closes its push
+//! stream (so its regional tier stops tracking it) and answers the calls in flight.
 
 use crate::api::KvApi;
 use crate::config::Config;
@@ -8,10 +10,11 @@ use crate::rest::{self, Account, Gateway};
 use anyhow::Context;
 use kv_common::call::CallLayer;
 use kv_common::client::MAX_MESSAGE_BYTES;
-use kv_common::serve;
+use kv_common::serve::{self, Drain};
 use kv_proto::client::v1::kv_server::KvServer;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Runs the edge until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
@@ -28,16 +31,34 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let layer = CallLayer::new(edge.default_budget(), edge.config.max_in_flight);
     let account = Account { id: edge.config.account_id.clone(), name: edge.config.account_name.clone() };
     let rest = rest::router(Gateway::new(KvApi(edge.clone()), account, layer.clone()));
-    tokio::spawn(serve::serve_http_with(
+    let (start_drain, drain) = Drain::new();
+    let http = serve::serve_http_with(
         http,
-        Arc::new(move || e.render_metrics()),
+        {
+            let layer = layer.clone();
+            Arc::new(move || e.render_metrics() + &layer.render_metrics())
+        },
         Arc::new(move || h.health()),
         rest,
-    ));
-    tokio::spawn(crate::pushes::follow(edge.clone()));
+        drain.clone(),
+    );
+    let follower = crate::pushes::follow(edge.clone());
+    let draining = drain.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = follower => {}
+            () = draining.wait() => {}
+        }
+    });
     tokio::spawn(edge.clone().learn_start_version());
+    let draining = drain.clone();
+    tokio::spawn(async move {
+        draining.wait().await;
+        health.set_not_serving::<KvServer<KvApi>>().await;
+    });
 
-    let server = kv_common::call::server(layer)
+    let grace = edge.default_budget() + Duration::from_secs(1);
+    let grpc = kv_common::call::server(layer)
         .add_service(
             KvServer::new(KvApi(edge))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -45,6 +66,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         )
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming(serve::grpc_incoming(grpc)?);
-    serve::serve_until(server, shutdown).await.context("gRPC server")
+        .serve_with_incoming_shutdown(serve::grpc_incoming(grpc, drain.clone())?, drain.wait());
+    let servers = async { tokio::try_join!(async { grpc.await.context("gRPC server") }, http).map(drop) };
+    serve::serve_draining(servers, shutdown, start_drain, grace).await
 }

@@ -7,7 +7,7 @@ use anyhow::Context;
 use kv_common::auth::AdminOnly;
 use kv_common::call::CallLayer;
 use kv_common::client::MAX_MESSAGE_BYTES;
-use kv_common::serve;
+use kv_common::serve::{self, Drain};
 use kv_proto::store::v1::central_store_server::CentralStoreServer;
 use kv_proto::tier::v1::pushes_server::PushesServer;
 use std::future::Future;
@@ -30,11 +30,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     let (mut health, health_service, reflection) = serve::health_and_reflection(kv_proto::FILE_DESCRIPTOR_SET)?;
     health.set_serving::<CentralStoreServer<RegionalStore>>().await;
+    let (start_drain, drain) = Drain::new();
+    let budget = Duration::from_millis(regional.config.request_timeout_ms);
+    let layer = CallLayer::new(budget, regional.config.max_in_flight);
     let r = regional.clone();
+    let l = layer.clone();
     let h = regional.clone();
-    tokio::spawn(serve::serve_http(
+    let http = serve::serve_http(
         http,
-        Arc::new(move || r.render_metrics()),
+        Arc::new(move || r.render_metrics() + &l.render_metrics()),
         Arc::new(move || {
             let text = match h.proof() {
                 Some((version, age)) => {
@@ -44,7 +48,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             };
             (true, text)
         }),
-    ));
+        drain.clone(),
+    );
     tokio::spawn(crate::feed::follow(regional.clone()));
     let sweeper = regional.clone();
     tokio::spawn(async move {
@@ -54,20 +59,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             sweeper.tracker.sweep();
         }
     });
+    let draining = drain.clone();
+    tokio::spawn(async move {
+        draining.wait().await;
+        health.set_not_serving::<CentralStoreServer<RegionalStore>>().await;
+    });
 
-    let budget = Duration::from_millis(regional.config.request_timeout_ms);
     // Edges call with the cluster's admin token; nothing else may use this tier's APIs.
     let admin = AdminOnly::new(&admin_token, None);
-    let server = kv_common::call::server(CallLayer::new(budget, regional.config.max_in_flight))
+    let grpc = kv_common::call::server(layer)
         .add_service(InterceptedService::new(
             CentralStoreServer::new(RegionalStore(regional.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             admin.clone(),
         ))
-        .add_service(InterceptedService::new(PushesServer::new(RegionalPushes(regional)), admin))
+        .add_service(InterceptedService::new(PushesServer::new(RegionalPushes(regional, drain.clone())), admin))
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming(serve::grpc_incoming(grpc)?);
-    serve::serve_until(server, shutdown).await.context("gRPC server")
+        .serve_with_incoming_shutdown(serve::grpc_incoming(grpc, drain.clone())?, drain.wait());
+    let servers = async { tokio::try_join!(async { grpc.await.context("gRPC server") }, http).map(drop) };
+    serve::serve_draining(servers, shutdown, start_drain, budget + Duration::from_secs(1)).await
 }

@@ -2,6 +2,7 @@
 //! where possible, forwarded otherwise) and the push streams.
 
 use crate::regional::{Answers, Regional};
+use kv_common::serve::Drain;
 use kv_common::{validate, KvError};
 use kv_proto::store::v1::{self as pb, central_store_server::CentralStore};
 use kv_proto::tier::v1::{pushes_server::Pushes, PushEvent, SubscribeRequest};
@@ -143,8 +144,9 @@ impl CentralStore for RegionalStore {
     }
 }
 
-/// The push streams to this region's edges.
-pub struct RegionalPushes(pub Arc<Regional>);
+/// The push streams to this region's edges; they end when the tier drains, so the edges
+/// move to another regional endpoint.
+pub struct RegionalPushes(pub Arc<Regional>, pub Drain);
 
 type PushStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<PushEvent, Status>> + Send>>;
 
@@ -159,6 +161,7 @@ impl Pushes for RegionalPushes {
         }
         tracing::info!(edge = %id, "edge subscribed to pushes");
         let rx = self.0.tracker.subscribe(&id, self.0.feed.applied());
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+        let stream = ReceiverStream::new(rx).map(Ok);
+        Ok(Response::new(Box::pin(futures::StreamExt::take_until(stream, self.1.clone().wait()))))
     }
 }

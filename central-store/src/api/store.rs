@@ -9,6 +9,7 @@ use crate::storage::reader::StoredEntry;
 use crate::types::{Command, NamespaceRecord, TokenRecord};
 use crate::writes;
 use kv_common::client::{store_client, StoreClient};
+use kv_common::serve::Drain;
 use kv_common::{auth, call, namespace::validate_title, time, validate, KvError, NamespaceId};
 use kv_proto::store::v1::{self as pb, central_store_server::CentralStore};
 use std::future::Future;
@@ -22,11 +23,13 @@ const NAMESPACE_PAGE: (u32, u32) = (20, 1000);
 /// The CentralStore gRPC service.
 pub struct StoreService {
     node: Arc<Node>,
+    /// Watch streams end when the node drains, so their subscribers move to another node.
+    drain: Drain,
 }
 
 impl StoreService {
-    pub fn new(node: Arc<Node>) -> Self {
-        StoreService { node }
+    pub fn new(node: Arc<Node>, drain: Drain) -> Self {
+        StoreService { node, drain }
     }
 
     /// Makes sure this replica may answer a read: it has applied `min_version`, and holds a
@@ -106,7 +109,7 @@ fn to_token(t: &TokenRecord, version: u64) -> pb::TokenInfo {
     }
 }
 
-type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<pb::WatchEvent, Status>>;
+type WatchStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl CentralStore for StoreService {
@@ -287,7 +290,8 @@ impl CentralStore for StoreService {
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let req = req.into_inner();
         let start = if req.from_now { super::watch::Start::Now } else { super::watch::Start::After(req.from_version) };
-        Ok(Response::new(super::watch::stream(self.node.clone(), start)))
+        let stream = super::watch::stream(self.node.clone(), start);
+        Ok(Response::new(Box::pin(futures::StreamExt::take_until(stream, self.drain.clone().wait()))))
     }
 
     async fn create_token(&self, req: Request<pb::CreateTokenRequest>) -> Result<Response<pb::TokenInfo>, Status> {
