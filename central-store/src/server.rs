@@ -121,9 +121,34 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     // Drain (the watch streams end, the calls in flight are answered), then stop Raft cleanly.
     let servers = async { tokio::try_join!(async { grpc.await.context("gRPC server") }, http).map(drop) };
     let grace = config.request_budget() + Duration::from_secs(1);
-    let served = serve::serve_draining(servers, shutdown, start_drain, grace).await;
+    let served = serve::serve_draining(servers, shutdown, step_down(node.clone()), start_drain, grace).await;
     let _ = raft.shutdown().await;
     served
+}
+
+/// Before a node drains (its listener closes, so its peers cannot reach it): it stops
+/// campaigning, so it cannot unsettle the group with elections while it is going, and a
+/// leader hands its leadership to the voter with the most of its log, so writes move on at
+/// once instead of after an election timeout.
+async fn step_down(node: Arc<Node>) {
+    node.raft.runtime_config().elect(false);
+    if !node.is_leader() {
+        return;
+    }
+    let successor = {
+        let m = node.raft.metrics().borrow().clone();
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().filter(|id| *id != node.id).collect();
+        let matched = |id: &NodeId| m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index);
+        voters.into_iter().max_by_key(matched)
+    };
+    let Some(to) = successor else { return };
+    tracing::info!(to, "handing leadership over before draining");
+    match tokio::time::timeout(Duration::from_secs(5), AdminService::new(node.clone()).hand_over(to)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "leadership hand-over failed; the group will elect"),
+        Err(_) => tracing::warn!("leadership hand-over timed out; the group will elect"),
+    }
+    node.raft.runtime_config().elect(false);
 }
 
 /// Stored tokens as this replica holds them, for `AdminOnly`. A replica that cannot prove it

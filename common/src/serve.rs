@@ -78,11 +78,13 @@ pub async fn serve_http_with(
 }
 
 /// Runs a node's servers (built to stop taking calls once `drain` starts) until they fail,
-/// or until `shutdown` resolves; then starts the drain and gives the calls in flight up to
-/// `grace` to be answered.
+/// or until `shutdown` resolves; then runs `prepare` (a central leader hands its leadership
+/// over while it still serves), starts the drain and gives the calls in flight up to `grace`
+/// to be answered.
 pub async fn serve_draining(
     servers: impl Future<Output = anyhow::Result<()>>,
     shutdown: impl Future<Output = ()>,
+    prepare: impl Future<Output = ()>,
     drain: watch::Sender<bool>,
     grace: Duration,
 ) -> anyhow::Result<()> {
@@ -90,6 +92,10 @@ pub async fn serve_draining(
     tokio::select! {
         served = &mut servers => return served,
         () = shutdown => {}
+    }
+    tokio::select! {
+        served = &mut servers => return served,
+        () = prepare => {}
     }
     tracing::info!(grace_ms = grace.as_millis() as u64, "draining: no new calls; answering the calls in flight");
     drain.send_replace(true);

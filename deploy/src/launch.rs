@@ -91,16 +91,22 @@ impl NodeProc {
         self.signal(libc::SIGCONT);
     }
 
-    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
-    pub fn stop(&mut self, grace: Duration) {
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`. Whether it exited by
+    /// itself, successfully, within `grace` (false when there was no process).
+    pub fn stop(&mut self, grace: Duration) -> bool {
         self.terminate();
-        let Some(mut c) = self.child.take() else { return };
+        let Some(mut c) = self.child.take() else { return false };
         let deadline = Instant::now() + grace;
-        while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+        loop {
+            match c.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                _ => break,
+            }
         }
         let _ = c.kill();
         let _ = c.wait();
+        false
     }
 
     /// Whether the process was started and not killed or stopped since (it may have exited).
@@ -253,24 +259,33 @@ pub fn key_file(root: &Path) -> PathBuf {
     root.join("encryption-key")
 }
 
-/// A secret of the cluster under `root`: `$var`, else what a previous run kept in `path`,
-/// else `fresh()`; written (owner-only) to `path`, where the nodes read it.
+/// A secret of the cluster under `root`, kept in `path` (owner-only), where the nodes read
+/// it: the one a previous run kept, else `$var`, else `fresh()`. A kept secret is never
+/// rewritten (the data sealed with a key is lost with it): an empty file, or a `$var` that
+/// differs from it, is an error to resolve by hand.
 fn cluster_secret(root: &Path, path: &Path, var: &str, fresh: impl FnOnce() -> String) -> anyhow::Result<String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let secret = match std::env::var(var) {
-        Ok(t) => t.trim().to_owned(),
-        Err(_) => match std::fs::read_to_string(path) {
-            Ok(t) => t.trim().to_owned(),
-            Err(_) => fresh(),
-        },
-    };
-    std::fs::create_dir_all(root)?;
-    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)?;
-    // `mode` applies to a new file only; an older one is made owner-only too.
-    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    f.write_all(secret.as_bytes())?;
-    Ok(secret)
+    let from_env = std::env::var(var).ok().map(|v| v.trim().to_owned());
+    match std::fs::read_to_string(path) {
+        Ok(kept) => {
+            let kept = kept.trim().to_owned();
+            anyhow::ensure!(!kept.is_empty(), "{} is empty: restore it from a backup", path.display());
+            if let Some(given) = from_env {
+                anyhow::ensure!(given == kept, "${var} differs from the one kept in {}", path.display());
+            }
+            Ok(kept)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret = from_env.unwrap_or_else(fresh);
+            std::fs::create_dir_all(root)?;
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+            f.write_all(secret.as_bytes())?;
+            f.sync_all()?;
+            Ok(secret)
+        }
+        Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+    }
 }
 
 fn quoted_list<T: ToString>(items: impl IntoIterator<Item = T>) -> String {

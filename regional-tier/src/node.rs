@@ -79,5 +79,5 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .add_service(reflection)
         .serve_with_incoming_shutdown(serve::grpc_incoming(grpc, drain.clone())?, drain.wait());
     let servers = async { tokio::try_join!(async { grpc.await.context("gRPC server") }, http).map(drop) };
-    serve::serve_draining(servers, shutdown, start_drain, budget + Duration::from_secs(1)).await
+    serve::serve_draining(servers, shutdown, async {}, start_drain, budget + Duration::from_secs(1)).await
 }

@@ -71,21 +71,20 @@ async fn a_rolling_restart_of_every_node_under_load_loses_nothing() {
     let grace = Duration::from_secs(15);
     let per_step = |acked: &Acked| acked.lock().unwrap().len() + 10;
     for i in 0..t.cluster.central.len() {
-        t.cluster.central[i].stop(grace);
-        assert!(!t.cluster.central[i].is_running());
+        assert!(t.cluster.central[i].stop(grace), "central {i} drained and exited by itself");
         t.cluster.central[i].start().unwrap();
         t.cluster.wait_for_leader().await.unwrap();
         wait_for(&acked, per_step(&acked)).await;
     }
     for r in 0..t.cluster.regions.len() {
-        t.cluster.regions[r].regional.stop(grace);
+        assert!(t.cluster.regions[r].regional.stop(grace), "regional {r} drained and exited by itself");
         t.cluster.regions[r].regional.start().unwrap();
         t.cluster.wait_until_serving().await.unwrap();
         wait_for(&acked, per_step(&acked)).await;
     }
     for r in 0..t.cluster.regions.len() {
         for e in 0..t.cluster.regions[r].edges.len() {
-            t.cluster.regions[r].edges[e].node.stop(grace);
+            assert!(t.cluster.regions[r].edges[e].node.stop(grace), "edge {r}/{e} drained and exited by itself");
             t.cluster.regions[r].edges[e].node.start().unwrap();
             t.cluster.wait_until_serving().await.unwrap();
             wait_for(&acked, per_step(&acked)).await;
@@ -157,7 +156,7 @@ async fn a_draining_edge_answers_the_calls_it_took_and_takes_no_new_ones() {
     drop(parts);
     let done = call.await.unwrap().expect("the put in flight is answered");
     assert!(done.into_inner().version > 0);
-    t.cluster.regions[0].edges[0].node.stop(Duration::from_secs(15));
+    assert!(t.cluster.regions[0].edges[0].node.stop(Duration::from_secs(15)), "the edge exits once drained");
     let value = other.get(&ns, "in-flight", None).await.unwrap().value;
     assert_eq!(value, "answered".as_bytes());
 }

@@ -49,7 +49,7 @@ impl AdminService {
     /// to vote while its leader lease holds, so: pause the election timers of every other
     /// voter, stop heartbeats until the leases lapse, then let the target (which holds the
     /// whole log) campaign. Everything is switched back on whatever the outcome.
-    async fn hand_over(&self, to: NodeId) -> StoreResult<()> {
+    pub(crate) async fn hand_over(&self, to: NodeId) -> StoreResult<()> {
         let node = &self.node;
         let members: Vec<(NodeId, String)> = {
             let m = node.raft.metrics().borrow().membership_config.clone();
