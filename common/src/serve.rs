@@ -118,20 +118,27 @@ pub fn grpc_incoming(
     listener: tokio::net::TcpListener,
     drain: Drain,
 ) -> anyhow::Result<tokio_stream::wrappers::ReceiverStream<Result<tokio::net::TcpStream, std::io::Error>>> {
-    let (conns, incoming) = tokio::sync::mpsc::channel(64);
+    // One slot, taken before accepting: a connection is accepted only when the server is
+    // ready for it, so none waits unserved in a queue when the drain starts.
+    let (conns, incoming) = tokio::sync::mpsc::channel(1);
     tokio::spawn(async move {
         let drained = drain.wait();
         tokio::pin!(drained);
         loop {
-            tokio::select! {
+            let slot = tokio::select! {
                 // Returning drops the listener: new clients are refused from now on.
+                () = &mut drained => return,
+                slot = conns.reserve() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => return,
+                },
+            };
+            tokio::select! {
                 () = &mut drained => return,
                 accepted = listener.accept() => match accepted {
                     Ok((conn, _)) => {
                         let _ = conn.set_nodelay(true);
-                        if conns.send(Ok(conn)).await.is_err() {
-                            return;
-                        }
+                        slot.send(Ok(conn));
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: wait, then take calls again.
