@@ -10,6 +10,17 @@ pub struct NamespaceId(pub [u8; 16]);
 /// Longest namespace title accepted, in bytes.
 pub const MAX_TITLE_BYTES: usize = 512;
 
+/// The page size of a namespace list when none is asked for, and the largest one.
+pub const NAMESPACE_PAGE: (u32, u32) = (20, 1000);
+
+/// The page size a namespace list asked for (0: the default), within the largest.
+pub fn namespace_page_size(asked: u32) -> u32 {
+    match asked {
+        0 => NAMESPACE_PAGE.0,
+        n => n.min(NAMESPACE_PAGE.1),
+    }
+}
+
 impl NamespaceId {
     /// Parses the textual id; anything malformed names no namespace, so it is "not found".
     pub fn parse(text: &str) -> Result<Self, KvError> {

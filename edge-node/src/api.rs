@@ -4,7 +4,8 @@
 use crate::edge::{new_request_id, Edge};
 use bytes::{Bytes, BytesMut};
 use kv_common::auth::{self, Access, Need, Principal};
-use kv_common::{namespace::validate_title, time, validate, KvError, NamespaceId, HTTP_STATUS_TRAILER};
+use kv_common::namespace::{namespace_page_size, validate_title, NAMESPACE_PAGE};
+use kv_common::{time, validate, KvError, NamespaceId, HTTP_STATUS_TRAILER};
 use kv_proto::client::v1::{self as api, kv_server::Kv};
 use kv_proto::store::v1 as pb;
 use kv_tier::{Served, Source, TierError, TierResult};
@@ -224,19 +225,54 @@ impl Kv for KvApi {
         &self,
         req: Request<api::ListNamespacesRequest>,
     ) -> Result<Response<api::ListNamespacesResponse>, Status> {
-        self.may(&self.who(req.metadata()).await?, Need::ReadEvery)?;
+        let who = self.who(req.metadata()).await?;
         let req = req.into_inner();
-        let r = pb::ListNamespacesRequest {
-            page: req.page,
-            per_page: req.per_page,
-            order: req.order,
-            direction: req.direction,
-        };
-        let out = self.0.tier.upstream().list_namespaces(r).await?;
-        Ok(Response::new(api::ListNamespacesResponse {
-            namespaces: out.namespaces.into_iter().map(to_namespace).collect(),
-            total_count: out.total_count,
-        }))
+        if who.rights.allows(Need::ReadEvery) {
+            let r = pb::ListNamespacesRequest {
+                page: req.page,
+                per_page: req.per_page,
+                order: req.order,
+                direction: req.direction,
+            };
+            let out = self.0.tier.upstream().list_namespaces(r).await?;
+            return Ok(Response::new(api::ListNamespacesResponse {
+                namespaces: out.namespaces.into_iter().map(to_namespace).collect(),
+                total_count: out.total_count,
+            }));
+        }
+        // A token scoped to some namespaces lists those: every page, filtered, paged here.
+        let mine: std::collections::HashSet<String> = who
+            .rights
+            .grants
+            .iter()
+            .filter_map(|g| match &g.scope {
+                auth::Scope::One(id) => Some(id.to_string()),
+                auth::Scope::Every => None,
+            })
+            .collect();
+        if mine.is_empty() {
+            self.may(&who, Need::ReadEvery)?;
+        }
+        let mut seen = Vec::new();
+        for page in 1.. {
+            let r = pb::ListNamespacesRequest {
+                page,
+                per_page: NAMESPACE_PAGE.1,
+                order: req.order.clone(),
+                direction: req.direction.clone(),
+            };
+            let out = self.0.tier.upstream().list_namespaces(r).await?;
+            let full = out.namespaces.len() == NAMESPACE_PAGE.1 as usize;
+            seen.extend(out.namespaces.into_iter().filter(|n| mine.contains(&n.id)).map(to_namespace));
+            if !full || page * NAMESPACE_PAGE.1 >= out.total_count {
+                break;
+            }
+        }
+        let per_page = namespace_page_size(req.per_page) as usize;
+        let skip = (req.page.max(1) as usize - 1).saturating_mul(per_page);
+        let total_count = seen.len() as u32;
+        let namespaces = seen.into_iter().skip(skip).take(per_page).collect();
+        Ok(Response::new(api::ListNamespacesResponse { namespaces, total_count }))
     }
 
     async fn get_namespace(&self, req: Request<api::NamespaceRef>) -> Result<Response<api::Namespace>, Status> {

@@ -17,9 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 
-/// Default and largest page of `ListNamespaces`.
-const NAMESPACE_PAGE: (u32, u32) = (20, 1000);
-
 /// The CentralStore gRPC service.
 pub struct StoreService {
     node: Arc<Node>,
@@ -216,10 +213,7 @@ impl CentralStore for StoreService {
     ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
         let req = req.into_inner();
         self.fresh(0, 0).await?;
-        let per_page = match req.per_page {
-            0 => NAMESPACE_PAGE.0,
-            n => n.min(NAMESPACE_PAGE.1),
-        } as usize;
+        let per_page = kv_common::namespace::namespace_page_size(req.per_page) as usize;
         let page = req.page.max(1) as usize;
         let mut all = self.node.reader.namespaces()?;
         match req.order.as_str() {
