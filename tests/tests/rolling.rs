@@ -18,11 +18,8 @@ type Acked = Arc<Mutex<BTreeMap<String, (u64, String)>>>;
 const PATIENCE: Duration = Duration::from_secs(30);
 
 async fn wait_for(acked: &Acked, at_least: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while acked.lock().unwrap().len() < at_least {
-        assert!(Instant::now() < deadline, "writes stopped going through");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let through = || async { (acked.lock().unwrap().len() >= at_least).then_some(()) };
+    eventually(Duration::from_secs(60), "writes to go through", through).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
