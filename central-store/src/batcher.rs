@@ -20,6 +20,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 
 /// Most client writes in one entry.
 const MAX_BATCH_WRITES: usize = 1024;
@@ -37,6 +38,8 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 struct Pending {
     write: NamespaceWrite,
     bytes: usize,
+    /// The write's span in its call's trace: the batch it joins is proposed under it.
+    span: tracing::Span,
     done: oneshot::Sender<StoreResult<WriteOutcome>>,
     /// Its share of the queue's byte bound, given back once it is applied.
     _room: OwnedSemaphorePermit,
@@ -75,11 +78,15 @@ impl Batcher {
             }
         };
         let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Pending { write, bytes, done, _room: room })
-            .await
-            .map_err(|_| StoreError::Raft("the write batcher has stopped".into()))?;
-        rx.await.map_err(|_| StoreError::Raft("the write batcher dropped a write".into()))?
+        let span = tracing::info_span!("central.write", bytes);
+        let queued = async {
+            self.tx
+                .send(Pending { write, bytes, span: tracing::Span::current(), done, _room: room })
+                .await
+                .map_err(|_| StoreError::Raft("the write batcher has stopped".into()))?;
+            rx.await.map_err(|_| StoreError::Raft("the write batcher dropped a write".into()))?
+        };
+        queued.instrument(span).await
     }
 }
 
@@ -100,7 +107,12 @@ async fn run(mut rx: mpsc::Receiver<Pending>, raft: Raft, metrics: Arc<Metrics>)
         carried = next;
         metrics.write_batch_size.observe(batch.len() as f64);
         let (raft, metrics) = (raft.clone(), metrics.clone());
-        tokio::spawn(async move {
+        // Proposing, committing and applying the batch: a span in its first write's trace.
+        let span = tracing::info_span!(parent: &batch[0].span, "raft.commit_apply", writes = batch.len(), log_index = tracing::field::Empty);
+        for p in &batch[1..] {
+            span.follows_from(&p.span);
+        }
+        let proposed = async move {
             let _slot = slot;
             let (writes, dones): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.write, p.done)).unzip();
             let cmd = Command::Write { now_ms: kv_common::time::now_ms(), writes };
@@ -122,7 +134,8 @@ async fn run(mut rx: mpsc::Receiver<Pending>, raft: Raft, metrics: Arc<Metrics>)
                     }
                 }
             }
-        });
+        };
+        tokio::spawn(proposed.instrument(span));
     }
 }
 
@@ -166,7 +179,7 @@ mod tests {
             decided: Default::default(),
         };
         let room = Arc::new(Semaphore::new(1)).try_acquire_owned().expect("a fresh permit");
-        Pending { write, bytes: value_len, done, _room: room }
+        Pending { write, bytes: value_len, span: tracing::Span::none(), done, _room: room }
     }
 
     fn keys(batch: &[Pending]) -> Vec<String> {

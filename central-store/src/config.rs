@@ -50,6 +50,11 @@ pub struct Config {
     /// Peers this node reaches somewhere other than their membership address: node id (as
     /// text, TOML keys are strings) to `host:port`.
     pub peer_routes: std::collections::BTreeMap<String, String>,
+    /// TLS on every listener and link (mutual between nodes): the CA, this node's
+    /// certificate (naming its role) and key. None of them: plaintext.
+    pub tls: kv_common::tls::TlsFiles,
+    /// Trace export (OTLP); off unless an endpoint is set.
+    pub telemetry: kv_common::telemetry::TelemetryConfig,
 }
 
 /// How this replica proves it is current, and what it demands of that proof.
@@ -124,6 +129,8 @@ impl Default for Config {
         Config {
             admin_token_file: None,
             admin_token: Default::default(),
+            tls: Default::default(),
+            telemetry: Default::default(),
             encryption_key_file: None,
             sealer: None,
             node_id: 1,
@@ -176,6 +183,8 @@ pub struct Args {
     pub print_default_config: bool,
     #[command(flatten)]
     pub admin_token: kv_common::auth::AdminTokenArg,
+    #[command(flatten)]
+    pub tls: kv_common::tls::TlsArgs,
     /// Encryption keys at rest, `id:hex` separated by commas, the last one sealing (prefer the
     /// environment variable: flags show in `ps`).
     #[arg(long = "encryption-key", env = "KV_ENCRYPTION_KEY", hide_env_values = true)]
@@ -242,6 +251,9 @@ impl Config {
             c.initial_members = parse_members(&v)?;
         }
         c.admin_token = kv_common::auth::AdminToken::load(args.admin_token, c.admin_token_file.as_deref())?;
+        args.tls.apply(&mut c.tls);
+        c.tls.enabled()?;
+        c.telemetry.validate()?;
         let keys = match (args.encryption_key, &c.encryption_key_file) {
             (Some(text), _) => Some(text),
             (None, Some(path)) => Some(

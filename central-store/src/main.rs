@@ -16,7 +16,10 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", kv_common::config::default_toml::<Config>(DEFAULT_CONFIG_HEADER)?);
         return Ok(());
     }
-    kv_common::telemetry::init_tracing("central-store");
     let config = Config::load(args)?;
-    central_store::server::run(config, kv_common::serve::shutdown_signal()).await
+    let telemetry =
+        kv_common::telemetry::init_tracing("central-store", &config.node_id.to_string(), &config.telemetry)?;
+    let served = central_store::server::run(config, kv_common::serve::shutdown_signal()).await;
+    telemetry.shutdown().await;
+    served
 }

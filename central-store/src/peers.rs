@@ -14,14 +14,15 @@ use tonic::transport::Channel;
 /// A channel to the central node at `addr` (`host:port`); it connects on first use and
 /// reconnects by itself, so a peer that is down costs nothing until it is called.
 pub fn lazy_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .tcp_nodelay(true)
-        .http2_adaptive_window(true)
-        .connect_timeout(Duration::from_millis(500))
-        .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(2))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+    Ok(kv_common::client::lazy_channel(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .http2_adaptive_window(true)
+            .connect_timeout(Duration::from_millis(500))
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true),
+    ))
 }
 
 /// Channels to the other central nodes, made on first use and kept.

@@ -23,5 +23,6 @@ pub async fn propose(raft: &Raft, metrics: &Metrics, cmd: Command) -> StoreResul
         }
         other => StoreError::Raft(other.to_string()),
     })?;
+    tracing::Span::current().record("log_index", reply.log_id.index);
     Ok((reply.log_id.index, reply.data))
 }

@@ -17,6 +17,7 @@ use anyhow::Context;
 use kv_common::auth::{self, AdminOnly};
 use kv_common::call::CallLayer;
 use kv_common::serve::{self, Drain};
+use kv_common::tls::{self, Role};
 use kv_common::KvError;
 use kv_proto::admin::v1::cluster_admin_server::ClusterAdminServer;
 use kv_proto::raft::v1::raft_transport_server::RaftTransportServer;
@@ -34,6 +35,7 @@ pub const MAX_STORE_MESSAGE_BYTES: usize = kv_common::client::MAX_MESSAGE_BYTES;
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let admin_token = config.admin_token.require()?.to_owned();
     auth::set_node_token(&admin_token)?;
+    let tls = tls::start_node_tls(&config.tls, Role::Central)?;
     crate::storage::check_format(&config.data_dir)?;
     let sealer =
         Arc::new(config.sealer.clone().context(
@@ -80,7 +82,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     let grpc = tokio::net::TcpListener::bind(config.listen).await.context("binding gRPC listener")?;
     let http = tokio::net::TcpListener::bind(config.http_listen).await.context("binding HTTP listener")?;
-    tracing::info!(node = config.node_id, grpc = %config.listen, http = %config.http_listen, "central node listening");
+    tracing::info!(node = config.node_id, grpc = %config.listen, http = %config.http_listen, tls, "central node listening");
 
     let (health, health_service, reflection) = serve::health_and_reflection(kv_proto::FILE_DESCRIPTOR_SET)?;
     let healthy =
@@ -100,24 +102,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     // Every API but health and reflection is for admin tokens only (see `kv_common::auth`):
     // the nodes' own APIs for the configured one, cluster administration for stored ones too.
     let nodes_only = AdminOnly::new(&admin_token, None);
+    let voters_only = nodes_only.clone().from_roles(&[Role::Central]);
+    let tiers_only = nodes_only.from_roles(&[Role::Central, Role::Regional]);
     let admin = AdminOnly::new(&admin_token, Some(stored_tokens(node.clone())));
     let grpc = kv_common::call::server(layer)
         .add_service(InterceptedService::new(
             RaftTransportServer::new(RaftService::new(raft.clone()))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
-            nodes_only.clone(),
+            voters_only,
         ))
         .add_service(InterceptedService::new(
             CentralStoreServer::new(StoreService::new(node.clone(), drain.clone()))
                 .max_decoding_message_size(MAX_STORE_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_STORE_MESSAGE_BYTES),
-            nodes_only,
+            tiers_only,
         ))
         .add_service(InterceptedService::new(ClusterAdminServer::new(AdminService::new(node.clone())), admin))
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(serve::grpc_incoming(grpc, drain.clone())?, drain.wait());
+        .serve_with_incoming_shutdown(serve::incoming(grpc, drain.clone()), drain.wait());
     // Drain (the watch streams end, the calls in flight are answered), then stop Raft cleanly.
     let servers = async { tokio::try_join!(async { grpc.await.context("gRPC server") }, http).map(drop) };
     let grace = config.request_budget() + Duration::from_secs(1);

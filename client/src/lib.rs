@@ -53,9 +53,12 @@ pub struct Client {
 impl Client {
     /// Connects to `endpoint` (`host:port` or a URL), without a token (see `with_token`).
     pub async fn connect(endpoint: &str) -> anyhow::Result<Client> {
-        let url = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
-        let channel = tonic::transport::Endpoint::from_shared(url)?.tcp_nodelay(true).connect().await?;
-        Client::from_channel(channel, None)
+        Client::connect_with_ca(endpoint, None).await
+    }
+
+    /// `connect`, over TLS trusting the CA certificates in `ca` when given.
+    pub async fn connect_with_ca(endpoint: &str, ca: Option<&std::path::Path>) -> anyhow::Result<Client> {
+        Client::from_channel(kv_common::client::tool_channel(endpoint, ca).await?, None)
     }
 
     /// A client on an existing channel.

@@ -73,9 +73,28 @@ impl RestClient {
     /// A client of the REST API under `base` (`http://host:port/client/v4`) for `account`,
     /// or for the first account `/accounts` lists.
     pub async fn connect(base: &str, account: Option<&str>, token: Option<&str>) -> Result<RestClient, Status> {
+        RestClient::connect_with_ca(base, account, token, None).await
+    }
+
+    /// `connect`, trusting (only) the CA certificates in `ca` for an `https` base.
+    pub async fn connect_with_ca(
+        base: &str,
+        account: Option<&str>,
+        token: Option<&str>,
+        ca: Option<&std::path::Path>,
+    ) -> Result<RestClient, Status> {
         let base = base.trim_end_matches('/');
+        let mut http = reqwest::Client::builder();
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca).map_err(|e| Status::invalid_argument(format!("{}: {e}", ca.display())))?;
+            for cert in
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Status::invalid_argument(e.to_string()))?
+            {
+                http = http.add_root_certificate(cert);
+            }
+        }
         let mut client = RestClient {
-            http: reqwest::Client::new(),
+            http: http.build().map_err(unavailable)?,
             namespaces: String::new(),
             token: token.map(str::to_owned),
             base: base.to_owned(),

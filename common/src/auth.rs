@@ -13,6 +13,7 @@
 //! (the store API of regional tiers and central nodes, pushes, Raft) admit only admin tokens
 //! (`AdminOnly`). The client API checks each call's rights against the grants of its token.
 
+use crate::tls::{Peer, Role};
 use crate::{KvError, KvResult, NamespaceId};
 use kv_proto::store::v1 as pb;
 use serde::{Deserialize, Serialize};
@@ -394,16 +395,23 @@ impl AdminToken {
 pub type SyncLookup = Arc<dyn Fn(&str) -> KvResult<Option<StoredToken>> + Send + Sync>;
 
 /// A gRPC interceptor for the tier APIs: only admin tokens pass (the nodes' own, and, where
-/// the node can look them up itself, stored tokens with the admin right).
+/// the node can look them up itself, stored tokens with the admin right); over TLS, only
+/// from peers whose certificate names one of `roles` (none named: any caller).
 #[derive(Clone)]
 pub struct AdminOnly {
     admin: SecretDigest,
     stored: Option<SyncLookup>,
+    roles: &'static [Role],
 }
 
 impl AdminOnly {
     pub fn new(admin_token: &str, stored: Option<SyncLookup>) -> AdminOnly {
-        AdminOnly { admin: SecretDigest::of(admin_token), stored }
+        AdminOnly { admin: SecretDigest::of(admin_token), stored, roles: &[] }
+    }
+
+    /// Only nodes of `roles` may call (checked when the connection is TLS).
+    pub fn from_roles(self, roles: &'static [Role]) -> AdminOnly {
+        AdminOnly { roles, ..self }
     }
 
     pub fn principal(&self, md: &MetadataMap) -> KvResult<Principal> {
@@ -424,6 +432,9 @@ impl AdminOnly {
 impl tonic::service::Interceptor for AdminOnly {
     /// Admits the call, with its `Principal` among the request's extensions.
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(peer) = req.extensions().get::<Peer>() {
+            peer.admit(self.roles).map_err(|e| e.to_status())?;
+        }
         let who = self.principal(req.metadata()).map_err(|e| e.to_status())?;
         req.extensions_mut().insert(who);
         Ok(req)

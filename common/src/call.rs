@@ -59,13 +59,14 @@ impl Call {
     }
 }
 
-/// Spawns `fut` as a task that carries on the call being served (its trace and deadline),
-/// for work that must finish even if the handler that started it goes away.
+/// Spawns `fut` as a task that carries on the call being served (its trace, deadline and
+/// span), for work that must finish even if the handler that started it goes away.
 pub fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
+    let fut = fut.instrument(tracing::Span::current());
     match Call::current() {
         Some(call) => tokio::spawn(Call::scope(call, fut)),
         None => tokio::spawn(fut),
@@ -204,15 +205,20 @@ impl CallLayer {
         let slot = Slot { in_flight: self.in_flight.clone(), held };
         let parent = traceparent.and_then(TraceContext::parse);
         let budget = budget.unwrap_or(self.default_budget);
-        let trace = TraceContext::child_of(parent.as_ref());
         let span = tracing::info_span!(
             "call",
             api,
             method = %method,
-            trace_id = %format_args!("{:032x}", trace.trace_id),
-            span_id = %format_args!("{:016x}", trace.span_id),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
             parent_id = %parent.map(|p| format!("{:016x}", p.span_id)).unwrap_or_default(),
         );
+        // The exported span's identity when traces are exported, so the calls this one makes
+        // name it as their parent; our own otherwise.
+        let trace =
+            crate::telemetry::link(&span, parent.as_ref()).unwrap_or_else(|| TraceContext::child_of(parent.as_ref()));
+        span.record("trace_id", tracing::field::display(format_args!("{:032x}", trace.trace_id)));
+        span.record("span_id", tracing::field::display(format_args!("{:016x}", trace.span_id)));
         span.in_scope(|| tracing::debug!(budget_ms = budget.as_millis() as u64, "call received"));
         Some(Admitted { call: Call { trace, deadline: Instant::now() + budget }, span, slot })
     }
@@ -382,7 +388,7 @@ where
 
 /// The gRPC server every node runs: calls under `CallLayer`, HTTP/2 flow-control windows
 /// that grow with the link's bandwidth-delay product (large values over long links), and
-/// Nagle off (see `serve::grpc_incoming`).
+/// Nagle off (see `serve::incoming`).
 pub fn server(layer: CallLayer) -> tonic::transport::Server<tower_layer::Stack<CallLayer, tower_layer::Identity>> {
     tonic::transport::Server::builder().http2_adaptive_window(Some(true)).layer(layer)
 }

@@ -3,9 +3,11 @@
 //! contract allows and hands on the served call's trace and deadline (`call::outgoing`).
 
 use crate::call;
+use crate::tls::{self, ClientSource, Connector};
 use kv_proto::store::v1::central_store_client::CentralStoreClient;
+use std::path::Path;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 /// Largest message between tiers: a bulk write of 100 MB plus framing.
@@ -18,6 +20,31 @@ pub type NodeChannel = InterceptedService<Channel, call::Outgoing>;
 /// `ch` with this node's credential, trace and deadline on every call (see `NodeChannel`).
 pub fn node_channel(ch: Channel) -> NodeChannel {
     InterceptedService::new(ch, call::outgoing as call::Outgoing)
+}
+
+/// A channel to another node on `ep` (`http://host:port`, with the caller's settings) that
+/// connects on first use and reconnects by itself: over mutual TLS, with this node's
+/// current certificate, when the node runs with TLS.
+pub fn lazy_channel(ep: Endpoint) -> Channel {
+    match tls::node_tls() {
+        Some(t) => ep.connect_with_connector_lazy(Connector(ClientSource::Node(t.clone()))),
+        None => ep.connect_lazy(),
+    }
+}
+
+/// A tool's connection to a node at `endpoint` (`host:port` or a URL): TLS trusting the CA
+/// certificates in `ca` when given (or when the URL says `https`), plaintext otherwise.
+pub async fn tool_channel(endpoint: &str, ca: Option<&Path>) -> anyhow::Result<Channel> {
+    let secure = ca.is_some() || endpoint.starts_with("https://");
+    let bare = endpoint.trim_start_matches("http://").trim_start_matches("https://");
+    let ep = Endpoint::from_shared(format!("http://{bare}"))?
+        .tcp_nodelay(true)
+        .connect_timeout(std::time::Duration::from_secs(5));
+    if !secure {
+        return Ok(ep.connect().await?);
+    }
+    let ca = ca.ok_or_else(|| anyhow::anyhow!("an https endpoint needs the cluster CA: --ca FILE (or KV_CA)"))?;
+    Ok(ep.connect_with_connector(Connector(ClientSource::Fixed(tls::tool_config(ca)?))).await?)
 }
 
 /// A store API client that hands on the trace and deadline of the call being served.

@@ -16,6 +16,7 @@ pub mod namespace;
 pub mod serve;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 pub mod trace;
 pub mod validate;
 

@@ -7,7 +7,9 @@
 //! a grace period no shorter than the node's call budget. So a rolling restart under load
 //! cuts no call short.
 
+use crate::tls::PeerStream;
 use axum::{http::StatusCode, routing::get, Router};
+use futures::StreamExt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,7 +60,8 @@ pub async fn serve_http(
     serve_http_with(listener, render, health, Router::new(), drain).await
 }
 
-/// `serve_http`, with `routes` served beside `/metrics` and `/health` (an edge's REST API).
+/// `serve_http`, with `routes` served beside `/metrics` and `/health` (an edge's REST API),
+/// over TLS when the node runs with it (HTTP/1.1 and HTTP/2 either way).
 pub async fn serve_http_with(
     listener: tokio::net::TcpListener,
     render: RenderMetrics,
@@ -66,6 +69,8 @@ pub async fn serve_http_with(
     routes: Router,
     drain: Drain,
 ) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::service::TowerToHyperService;
     let health = drain.health(health);
     let app = routes.route("/metrics", get(move || async move { render() })).route(
         "/health",
@@ -74,7 +79,22 @@ pub async fn serve_http_with(
             (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, text)
         }),
     );
-    Ok(axum::serve(listener, app).with_graceful_shutdown(drain.wait()).await?)
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut conns = incoming(listener, drain);
+    // The stream ends when the drain starts; the connections then finish what they serve.
+    while let Some(conn) = conns.next().await {
+        let Ok(conn) = conn else { continue };
+        let (app, watcher) = (app.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let served = builder.serve_connection(TokioIo::new(conn), TowerToHyperService::new(app));
+            if let Err(e) = watcher.watch(served).await {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Runs a node's servers (built to stop taking calls once `drain` starts) until they fail,
@@ -108,49 +128,100 @@ pub async fn serve_draining(
     }
 }
 
-/// The connections a gRPC server accepts on `listener`, with Nagle's algorithm off, until
-/// `drain` starts: then the listener is closed, so a new client is refused at once (and
-/// tries another node) instead of waiting on a node that will not serve it.
+/// The connections a server accepts on `listener` (with Nagle's algorithm off, over TLS when
+/// this node runs with it: `tls::node_tls`) until `drain` starts: then the listener is
+/// closed, so a new client is refused at once (and tries another node) instead of waiting
+/// on a node that will not serve it.
 ///
 /// `Server::tcp_nodelay` applies only to listeners tonic binds itself; without this, a
 /// small answer can wait for the client's delayed ACK (about 40 ms on Linux).
-pub fn grpc_incoming(
-    listener: tokio::net::TcpListener,
-    drain: Drain,
-) -> anyhow::Result<tokio_stream::wrappers::ReceiverStream<Result<tokio::net::TcpStream, std::io::Error>>> {
-    // One slot, taken before accepting: a connection is accepted only when the server is
-    // ready for it, so none waits unserved in a queue when the drain starts.
+pub fn incoming(listener: tokio::net::TcpListener, drain: Drain) -> Incoming {
     let (conns, incoming) = tokio::sync::mpsc::channel(1);
+    let tls = crate::tls::node_tls().cloned();
+    // Handshakes run beside the accept loop (a slow peer holds up no one), this many at once.
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         let drained = drain.wait();
         tokio::pin!(drained);
         loop {
-            let slot = tokio::select! {
+            // Plaintext: one slot, taken before accepting, so a connection is accepted only
+            // when the server is ready for it and none waits unserved when the drain starts.
+            // TLS: a handshake permit; the handshaken connection then waits for the slot.
+            let room = tokio::select! {
                 // Returning drops the listener: new clients are refused from now on.
                 () = &mut drained => return,
-                slot = conns.reserve() => match slot {
-                    Ok(slot) => slot,
-                    Err(_) => return,
+                room = Room::take(&conns, &handshakes, tls.as_deref()) => match room {
+                    Some(room) => room,
+                    None => return,
                 },
             };
-            tokio::select! {
+            let conn = tokio::select! {
                 () = &mut drained => return,
                 accepted = listener.accept() => match accepted {
-                    Ok((conn, _)) => {
-                        let _ = conn.set_nodelay(true);
-                        slot.send(Ok(conn));
-                    }
+                    Ok((conn, _)) => conn,
                     Err(e) => {
                         // Out of file descriptors and the like: wait, then take calls again.
-                        tracing::warn!(error = %e, "accepting a gRPC connection failed");
+                        tracing::warn!(error = %e, "accepting a connection failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
                     }
                 },
+            };
+            let _ = conn.set_nodelay(true);
+            match room {
+                Room::Slot(slot) => {
+                    slot.send(Ok(PeerStream::Plain(conn)));
+                }
+                Room::Handshake(permit, config) => {
+                    let conns = conns.clone();
+                    tokio::spawn(async move {
+                        let shaken = PeerStream::accept(conn, config, HANDSHAKE_TIMEOUT).await;
+                        drop(permit);
+                        match shaken {
+                            Ok(conn) => {
+                                let _ = conns.send(Ok(conn)).await;
+                            }
+                            Err(e) => tracing::debug!(error = %e, "a TLS handshake failed"),
+                        }
+                    });
+                }
             }
         }
     });
-    Ok(tokio_stream::wrappers::ReceiverStream::new(incoming))
+    tokio_stream::wrappers::ReceiverStream::new(incoming)
 }
+
+/// What lets `incoming` accept one more connection.
+enum Room {
+    Slot(tokio::sync::mpsc::OwnedPermit<Result<PeerStream, std::io::Error>>),
+    /// A handshake permit, and the server config current when it was taken.
+    Handshake(tokio::sync::OwnedSemaphorePermit, Arc<rustls::ServerConfig>),
+}
+
+impl Room {
+    /// Waits for room; `None` once the server is gone.
+    async fn take(
+        conns: &tokio::sync::mpsc::Sender<Result<PeerStream, std::io::Error>>,
+        handshakes: &Arc<tokio::sync::Semaphore>,
+        tls: Option<&crate::tls::Tls>,
+    ) -> Option<Room> {
+        match tls {
+            Some(tls) => {
+                let permit = handshakes.clone().acquire_owned().await.ok()?;
+                Some(Room::Handshake(permit, tls.server_config()))
+            }
+            None => conns.clone().reserve_owned().await.ok().map(Room::Slot),
+        }
+    }
+}
+
+/// What `incoming` yields.
+pub type Incoming = tokio_stream::wrappers::ReceiverStream<Result<PeerStream, std::io::Error>>;
+
+/// TLS handshakes in progress at once, at most, per listener.
+const MAX_HANDSHAKES: usize = 256;
+/// How long a peer may take to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {

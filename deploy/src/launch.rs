@@ -3,15 +3,19 @@
 //! the `kv-local-cluster` command and by the cluster tests.
 
 use crate::link::DelayLink;
+use crate::pki::{self, Ca};
 use crate::topology::{RegionSpec, Topology};
 use anyhow::{bail, Context};
 use kv_common::auth::Bearer;
+use kv_common::tls::{ClientSource, Connector, Role, TlsFiles};
 use kv_proto::admin::v1::{cluster_admin_client::ClusterAdminClient, MetricsRequest};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tonic::transport::Channel;
 
 /// How long the whole cluster may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -29,6 +33,8 @@ pub struct NodeProc {
     child: Option<Child>,
     /// The file holding the cluster's admin token.
     token_file: PathBuf,
+    /// The node's CA, certificate and key, when the cluster runs with TLS.
+    tls: Option<TlsFiles>,
 }
 
 impl NodeProc {
@@ -44,10 +50,11 @@ impl NodeProc {
     /// (the topology's TOML for every node of its kind). TOML tables go in `tables`, last.
     fn write_config(&self, specific: &str, extra: &str, tables: &str) -> std::io::Result<()> {
         let text = format!(
-            "{specific}listen = \"{}\"\nhttp_listen = \"{}\"\nadmin_token_file = \"{}\"\n{extra}\n{tables}",
+            "{specific}listen = \"{}\"\nhttp_listen = \"{}\"\nadmin_token_file = \"{}\"\n{extra}\n{tables}{}",
             self.grpc,
             self.http,
-            self.token_file.display()
+            self.token_file.display(),
+            self.tls.as_ref().map(pki::tls_section).unwrap_or_default()
         );
         std::fs::write(self.config_path(), text)
     }
@@ -89,6 +96,11 @@ impl NodeProc {
     pub fn terminate(&self) {
         self.signal(libc::SIGTERM);
         self.signal(libc::SIGCONT);
+    }
+
+    /// SIGHUP: the node reads its certificate and key files again.
+    pub fn reload_certificates(&self) {
+        self.signal(libc::SIGHUP);
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace`. Whether it exited by
@@ -189,6 +201,10 @@ pub struct LocalCluster {
     central_config: String,
     /// The cluster's admin token (every node's credential, and the operator's first token).
     pub admin_token: String,
+    /// The cluster CA, when every link runs mutual TLS.
+    ca: Option<Ca>,
+    /// How the launcher, tests and tools connect: trusting the CA, when there is one.
+    pub client_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Where binaries are: `$KV_BIN_DIR`, or beside the running executable (its parent when
@@ -226,15 +242,22 @@ fn ports(base: u16, tier_offset: u16, n: usize) -> std::io::Result<(SocketAddr, 
     Ok((SocketAddr::from(([127, 0, 0, 1], g)), SocketAddr::from(([127, 0, 0, 1], h))))
 }
 
+/// The hosts a local node's certificate names: its peers dial loopback.
+fn local_hosts() -> Vec<String> {
+    vec!["127.0.0.1".into(), "localhost".into()]
+}
+
 fn node(
-    name: &str,
+    (name, role): (&str, Role),
     topology: &Topology,
     root: &Path,
+    ca: Option<&Ca>,
     bin: PathBuf,
     (grpc, http): (SocketAddr, SocketAddr),
 ) -> anyhow::Result<NodeProc> {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir)?;
+    let tls = ca.map(|ca| ca.issue(role, name, &local_hosts())).transpose()?;
     Ok(NodeProc {
         name: name.into(),
         grpc,
@@ -245,7 +268,13 @@ fn node(
         env: Vec::new(),
         child: None,
         token_file: token_file(root),
+        tls,
     })
+}
+
+/// Where a cluster under `root` keeps its CA and node certificates.
+pub fn tls_dir(root: &Path) -> PathBuf {
+    root.join("tls")
 }
 
 /// Where a cluster under `root` keeps its admin token.
@@ -302,13 +331,16 @@ impl LocalCluster {
         cluster_secret(root, &key_file(root), "KV_ENCRYPTION_KEY", || {
             format!("1:{}", hex::encode(rand::random::<[u8; 32]>()))
         })?;
+        let ca = if topology.tls { Some(Ca::open_or_create(&tls_dir(root))?) } else { None };
+        let client_tls = ca.as_ref().map(|ca| kv_common::tls::tool_config(&ca.cert_file())).transpose()?;
         let base = topology.base_port;
         let mut central = Vec::new();
         for i in 0..topology.central.voters {
             central.push(node(
-                &format!("central-{}", i + 1),
+                (&format!("central-{}", i + 1), Role::Central),
                 topology,
                 root,
+                ca.as_ref(),
                 binary(&bins, "central-store")?,
                 ports(base, 0, i)?,
             )?);
@@ -335,6 +367,8 @@ impl LocalCluster {
             regions: Vec::new(),
             central_config: topology.central.config.clone(),
             admin_token,
+            ca,
+            client_tls,
         };
         for i in 0..cluster.central.len() {
             let routes: String = cluster.peer_links[i]
@@ -374,7 +408,14 @@ impl LocalCluster {
                 let delay = Duration::from_millis(e.delay_ms);
                 let mut links =
                     regionals.iter().map(|(r, _)| DelayLink::start(r.grpc, delay)).collect::<Result<Vec<_>, _>>()?;
-                let mut node = node(&e.name, topology, root, binary(&bins, "edge-node")?, ports(base, 400, edge_no)?)?;
+                let mut node = node(
+                    (&e.name, Role::Edge),
+                    topology,
+                    root,
+                    cluster.ca.as_ref(),
+                    binary(&bins, "edge-node")?,
+                    ports(base, 400, edge_no)?,
+                )?;
                 edge_no += 1;
                 let mode = e.mode.as_ref().map(|m| format!("mode = \"{m}\"\n")).unwrap_or_default();
                 let upstream = quoted_list(links.iter().map(|l| l.listen));
@@ -408,7 +449,8 @@ impl LocalCluster {
         let delay = Duration::from_millis(spec.central_delay_ms);
         let central_links =
             self.central.iter().map(|c| DelayLink::start(c.grpc, delay)).collect::<Result<Vec<_>, _>>()?;
-        let mut regional = node(name, topology, root, binary(bins, "regional-tier")?, port)?;
+        let mut regional =
+            node((name, Role::Regional), topology, root, self.ca.as_ref(), binary(bins, "regional-tier")?, port)?;
         let central = quoted_list(central_links.iter().map(|l| l.listen));
         regional.write_config(
             &format!("region = \"{}\"\ncentral = [{central}]\n", spec.name),
@@ -429,6 +471,7 @@ impl LocalCluster {
         let dir = root.join(&name);
         std::fs::create_dir_all(&dir)?;
         let (grpc, http) = ports(0, 0, i)?;
+        let tls = self.ca.as_ref().map(|ca| ca.issue(Role::Central, &name, &local_hosts())).transpose()?;
         let mut n = NodeProc {
             name,
             grpc,
@@ -439,6 +482,7 @@ impl LocalCluster {
             env: Vec::new(),
             child: None,
             token_file: token_file(root),
+            tls,
         };
         let specific = format!(
             "node_id = {}\ndata_dir = \"{}\"\nencryption_key_file = \"{}\"\n",
@@ -450,6 +494,11 @@ impl LocalCluster {
         n.start()?;
         self.central.push(n);
         Ok(i)
+    }
+
+    /// The CA certificate every node and client of this cluster trusts, when it runs TLS.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.ca.as_ref().map(Ca::cert_file)
     }
 
     /// Cuts voter `i` off from every other voter (both ways), as a network partition would;
@@ -474,7 +523,7 @@ impl LocalCluster {
         let mut leaders = Vec::new();
         for n in &self.central {
             if n.has_child() {
-                leaders.push(central_leader(n.grpc, &self.admin_token).await);
+                leaders.push(central_leader(n.grpc, &self.admin_token, self.client_tls.as_ref()).await);
             }
         }
         let first = (*leaders.first()?)?;
@@ -492,8 +541,8 @@ impl LocalCluster {
                 if !n.is_running() {
                     bail!("{} exited at start-up; see {}", n.name, n.log_path().display());
                 }
-                leaders.push(central_leader(n.grpc, &self.admin_token).await);
-                healthy &= matches!(http_get(n.http, "/health").await, Ok((200, _)));
+                leaders.push(central_leader(n.grpc, &self.admin_token, self.client_tls.as_ref()).await);
+                healthy &= matches!(http_get_with(self.client_tls.as_ref(), n.http, "/health").await, Ok((200, _)));
             }
             if healthy && leaders[0].is_some() && leaders.iter().all(|l| *l == leaders[0]) {
                 return Ok(());
@@ -518,7 +567,7 @@ impl LocalCluster {
                     if !n.is_running() {
                         bail!("{} exited at start-up; see {}", n.name, n.log_path().display());
                     }
-                    let ready = match http_get(n.http, "/health").await {
+                    let ready = match http_get_with(self.client_tls.as_ref(), n.http, "/health").await {
                         Ok((200, body)) => body.contains("following") || body.contains("ready"),
                         _ => false,
                     };
@@ -563,17 +612,46 @@ impl Drop for LocalCluster {
     }
 }
 
+/// A connection to the gRPC server at `addr`: over TLS trusting the CA of `tls`, when given.
+pub async fn channel(addr: SocketAddr, tls: Option<&Arc<rustls::ClientConfig>>) -> anyhow::Result<Channel> {
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true);
+    Ok(match tls {
+        Some(c) => ep.connect_with_connector(Connector(ClientSource::Fixed(c.clone()))).await?,
+        None => ep.connect().await?,
+    })
+}
+
 /// The leader a central node names, if any.
-async fn central_leader(addr: SocketAddr, token: &str) -> Option<u64> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).ok()?.connect().await.ok()?;
+async fn central_leader(addr: SocketAddr, token: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> Option<u64> {
+    let ch = channel(addr, tls).await.ok()?;
     let mut c = ClusterAdminClient::with_interceptor(ch, Bearer::new(Some(token)).ok()?);
     c.metrics(MetricsRequest {}).await.ok()?.into_inner().leader_id
 }
 
 /// A plain HTTP/1.0 GET on loopback: the status code and the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    http_get_with(None, addr, path).await
+}
+
+/// `http_get`, over TLS trusting the CA of `tls` when given.
+pub async fn http_get_with(
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    addr: SocketAddr,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut s: Box<dyn ReadWrite> = match tls {
+        None => Box::new(tcp),
+        Some(c) => {
+            let mut config = (**c).clone();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let name = rustls::pki_types::ServerName::from(addr.ip());
+            Box::new(tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?)
+        }
+    };
+    trait ReadWrite: AsyncRead + AsyncWrite + Unpin + Send {}
+    impl<T: AsyncRead + AsyncWrite + Unpin + Send> ReadWrite for T {}
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
     let mut text = String::new();
     s.read_to_string(&mut text).await?;

@@ -3,5 +3,6 @@
 
 pub mod launch;
 pub mod link;
+pub mod pki;
 pub mod ports;
 pub mod topology;

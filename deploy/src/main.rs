@@ -20,6 +20,10 @@ struct Args {
     /// Print the embedded default topology and exit.
     #[arg(long)]
     print_default_topology: bool,
+    /// Run every link in plaintext (the default is mutual TLS, with a CA made under the data
+    /// directory's `tls/`).
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[tokio::main]
@@ -33,21 +37,23 @@ async fn main() -> anyhow::Result<()> {
         Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
         None => DEFAULT.to_string(),
     };
-    let topology = Topology::parse(&text)?;
+    let mut topology = Topology::parse(&text)?;
+    topology.tls = !args.insecure;
     std::fs::create_dir_all(&args.data_dir)?;
     println!("starting the cluster under {} ...", args.data_dir.display());
     let mut cluster = LocalCluster::start(&topology, &args.data_dir).await?;
+    let scheme = if topology.tls { "https" } else { "http" };
 
     println!("\ncentral store (Raft voters):");
     for c in &cluster.central {
-        println!("  {:<14} grpc {}  metrics http://{}/metrics", c.name, c.grpc, c.http);
+        println!("  {:<14} grpc {}  metrics {scheme}://{}/metrics", c.name, c.grpc, c.http);
     }
     for (r, spec) in cluster.regions.iter().zip(&topology.regions) {
         println!("\nregion {} (regional <-> central: {} ms each way)", r.name, spec.central_delay_ms);
-        println!("  {:<14} grpc {}  metrics http://{}/metrics", r.regional.name, r.regional.grpc, r.regional.http);
+        println!("  {:<14} grpc {}  metrics {scheme}://{}/metrics", r.regional.name, r.regional.grpc, r.regional.http);
         for e in &r.edges {
             println!(
-                "  {:<14} grpc {}  REST http://{}/client/v4  (edge <-> regional: {} ms each way)",
+                "  {:<14} grpc {}  REST {scheme}://{}/client/v4  (edge <-> regional: {} ms each way)",
                 e.node.name,
                 e.node.grpc,
                 e.node.http,
@@ -65,9 +71,18 @@ async fn main() -> anyhow::Result<()> {
     println!("\nclient endpoints are the edges' grpc addresses, or their REST base URLs; try:");
     println!("  export KV_ENDPOINT={first}");
     println!("  export KV_TOKEN=$(cat {})", kv_deploy::launch::token_file(&args.data_dir).display());
+    let ca = kv_deploy::launch::tls_dir(&args.data_dir).join("ca.pem");
+    if topology.tls {
+        println!("  export KV_CA={}   # every link is mutual TLS; tools trust this CA", ca.display());
+    }
     println!("  cargo run --release -p kv-client --bin kv -- namespace create demo");
     println!("  cargo run --release -p kv-client --bin kv -- token create --ns <id> --read --write   # a scoped token");
-    println!("  export CLOUDFLARE_API_BASE_URL=http://{first_http}/client/v4   # for wrangler and the SDKs");
+    println!("  export CLOUDFLARE_API_BASE_URL={scheme}://{first_http}/client/v4   # for wrangler and the SDKs");
+    if topology.tls {
+        println!(
+            "  export NODE_EXTRA_CA_CERTS=$KV_CA SSL_CERT_FILE=$KV_CA   # wrangler (Node) and Python trust the CA"
+        );
+    }
     println!("  export CLOUDFLARE_API_TOKEN=$KV_TOKEN");
     println!("\nrunning; Ctrl-C stops every process.");
     kv_common::serve::shutdown_signal().await;

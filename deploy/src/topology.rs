@@ -21,6 +21,10 @@ pub struct Topology {
     /// TOML appended to every edge's config.
     #[serde(default)]
     pub edge_config: String,
+    /// Mutual TLS on every link, with a CA and node certificates the launcher makes (kept
+    /// under the data directory's `tls/`, the CA reused across runs).
+    #[serde(default)]
+    pub tls: bool,
     /// Every node's log filter (`RUST_LOG` syntax); when absent, `$KV_TEST_LOG` or `info`.
     #[serde(default)]
     pub log: Option<String>,

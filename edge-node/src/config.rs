@@ -70,6 +70,11 @@ pub struct Config {
     /// REST request bodies held at once, in bytes, at most; more are shed with 503.
     pub rest_body_budget_bytes: usize,
     pub limits: Limits,
+    /// TLS on every listener and link (mutual between nodes): the CA, this node's
+    /// certificate (naming its role) and key. None of them: plaintext.
+    pub tls: kv_common::tls::TlsFiles,
+    /// Trace export (OTLP); off unless an endpoint is set.
+    pub telemetry: kv_common::telemetry::TelemetryConfig,
 }
 
 impl Default for Config {
@@ -77,6 +82,8 @@ impl Default for Config {
         Config {
             admin_token_file: None,
             admin_token: Default::default(),
+            tls: Default::default(),
+            telemetry: Default::default(),
             id: "edge-1".into(),
             listen: ([127, 0, 0, 1], 7501).into(),
             http_listen: ([127, 0, 0, 1], 7601).into(),
@@ -112,6 +119,8 @@ pub struct Args {
     pub print_default_config: bool,
     #[command(flatten)]
     pub admin_token: kv_common::auth::AdminTokenArg,
+    #[command(flatten)]
+    pub tls: kv_common::tls::TlsArgs,
     #[arg(long, env = "KV_EDGE_ID")]
     pub id: Option<String>,
     #[arg(long, env = "KV_LISTEN")]
@@ -148,6 +157,9 @@ impl Config {
         anyhow::ensure!(!c.id.is_empty(), "the edge id must not be empty");
         anyhow::ensure!((0.0..=1.0).contains(&c.refresh_ahead), "refresh_ahead must be within 0..=1");
         c.admin_token = kv_common::auth::AdminToken::load(args.admin_token, c.admin_token_file.as_deref())?;
+        args.tls.apply(&mut c.tls);
+        c.tls.enabled()?;
+        c.telemetry.validate()?;
         Ok(c)
     }
 }

@@ -21,9 +21,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let grpc = tokio::net::TcpListener::bind(config.listen).await.context("binding gRPC listener")?;
     let http = tokio::net::TcpListener::bind(config.http_listen).await.context("binding HTTP listener")?;
     kv_common::auth::set_node_token(config.admin_token.require()?)?;
+    let tls = kv_common::tls::start_node_tls(&config.tls, kv_common::tls::Role::Edge)?;
     let edge = Edge::new(config)?;
     tracing::info!(id = %edge.config.id, grpc = %edge.config.listen, http = %edge.config.http_listen,
-        upstream = ?edge.config.upstream, mode = ?edge.config.mode, "edge node listening");
+        upstream = ?edge.config.upstream, mode = ?edge.config.mode, tls, "edge node listening");
 
     let (mut health, health_service, reflection) = serve::health_and_reflection(kv_proto::FILE_DESCRIPTOR_SET)?;
     health.set_serving::<KvServer<KvApi>>().await;
@@ -66,7 +67,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         )
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(serve::grpc_incoming(grpc, drain.clone())?, drain.wait());
+        .serve_with_incoming_shutdown(serve::incoming(grpc, drain.clone()), drain.wait());
     let servers = async { tokio::try_join!(async { grpc.await.context("gRPC server") }, http).map(drop) };
     serve::serve_draining(servers, shutdown, async {}, start_drain, grace).await
 }

@@ -50,6 +50,11 @@ pub struct Config {
     /// Calls served at once, at most; more are shed with UNAVAILABLE.
     pub max_in_flight: usize,
     pub limits: Limits,
+    /// TLS on every listener and link (mutual between nodes): the CA, this node's
+    /// certificate (naming its role) and key. None of them: plaintext.
+    pub tls: kv_common::tls::TlsFiles,
+    /// Trace export (OTLP); off unless an endpoint is set.
+    pub telemetry: kv_common::telemetry::TelemetryConfig,
 }
 
 impl Default for Config {
@@ -57,6 +62,8 @@ impl Default for Config {
         Config {
             admin_token_file: None,
             admin_token: Default::default(),
+            tls: Default::default(),
+            telemetry: Default::default(),
             region: "local".into(),
             listen: ([127, 0, 0, 1], 7301).into(),
             http_listen: ([127, 0, 0, 1], 7401).into(),
@@ -90,6 +97,8 @@ pub struct Args {
     pub print_default_config: bool,
     #[command(flatten)]
     pub admin_token: kv_common::auth::AdminTokenArg,
+    #[command(flatten)]
+    pub tls: kv_common::tls::TlsArgs,
     #[arg(long, env = "KV_REGION")]
     pub region: Option<String>,
     #[arg(long, env = "KV_LISTEN")]
@@ -124,6 +133,9 @@ impl Config {
         }
         anyhow::ensure!(!c.central.is_empty(), "no central node configured (--central)");
         c.admin_token = kv_common::auth::AdminToken::load(args.admin_token, c.admin_token_file.as_deref())?;
+        args.tls.apply(&mut c.tls);
+        c.tls.enabled()?;
+        c.telemetry.validate()?;
         Ok(c)
     }
 }

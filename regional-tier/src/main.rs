@@ -15,7 +15,9 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", kv_common::config::default_toml::<Config>(DEFAULT_CONFIG_HEADER)?);
         return Ok(());
     }
-    kv_common::telemetry::init_tracing("regional-tier");
     let config = Config::load(args)?;
-    regional_tier::node::run(config, kv_common::serve::shutdown_signal()).await
+    let telemetry = kv_common::telemetry::init_tracing("regional-tier", &config.region, &config.telemetry)?;
+    let served = regional_tier::node::run(config, kv_common::serve::shutdown_signal()).await;
+    telemetry.shutdown().await;
+    served
 }

@@ -8,6 +8,7 @@ use kv_common::auth::AdminOnly;
 use kv_common::call::CallLayer;
 use kv_common::client::MAX_MESSAGE_BYTES;
 use kv_common::serve::{self, Drain};
+use kv_common::tls::{self, Role};
 use kv_proto::store::v1::central_store_server::CentralStoreServer;
 use kv_proto::tier::v1::pushes_server::PushesServer;
 use std::future::Future;
@@ -22,11 +23,12 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let admin_token = config.admin_token.require()?.to_owned();
     kv_common::auth::set_node_token(&admin_token)?;
+    let tls = tls::start_node_tls(&config.tls, Role::Regional)?;
     let grpc = tokio::net::TcpListener::bind(config.listen).await.context("binding gRPC listener")?;
     let http = tokio::net::TcpListener::bind(config.http_listen).await.context("binding HTTP listener")?;
     let regional = Regional::new(config)?;
     tracing::info!(region = %regional.config.region, grpc = %regional.config.listen, http = %regional.config.http_listen,
-        central = ?regional.config.central, "regional tier listening");
+        central = ?regional.config.central, tls, "regional tier listening");
 
     let (mut health, health_service, reflection) = serve::health_and_reflection(kv_proto::FILE_DESCRIPTOR_SET)?;
     health.set_serving::<CentralStoreServer<RegionalStore>>().await;
@@ -66,7 +68,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     });
 
     // Edges call with the cluster's admin token; nothing else may use this tier's APIs.
-    let admin = AdminOnly::new(&admin_token, None);
+    let admin = AdminOnly::new(&admin_token, None).from_roles(&[Role::Edge]);
     let grpc = kv_common::call::server(layer)
         .add_service(InterceptedService::new(
             CentralStoreServer::new(RegionalStore(regional.clone()))
@@ -77,7 +79,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .add_service(InterceptedService::new(PushesServer::new(RegionalPushes(regional, drain.clone())), admin))
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(serve::grpc_incoming(grpc, drain.clone())?, drain.wait());
+        .serve_with_incoming_shutdown(serve::incoming(grpc, drain.clone()), drain.wait());
     let servers = async { tokio::try_join!(async { grpc.await.context("gRPC server") }, http).map(drop) };
     serve::serve_draining(servers, shutdown, async {}, start_drain, budget + Duration::from_secs(1)).await
 }

@@ -50,7 +50,7 @@ impl Upstream {
                     .http2_keep_alive_interval(Duration::from_secs(2))
                     .keep_alive_timeout(Duration::from_secs(4))
                     .keep_alive_while_idle(true);
-                Ok((a.clone(), ep.connect_lazy()))
+                Ok((a.clone(), kv_common::client::lazy_channel(ep)))
             })
             .collect::<Result<_, tonic::transport::Error>>()?;
         Ok(Upstream { endpoints, preferred: watch::Sender::new(0), default_budget })

@@ -75,13 +75,10 @@ fn voters(m: &pb::ClusterMetrics) -> BTreeSet<u64> {
     m.voters.iter().map(|v| v.node_id).collect()
 }
 
-pub async fn run(admin: Admin, token: Option<&str>, output: Output) -> Done {
-    let url = if admin.central.contains("://") { admin.central.clone() } else { format!("http://{}", admin.central) };
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .map_err(|e| Fail::Input(anyhow::anyhow!("bad --central address: {e}")))?
-        .connect()
+pub async fn run(admin: Admin, token: Option<&str>, ca: Option<&std::path::Path>, output: Output) -> Done {
+    let channel = kv_common::client::tool_channel(&admin.central, ca)
         .await
-        .map_err(|e| Fail::Unreachable(format!("{}: {e}", admin.central)))?;
+        .map_err(|e| Fail::Unreachable(format!("{}: {e:#}", admin.central)))?;
     let mut c: AdminClient = ClusterAdminClient::with_interceptor(channel, Bearer::new(token)?);
     let now = c.metrics(pb::MetricsRequest {}).await?.into_inner();
     let after = match admin.cmd {

@@ -1,8 +1,9 @@
-//! The edge the command line talks to: its gRPC API (`host:port`), or its REST API (an
-//! `http://` or `https://` URL). Both answer the same calls with the same types and errors.
+//! The edge the command line talks to: its gRPC API (`host:port`, over TLS when `--ca`
+//! names the cluster CA), or its REST API (an `http://` or `https://` URL). Both answer the same calls with the same types and errors.
 
 use kv_client::rest::RestClient;
 use kv_client::{api, Client};
+use std::path::Path;
 use tonic::Status;
 
 pub enum Endpoint {
@@ -43,15 +44,23 @@ forward! {
 impl Endpoint {
     /// Connects to `endpoint`: a URL with a scheme of `http` or `https` is a REST base URL
     /// (`.../client/v4`), anything else a gRPC address.
-    pub async fn connect(endpoint: &str, account: Option<&str>, token: Option<&str>) -> anyhow::Result<Endpoint> {
+    /// Over TLS, trusting the CA certificates in `ca`, when given (for REST: when the URL
+    /// says `https`).
+    pub async fn connect(
+        endpoint: &str,
+        account: Option<&str>,
+        token: Option<&str>,
+        ca: Option<&Path>,
+    ) -> anyhow::Result<Endpoint> {
         if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
+            let ca = ca.filter(|_| endpoint.starts_with("https://"));
             Ok(Endpoint::Rest(
-                RestClient::connect(endpoint, account, token)
+                RestClient::connect_with_ca(endpoint, account, token, ca)
                     .await
                     .map_err(|s| anyhow::anyhow!(s.message().to_owned()))?,
             ))
         } else {
-            let client = Client::connect(endpoint).await?;
+            let client = Client::connect_with_ca(endpoint, ca).await?;
             Ok(Endpoint::Grpc(Box::new(match token {
                 Some(t) => client.with_token(t)?,
                 None => client,

@@ -29,6 +29,9 @@ struct Cli {
     /// The account, over REST (default: the first the edge lists).
     #[arg(long, env = "KV_ACCOUNT_ID", global = true)]
     account_id: Option<String>,
+    /// The cluster CA's certificate (PEM): connect over TLS and trust it.
+    #[arg(long, env = "KV_CA", global = true)]
+    ca: Option<std::path::PathBuf>,
     /// A bearer token, sent with every call.
     #[arg(long, env = "KV_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
@@ -133,7 +136,7 @@ async fn run(cli: Cli) -> Done {
     let (token, output) = (cli.token.as_deref(), cli.output);
     // Every command but `admin` talks to an edge.
     let edge = || async {
-        Endpoint::connect(&cli.endpoint, cli.account_id.as_deref(), token)
+        Endpoint::connect(&cli.endpoint, cli.account_id.as_deref(), token, cli.ca.as_deref())
             .await
             .map_err(|e| Fail::Unreachable(format!("{}: {e:#}", cli.endpoint)))
     };
@@ -142,6 +145,6 @@ async fn run(cli: Cli) -> Done {
         Command::Key(cmd) => key::run(&edge().await?, cmd, output).await,
         Command::Bulk(cmd) => bulk::run(&edge().await?, cmd, output).await,
         Command::Token(cmd) => token::run(&edge().await?, cmd, output).await,
-        Command::Admin(admin) => admin::run(admin, token, output).await,
+        Command::Admin(admin) => admin::run(admin, token, cli.ca.as_deref(), output).await,
     }
 }
