@@ -51,7 +51,9 @@ impl BenchCluster {
 
     /// A new connection to edge `name`.
     pub async fn client(&self, name: &str) -> anyhow::Result<Client> {
-        Client::connect(&self.edge(name)?.node.grpc.to_string()).await?.with_token(&self.cluster.admin_token)
+        Client::connect_with_ca(&self.edge(name)?.node.grpc.to_string(), self.cluster.ca_file().as_deref())
+            .await?
+            .with_token(&self.cluster.admin_token)
     }
 
     /// The region an edge belongs to.

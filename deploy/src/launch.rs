@@ -141,6 +141,22 @@ pub fn spawn_node(
     filter: Option<&str>,
     env: &[(String, String)],
 ) -> anyhow::Result<Child> {
+    spawn_node_in(None, bin, config, log, filter, env)
+}
+
+/// `spawn_node`, in the network namespace `netns` (a file such as `/var/run/netns/NAME`)
+/// when given: the node binds and dials that namespace's addresses, as on its own machine.
+pub fn spawn_node_in(
+    netns: Option<&Path>,
+    bin: &Path,
+    config: &Path,
+    log: &Path,
+    filter: Option<&str>,
+    env: &[(String, String)],
+) -> anyhow::Result<Child> {
+    let netns = netns
+        .map(|p| std::fs::File::open(p).with_context(|| format!("opening network namespace {}", p.display())))
+        .transpose()?;
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     let mut cmd = Command::new(bin);
     cmd.arg("--config")
@@ -163,6 +179,20 @@ pub fn spawn_node(
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
+    }
+    if let Some(ns) = netns {
+        use std::os::fd::AsRawFd;
+        let fd = ns.as_raw_fd();
+        // SAFETY: setns is async-signal-safe; `ns` stays open until after the spawn.
+        unsafe {
+            cmd.pre_exec(move || match libc::setns(fd, libc::CLONE_NEWNET) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            });
+        }
+        let child = cmd.spawn()?;
+        drop(ns);
+        return Ok(child);
     }
     Ok(cmd.spawn()?)
 }

@@ -49,7 +49,13 @@ impl LinkState {
 impl DelayLink {
     /// Starts proxying a fresh loopback port to `target` with `delay` each way.
     pub fn start(target: SocketAddr, delay: Duration) -> std::io::Result<DelayLink> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        DelayLink::start_on(([127, 0, 0, 1], 0).into(), target, delay)
+    }
+
+    /// Proxies `bind` (port 0: a fresh one) to `target`. Its threads stay in the network
+    /// namespace of the thread that starts it.
+    pub fn start_on(bind: SocketAddr, target: SocketAddr, delay: Duration) -> std::io::Result<DelayLink> {
+        let listener = TcpListener::bind(bind)?;
         let listen = listener.local_addr()?;
         let state = Arc::new(LinkState::default());
         let s = state.clone();

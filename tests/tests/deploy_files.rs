@@ -55,7 +55,13 @@ fn mounts<'a>(container: &'a Value, volume: &str) -> Vec<(&'a str, Option<&'a st
 /// Checks one role's pod template against its config (already parsed by the binary's type):
 /// the config file and the secrets are mounted where the command and the config say, the
 /// probes and ports are the listeners', and the pod runs as a non-root user.
-fn check_pod(workload: &Value, config_key: &str, listen: &str, http: &str, secret_files: &[&Path]) {
+fn check_pod(
+    workload: &Value,
+    config_key: &str,
+    (listen, http): (&str, &str),
+    secret_files: &[&Path],
+    tls: &kv_common::tls::TlsFiles,
+) {
     let pod = &workload["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{config_key}: runs as root");
     let c = &pod["containers"][0];
@@ -72,11 +78,28 @@ fn check_pod(workload: &Value, config_key: &str, listen: &str, http: &str, secre
     for file in secret_files {
         assert!(secrets.iter().any(|(at, _)| file.starts_with(at)), "{config_key}: {} is not mounted", file.display());
     }
+    // Every listener is TLS: the role's certificate comes from its own Secret.
+    assert!(tls.enabled().unwrap(), "{config_key}: no [tls]");
+    let certs = mounts(c, "tls");
+    for file in [&tls.ca_file, &tls.cert_file, &tls.key_file].into_iter().flatten() {
+        assert!(certs.iter().any(|(at, _)| file.starts_with(at)), "{config_key}: {} is not mounted", file.display());
+    }
+    let role = config_key.trim_end_matches(".toml");
+    let tls_volume = pod["volumes"].as_sequence().unwrap().iter().find(|v| v["name"] == "tls").unwrap();
+    assert_eq!(tls_volume["secret"]["secretName"].as_str(), Some(format!("kv-tls-{role}").as_str()));
     let ports: Vec<u64> =
         c["ports"].as_sequence().unwrap().iter().map(|p| p["containerPort"].as_u64().unwrap()).collect();
     assert!(ports.contains(&port_of(listen)) && ports.contains(&port_of(http)), "{config_key}: ports {ports:?}");
-    assert_eq!(c["readinessProbe"]["grpc"]["port"].as_u64(), Some(port_of(listen)), "{config_key}: readiness probe");
-    assert_eq!(c["livenessProbe"]["httpGet"]["port"].as_u64(), Some(port_of(http)), "{config_key}: liveness probe");
+    // Kubernetes' gRPC probes cannot speak TLS; its HTTPS probes can.
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let get = &c[probe]["httpGet"];
+        assert_eq!(
+            (get["port"].as_u64(), get["scheme"].as_str()),
+            (Some(port_of(http)), Some("HTTPS")),
+            "{config_key}: {probe}"
+        );
+    }
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"].as_str(), Some("/health"), "{config_key}: readiness");
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
 }
 
@@ -100,7 +123,8 @@ fn the_kubernetes_manifests_give_each_binary_what_it_needs() {
     let replicas = set["spec"]["replicas"].as_u64().unwrap();
     assert_eq!(replicas % 2, 1, "an odd number of voters");
     let secrets = [central.admin_token_file.as_deref().unwrap(), central.encryption_key_file.as_deref().unwrap()];
-    check_pod(set, "central.toml", &central.listen.to_string(), &central.http_listen.to_string(), &secrets);
+    let ports = (central.listen.to_string(), central.http_listen.to_string());
+    check_pod(set, "central.toml", (&ports.0, &ports.1), &secrets, &central.tls);
     let container = &set["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(mounts(container, "data"), vec![(central.data_dir.to_str().unwrap(), None)]);
     assert_eq!(set["spec"]["volumeClaimTemplates"][0]["metadata"]["name"], "data");
@@ -114,13 +138,15 @@ fn the_kubernetes_manifests_give_each_binary_what_it_needs() {
     // Regional tiers and edges: Deployments that reach the tier above by its Service.
     let regional_set = find(&docs, "Deployment", "regional");
     let token = [regional.admin_token_file.as_deref().unwrap()];
-    check_pod(regional_set, "regional.toml", &regional.listen.to_string(), &regional.http_listen.to_string(), &token);
+    let ports = (regional.listen.to_string(), regional.http_listen.to_string());
+    check_pod(regional_set, "regional.toml", (&ports.0, &ports.1), &token, &regional.tls);
     for (i, addr) in regional.central.iter().enumerate() {
         assert_eq!(addr, &format!("central-{i}.central:{}", central.listen.port()));
     }
     let edges = find(&docs, "Deployment", "edge");
     let token = [edge.admin_token_file.as_deref().unwrap()];
-    check_pod(edges, "edge.toml", &edge.listen.to_string(), &edge.http_listen.to_string(), &token);
+    let ports = (edge.listen.to_string(), edge.http_listen.to_string());
+    check_pod(edges, "edge.toml", (&ports.0, &ports.1), &token, &edge.tls);
     assert_eq!(edge.upstream, vec![format!("regional:{}", regional.listen.port())]);
     let edge_id = &edges["spec"]["template"]["spec"]["containers"][0]["env"][0];
     assert_eq!(
