@@ -155,6 +155,12 @@ fn the_kubernetes_manifests_give_each_binary_what_it_needs() {
     );
 }
 
+/// The files of a `[tls]` section, which must name all three.
+fn tls_files(tls: kv_common::tls::TlsFiles) -> Vec<std::path::PathBuf> {
+    assert!(tls.enabled().unwrap(), "no [tls]");
+    [tls.ca_file, tls.cert_file, tls.key_file].into_iter().flatten().collect()
+}
+
 #[test]
 fn the_systemd_units_run_hardened_with_their_secrets_as_credentials() {
     let configs = [
@@ -162,19 +168,19 @@ fn the_systemd_units_run_hardened_with_their_secrets_as_credentials() {
             "central",
             "central-store",
             toml::from_str::<central_store::config::Config>(&read("deploy/systemd/central.toml"))
-                .map(|c| vec![c.admin_token_file.unwrap(), c.encryption_key_file.unwrap()]),
+                .map(|c| [vec![c.admin_token_file.unwrap(), c.encryption_key_file.unwrap()], tls_files(c.tls)].concat()),
         ),
         (
             "regional",
             "regional-tier",
             toml::from_str::<regional_tier::config::Config>(&read("deploy/systemd/regional.toml"))
-                .map(|c| vec![c.admin_token_file.unwrap()]),
+                .map(|c| [vec![c.admin_token_file.unwrap()], tls_files(c.tls)].concat()),
         ),
         (
             "edge",
             "edge-node",
             toml::from_str::<edge_node::config::Config>(&read("deploy/systemd/edge.toml"))
-                .map(|c| vec![c.admin_token_file.unwrap()]),
+                .map(|c| [vec![c.admin_token_file.unwrap()], tls_files(c.tls)].concat()),
         ),
     ];
     for (role, bin, secret_files) in configs {
