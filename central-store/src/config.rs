@@ -265,6 +265,16 @@ impl Config {
         c.sealer = keys.map(|k| crate::storage::seal::Sealer::parse(&k)).transpose().context("encryption keys")?;
         Ok(c)
     }
+
+    /// The encryption keys as `encryption_key_file` holds them now (`kv admin rotate-key`).
+    pub fn read_keys(&self) -> anyhow::Result<crate::storage::seal::Sealer> {
+        let Some(path) = &self.encryption_key_file else {
+            anyhow::bail!("this node's keys come from KV_ENCRYPTION_KEY: restart it with the new keys instead")
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading encryption keys from {}", path.display()))?;
+        crate::storage::seal::Sealer::parse(&text).with_context(|| format!("encryption keys in {}", path.display()))
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use crate::metrics::Metrics;
 use crate::peers::{self, Leader, Peers};
 use crate::rate_limit::RateLimiter;
 use crate::storage::reader::Reader;
+use crate::storage::{reseal::Resealer, seal::Sealer};
 use crate::types::{NodeId, Raft};
 use std::sync::Arc;
 
@@ -24,6 +25,10 @@ pub struct Node {
     pub freshness: Freshness,
     /// Requests with an id that are being proposed, so a retry joins the first attempt.
     pub in_flight: InFlight,
+    /// The encryption keys every record on disk is sealed with, and the pass that re-seals
+    /// records after they rotate.
+    pub sealer: Arc<Sealer>,
+    pub resealer: Arc<Resealer>,
 }
 
 impl Node {

@@ -11,7 +11,7 @@ use crate::peers::Peers;
 use crate::propose::propose;
 use crate::raft::{network::Network, service::RaftService, MAX_RAFT_MESSAGE_BYTES};
 use crate::rate_limit::RateLimiter;
-use crate::storage::{log_store::LogStore, open_db, snapshot::SnapshotDir, state_machine};
+use crate::storage::{log_store::LogStore, open_db, reseal::Resealer, snapshot::SnapshotDir, state_machine};
 use crate::types::{Command, Node as RaftNode, NodeId, Raft};
 use anyhow::Context;
 use kv_common::auth::{self, AdminOnly};
@@ -50,7 +50,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         trim_every: config.feed.trim_every.max(1),
         inline_value_limit: config.feed.inline_value_limit,
     };
-    let (sm, reader) = state_machine::StateMachine::new(db.clone(), snapshots, feed, metrics.clone(), sealer)?;
+    let resealer = Resealer::new(db.clone(), sealer.clone());
+    let (sm, reader) = state_machine::StateMachine::new(db.clone(), snapshots, feed, metrics.clone(), sealer.clone())?;
     let peers = Arc::new(Peers::new(config.peer_routes()?));
     let network = Network { peers: peers.clone() };
     let raft = Raft::new(config.node_id, Arc::new(raft_config(&config)?), network, log_store, sm)
@@ -78,6 +79,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         freshness: freshness.clone(),
         in_flight: Default::default(),
         config: config.clone(),
+        sealer,
+        resealer: resealer.clone(),
     });
 
     let grpc = tokio::net::TcpListener::bind(config.listen).await.context("binding gRPC listener")?;
@@ -93,7 +96,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let layer = CallLayer::new(config.request_budget(), config.max_in_flight);
     let render = {
         let (raft, freshness, layer) = (raft.clone(), freshness.clone(), layer.clone());
-        Arc::new(move || metrics.render(&raft, freshness.age()) + &layer.render_metrics())
+        Arc::new(move || metrics.render(&raft, freshness.age()) + &layer.render_metrics() + &resealer.render())
     };
     let http = serve::serve_http(http, render, check, drain.clone());
     tokio::spawn(bootstrap(node.clone()));

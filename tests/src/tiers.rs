@@ -70,6 +70,11 @@ impl Tiers {
         Ok(Tiers { cluster, _root: root })
     }
 
+    /// The directory the cluster keeps its data, secrets and certificates under.
+    pub fn root(&self) -> &std::path::Path {
+        self._root.path()
+    }
+
     /// The log of every node so far, by node name: central nodes, regional tiers, edges.
     pub fn logs(&self) -> Vec<(String, String)> {
         let c = &self.cluster;

@@ -167,8 +167,9 @@ fn the_systemd_units_run_hardened_with_their_secrets_as_credentials() {
         (
             "central",
             "central-store",
-            toml::from_str::<central_store::config::Config>(&read("deploy/systemd/central.toml"))
-                .map(|c| [vec![c.admin_token_file.unwrap(), c.encryption_key_file.unwrap()], tls_files(c.tls)].concat()),
+            toml::from_str::<central_store::config::Config>(&read("deploy/systemd/central.toml")).map(|c| {
+                [vec![c.admin_token_file.unwrap(), c.encryption_key_file.unwrap()], tls_files(c.tls)].concat()
+            }),
         ),
         (
             "regional",

@@ -120,6 +120,15 @@ pub fn cluster_metrics(node: &Node) -> pb::ClusterMetrics {
         purged_index: m.purged.map_or(0, |l| l.index),
         voters: voters.iter().map(member).collect(),
         learners: membership.learner_ids().map(|id| member(&id)).collect(),
+        sealing_key: node.sealer.sealing_key().into(),
+        sealed: node
+            .resealer
+            .counts()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(id, records)| pb::SealedCount { key_id: id.into(), records })
+            .collect(),
+        resealing: node.resealer.running(),
     }
 }
 
@@ -223,4 +232,76 @@ impl ClusterAdmin for AdminService {
     async fn metrics(&self, _req: Request<pb::MetricsRequest>) -> Result<Response<pb::ClusterMetrics>, Status> {
         Ok(Response::new(cluster_metrics(&self.node)))
     }
+
+    async fn rotate_key(&self, _req: Request<pb::RotateKeyRequest>) -> Result<Response<pb::RotateKeyReply>, Status> {
+        let members: Vec<(NodeId, String)> = {
+            let m = self.node.raft.metrics().borrow().clone();
+            m.membership_config.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect()
+        };
+        let mut nodes = Vec::new();
+        for (id, addr) in members {
+            let reply = if id == self.node.id {
+                reload_keys(&self.node)?
+            } else {
+                let ch = self.node.peers.channel(id, &addr)?;
+                let mut admin = ClusterAdminClient::new(node_channel(ch));
+                let reply = admin.reload_keys(pb::ReloadKeysRequest {}).await;
+                reply.map_err(|s| Status::new(s.code(), format!("node {id}: {}", s.message())))?.into_inner()
+            };
+            nodes.push(reply);
+        }
+        let sealing: BTreeSet<u32> = nodes.iter().map(|n| n.sealing_key).collect();
+        if sealing.len() > 1 {
+            let each: Vec<String> = nodes.iter().map(|n| format!("node {} key {}", n.node_id, n.sealing_key)).collect();
+            return Err(KvError::InvalidRequest(format!(
+                "the nodes now seal with different keys ({}): give every central node the same key file and rotate again",
+                each.join(", ")
+            ))
+            .to_status());
+        }
+        Ok(Response::new(pb::RotateKeyReply { nodes }))
+    }
+
+    async fn reload_keys(&self, _req: Request<pb::ReloadKeysRequest>) -> Result<Response<pb::KeysReply>, Status> {
+        Ok(Response::new(reload_keys(&self.node)?))
+    }
+}
+
+/// Reads this node's key file again and seals with its last key from now on, then re-seals
+/// older records and builds a snapshot of them in the background. Refused, changing
+/// nothing, when the file lacks a key that may still seal records here.
+fn reload_keys(node: &Arc<Node>) -> StoreResult<pb::KeysReply> {
+    let fresh = node.config.read_keys().map_err(|e| KvError::InvalidRequest(format!("{e:#}")))?;
+    let kept: BTreeSet<u8> = fresh.key_ids().into_iter().collect();
+    let in_use: Vec<u8> = match node.resealer.counts() {
+        Some(counts) => counts.into_iter().filter(|(_, n)| *n > 0).map(|(id, _)| id).collect(),
+        None => node.sealer.key_ids(),
+    };
+    if let Some(id) = in_use.iter().find(|id| !kept.contains(id)) {
+        return Err(KvError::InvalidRequest(format!(
+            "node {}: key {id} may still seal records here; keep it in the key file until a rotation has \
+             re-sealed them (kv admin members shows what each key seals)",
+            node.id
+        ))
+        .into());
+    }
+    node.sealer.replace_keys(&fresh);
+    tracing::info!(sealing_key = fresh.sealing_key(), keys = ?fresh.key_ids(), "encryption keys reloaded");
+    let n = node.clone();
+    tokio::spawn(async move {
+        match n.resealer.clone().run().await {
+            // The snapshot kept on disk is rebuilt from the re-sealed records.
+            Ok(_) => {
+                if let Err(e) = n.raft.trigger().snapshot().await {
+                    tracing::warn!(error = %e, "no snapshot after re-sealing");
+                }
+            }
+            Err(e) => tracing::error!(error = format!("{e:#}"), "re-sealing failed"),
+        }
+    });
+    Ok(pb::KeysReply {
+        node_id: node.id,
+        sealing_key: fresh.sealing_key().into(),
+        key_ids: fresh.key_ids().into_iter().map(u32::from).collect(),
+    })
 }

@@ -66,6 +66,9 @@ pub const SNAPSHOT_CFS: [&str; 9] = [
     CF_TOKENS,
 ];
 
+/// The column families whose records are sealed (`seal`): values and metadata live there.
+pub const SEALED_CFS: [&str; 4] = [CF_RAFT_LOG, CF_ENTRIES, CF_VALUES, CF_CHANGES];
+
 pub const META_VOTE: &[u8] = b"vote";
 pub const META_COMMITTED: &[u8] = b"committed";
 pub const META_PURGED: &[u8] = b"purged";

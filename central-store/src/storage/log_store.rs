@@ -181,7 +181,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
+        let held = self.sealer.hold_writes();
         self.db.write_opt(batch, &opts).map_err(|e| StorageIOError::write_logs(&e))?;
+        drop(held);
         let tx =
             self.flusher.tx.as_ref().ok_or_else(|| StorageIOError::write_logs(any_error("log flusher stopped")))?;
         tx.send(callback).map_err(|_| StorageIOError::write_logs(any_error("log flusher stopped")))?;
@@ -195,6 +197,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.delete_cf(log_cf, index_key(u64::MAX));
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
+        let _held = self.sealer.hold_writes();
         self.db.write_opt(batch, &opts).map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
@@ -203,6 +206,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes = bincode::serialize(&log_id).map_err(|e| StorageIOError::write_logs(&e))?;
         batch.put_cf(cf(&self.db, CF_RAFT_META), META_PURGED, bytes);
         batch.delete_range_cf(cf(&self.db, CF_RAFT_LOG), index_key(0), index_key(log_id.index + 1));
+        let _held = self.sealer.hold_writes();
         self.db.write(batch).map_err(|e| StorageIOError::write_logs(&e).into())
     }
 }

@@ -4,6 +4,7 @@
 pub mod keys;
 pub mod log_store;
 pub mod reader;
+pub mod reseal;
 pub mod seal;
 pub mod snapshot;
 pub mod state_machine;

@@ -17,22 +17,37 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use anyhow::{bail, Context};
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// The first byte of every sealed record (a format number, for a later change of layout).
 const FORMAT: u8 = 1;
 const NONCE: usize = 12;
 const HEADER: usize = 2 + NONCE;
 
-/// The keys a node seals and opens records with.
-#[derive(Clone)]
+/// The keys a node seals and opens records with. They can be replaced while the node runs
+/// (`replace_keys`: `kv admin rotate-key`), so every holder of the node's `Arc<Sealer>`
+/// seals with the new key at once.
 pub struct Sealer {
-    keys: BTreeMap<u8, Aes256Gcm>,
+    keys: RwLock<Arc<KeySet>>,
+    /// Held by every write of sealed records and by the re-sealing of old ones (`reseal`),
+    /// which reads a record and writes it back: so no write falls in between and is undone.
+    writes: Arc<Mutex<()>>,
+}
+
+struct KeySet {
+    ciphers: BTreeMap<u8, Aes256Gcm>,
     current: u8,
+}
+
+impl Clone for Sealer {
+    fn clone(&self) -> Self {
+        Sealer { keys: RwLock::new(self.set()), writes: self.writes.clone() }
+    }
 }
 
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Sealer(keys {:?}, sealing with {})", self.keys.keys().collect::<Vec<_>>(), self.current)
+        write!(f, "Sealer(keys {:?}, sealing with {})", self.key_ids(), self.sealing_key())
     }
 }
 
@@ -40,7 +55,7 @@ impl Sealer {
     /// From `id:hex` entries, one per line or comma (a bare 64-hex key is id 1); the last
     /// one seals. Each key is 32 bytes as 64 hex characters.
     pub fn parse(text: &str) -> anyhow::Result<Sealer> {
-        let mut keys = BTreeMap::new();
+        let mut ciphers = BTreeMap::new();
         let mut current = None;
         for part in text.split([',', '\n']).map(str::trim).filter(|p| !p.is_empty() && !p.starts_with('#')) {
             let (id, hex_key) = match part.split_once(':') {
@@ -50,25 +65,58 @@ impl Sealer {
             let bytes = hex::decode(hex_key).ok().filter(|b| b.len() == 32);
             let Some(bytes) = bytes else { bail!("encryption key {id} is not 64 hex characters (32 bytes)") };
             let cipher = Aes256Gcm::new_from_slice(&bytes).map_err(|_| anyhow::anyhow!("encryption key {id}"))?;
-            if keys.insert(id, cipher).is_some() {
+            if ciphers.insert(id, cipher).is_some() {
                 bail!("encryption key id {id} is given twice");
             }
             current = Some(id);
         }
         let Some(current) = current else { bail!("no encryption key given") };
-        Ok(Sealer { keys, current })
+        Ok(Sealer { keys: RwLock::new(Arc::new(KeySet { ciphers, current })), writes: Arc::default() })
+    }
+
+    fn set(&self) -> Arc<KeySet> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Takes `other`'s keys: records are sealed with its last key from now on.
+    pub fn replace_keys(&self, other: &Sealer) {
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = other.set();
+    }
+
+    /// Holds off re-sealing while the caller writes sealed records (see `writes`).
+    pub fn hold_writes(&self) -> MutexGuard<'_, ()> {
+        self.writes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The id of the key new records are sealed with.
+    pub fn sealing_key(&self) -> u8 {
+        self.set().current
+    }
+
+    /// The ids of every key this node holds.
+    pub fn key_ids(&self) -> Vec<u8> {
+        self.set().ciphers.keys().copied().collect()
+    }
+
+    /// The id of the key that sealed `sealed`, as its header says.
+    pub fn key_id_of(sealed: &[u8]) -> Option<u8> {
+        match sealed {
+            [FORMAT, id, ..] => Some(*id),
+            _ => None,
+        }
     }
 
     /// Seals `plain`, stored under `key` in column family `cf`.
     pub fn seal(&self, cf: &str, key: &[u8], plain: &[u8]) -> anyhow::Result<Vec<u8>> {
-        let cipher = &self.keys[&self.current];
+        let set = self.set();
+        let cipher = &set.ciphers[&set.current];
         let nonce: [u8; NONCE] = rand::random();
         let aad = associated(cf, key);
         let sealed = cipher
             .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad: &aad })
             .map_err(|_| anyhow::anyhow!("sealing a record of {cf} failed"))?;
         let mut out = Vec::with_capacity(HEADER + sealed.len());
-        out.extend_from_slice(&[FORMAT, self.current]);
+        out.extend_from_slice(&[FORMAT, set.current]);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&sealed);
         Ok(out)
@@ -82,8 +130,9 @@ impl Sealer {
         if format != FORMAT {
             bail!("a record of {cf} is not sealed in a format this build reads ({format})");
         }
+        let set = self.set();
         let cipher =
-            self.keys.get(&id).with_context(|| format!("a record of {cf} was sealed with key {id}, not given"))?;
+            set.ciphers.get(&id).with_context(|| format!("a record of {cf} was sealed with key {id}, not given"))?;
         let (nonce, body) = rest.split_at_checked(NONCE).with_context(|| format!("a record of {cf} is cut short"))?;
         let aad = associated(cf, key);
         cipher

@@ -12,6 +12,7 @@
 
 use super::cf;
 use super::keys::*;
+use super::seal::Sealer;
 use crate::types::{LogId, Snapshot, SnapshotMeta, StoredMembership};
 use anyhow::{bail, Context};
 use rocksdb::{IteratorMode, ReadOptions, WriteBatch, DB};
@@ -206,13 +207,23 @@ fn write_snapshot(db: &DB, dir: &SnapshotDir) -> anyhow::Result<()> {
 /// The wipe is written together with an `installing` marker, and the marker is removed in
 /// the batch that completes the install; the verified file stays in place until then. A
 /// crash in between is finished at the next start by `resume_interrupted_install`.
-pub fn install(db: &DB, dir: &SnapshotDir, meta: &SnapshotMeta, file: File) -> anyhow::Result<()> {
+pub fn install(db: &DB, dir: &SnapshotDir, meta: &SnapshotMeta, file: File, sealer: &Sealer) -> anyhow::Result<()> {
     let _busy = dir.exclusive();
     let file = dir.adopt(file)?;
     file.sync_all()?;
     let mut input = BufReader::with_capacity(1 << 20, file);
-    // First make sure the file is whole, so a bad transfer never wipes the current state.
+    // First make sure the file is whole, then that every sealed record opens with this
+    // node's keys, so a bad transfer, or a key this node lacks, never wipes the current state.
     for_each_record(&mut input, |_, _, _| Ok(()))?;
+    for_each_record(&mut input, |name, key, value| {
+        if SEALED_CFS.contains(&name) {
+            sealer
+                .open(name, &key, &value)
+                .with_context(|| format!("snapshot {} does not open here", meta.snapshot_id))?;
+        }
+        Ok(())
+    })?;
+    let _held = sealer.hold_writes();
     let mut wb = WriteBatch::default();
     for name in SNAPSHOT_CFS.iter().chain([CF_CHANGES].iter()) {
         wb.delete_range_cf(cf(db, name), &[][..], &beyond_all_keys()[..]);
@@ -245,12 +256,12 @@ pub fn install(db: &DB, dir: &SnapshotDir, meta: &SnapshotMeta, file: File) -> a
 
 /// Finishes a snapshot install that a crash interrupted (see `install`); returns whether
 /// there was one.
-pub fn resume_interrupted_install(db: &DB, dir: &SnapshotDir) -> anyhow::Result<bool> {
+pub fn resume_interrupted_install(db: &DB, dir: &SnapshotDir, sealer: &Sealer) -> anyhow::Result<bool> {
     let Some(raw) = db.get_cf(cf(db, CF_SM_META), META_INSTALLING)? else { return Ok(false) };
     let meta: SnapshotMeta = bincode::deserialize(&raw)?;
     tracing::warn!(snapshot = %meta.snapshot_id, "finishing a snapshot install interrupted by a crash");
     let file = File::open(dir.path.join(RECEIVING)).context("the snapshot being installed is gone")?;
-    install(db, dir, &meta, file)?;
+    install(db, dir, &meta, file, sealer)?;
     Ok(true)
 }
 
@@ -331,9 +342,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let source = open_db(&tmp.path().join("a")).unwrap();
         let source_dir = SnapshotDir::open(tmp.path().join("a-snap")).unwrap();
+        let sealer = Sealer::for_tests();
         for i in 0..100u32 {
-            source.put_cf(cf(&source, CF_ENTRIES), i.to_be_bytes(), b"meta").unwrap();
-            source.put_cf(cf(&source, CF_VALUES), i.to_be_bytes(), vec![i as u8; 100]).unwrap();
+            let k = i.to_be_bytes();
+            source.put_cf(cf(&source, CF_ENTRIES), k, sealer.seal(CF_ENTRIES, &k, b"meta").unwrap()).unwrap();
+            source.put_cf(cf(&source, CF_VALUES), k, sealer.seal(CF_VALUES, &k, &[i as u8; 100]).unwrap()).unwrap();
         }
         write_snapshot(&source, &source_dir).unwrap();
         let meta: SnapshotMeta =
@@ -347,9 +360,9 @@ mod tests {
         db.put_cf(cf(&db, CF_ENTRIES), 7u32.to_be_bytes(), b"meta").unwrap();
         db.put_cf(cf(&db, CF_ENTRIES), b"stale key", b"from before").unwrap();
 
-        assert!(resume_interrupted_install(&db, &dir).unwrap());
+        assert!(resume_interrupted_install(&db, &dir, &Sealer::for_tests()).unwrap());
         assert_eq!(contents(&db), contents(&source));
         assert!(db.get_cf(cf(&db, CF_SM_META), META_INSTALLING).unwrap().is_none());
-        assert!(!resume_interrupted_install(&db, &dir).unwrap(), "nothing left to finish");
+        assert!(!resume_interrupted_install(&db, &dir, &Sealer::for_tests()).unwrap(), "nothing left to finish");
     }
 }

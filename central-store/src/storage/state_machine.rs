@@ -51,7 +51,7 @@ impl StateMachine {
         metrics: Arc<Metrics>,
         sealer: Arc<Sealer>,
     ) -> anyhow::Result<(Self, Reader)> {
-        snapshot::resume_interrupted_install(&db, &snapshots)?;
+        snapshot::resume_interrupted_install(&db, &snapshots, &sealer)?;
         let applied: Option<LogId> = read_bincode::<Option<LogId>>(&db, CF_SM_META, META_APPLIED)?.flatten();
         let (tx, rx) = watch::channel(applied.map_or(0, |l| l.index));
         let installs = InstallCounter::default();
@@ -77,6 +77,7 @@ impl StateMachine {
             wb.delete_range_cf(self.cf(CF_CHANGES), index_key(0), index_key(floor + 1));
             wb.put_cf(self.cf(CF_SM_META), META_FLOOR, bincode::serialize(&floor)?);
         }
+        let _held = self.sealer.hold_writes();
         self.db.write(wb)?;
         Ok(result)
     }
@@ -395,10 +396,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let dir = self.snapshots.clone();
         let meta_owned = meta.clone();
+        let sealer = self.sealer.clone();
         let err = |e: String| StorageIOError::write_snapshot(Some(meta.signature()), any_error(e));
         // Reads that overlap the install are refused (see `InstallCounter`).
         self.installs.begin();
-        let installed = tokio::task::spawn_blocking(move || snapshot::install(&db, &dir, &meta_owned, file)).await;
+        let installed =
+            tokio::task::spawn_blocking(move || snapshot::install(&db, &dir, &meta_owned, file, &sealer)).await;
         if let Ok(Ok(())) = &installed {
             self.applied_tx.send_replace(meta.last_log_id.map_or(0, |l| l.index));
         }

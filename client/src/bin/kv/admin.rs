@@ -42,7 +42,18 @@ pub enum Cmd {
     TransferLeader { id: u64 },
     /// Builds a snapshot on that node now and purges the log it covers.
     Snapshot,
+    /// After a new key was added last to every central node's key file: every node seals
+    /// with it from now on and re-seals its older records; waits until they are all re-sealed
+    /// (then the old key may leave the key files).
+    RotateKey {
+        /// Return once every node seals with the new key, before the re-sealing is done.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
+
+/// How long `rotate-key` waits for the re-sealing.
+const RESEAL_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 type AdminClient = ClusterAdminClient<InterceptedService<Channel, Bearer>>;
 
@@ -52,6 +63,8 @@ fn shown(m: &pb::ClusterMetrics) -> serde_json::Value {
         "node_id": m.node_id, "state": m.state, "term": m.current_term, "leader_id": m.leader_id,
         "last_log_index": m.last_log_index, "committed_index": m.committed_index, "applied_index": m.applied_index,
         "snapshot_index": m.snapshot_index, "voters": members(&m.voters), "learners": members(&m.learners),
+        "sealing_key": m.sealing_key, "resealing": m.resealing,
+        "sealed_records": m.sealed.iter().map(|s| (s.key_id.to_string(), json!(s.records))).collect::<serde_json::Map<_, _>>(),
     })
 }
 
@@ -68,11 +81,44 @@ fn text(m: &pb::ClusterMetrics) -> String {
     )];
     lines.extend(m.voters.iter().map(|v| format!("  voter   {}  {}", v.node_id, v.addr)));
     lines.extend(m.learners.iter().map(|l| format!("  learner {}  {}", l.node_id, l.addr)));
+    let sealed: Vec<String> = m.sealed.iter().map(|s| format!("key {}: {}", s.key_id, s.records)).collect();
+    lines.push(format!(
+        "  sealing with key {}; records per key: {}{}",
+        m.sealing_key,
+        if sealed.is_empty() { "not counted since the node started".into() } else { sealed.join(", ") },
+        if m.resealing { " (re-sealing)" } else { "" }
+    ));
     lines.join("\n")
 }
 
 fn voters(m: &pb::ClusterMetrics) -> BTreeSet<u64> {
     m.voters.iter().map(|v| v.node_id).collect()
+}
+
+/// Waits until every node at `members` has re-sealed all its records with `key`.
+async fn resealed(members: &[String], key: u32, token: Option<&str>, ca: Option<&std::path::Path>) -> Done {
+    let deadline = std::time::Instant::now() + RESEAL_WAIT;
+    for addr in members {
+        let channel =
+            kv_common::client::tool_channel(addr, ca).await.map_err(|e| Fail::Unreachable(format!("{addr}: {e:#}")))?;
+        let mut c: AdminClient = ClusterAdminClient::with_interceptor(channel, Bearer::new(token)?);
+        loop {
+            let m = c.metrics(pb::MetricsRequest {}).await?.into_inner();
+            let done =
+                !m.resealing && !m.sealed.is_empty() && m.sealed.iter().all(|s| s.key_id == key || s.records == 0);
+            if done {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Fail::Unreachable(format!(
+                    "node {} has not re-sealed its records within {RESEAL_WAIT:?}",
+                    m.node_id
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
 }
 
 pub async fn run(admin: Admin, token: Option<&str>, ca: Option<&std::path::Path>, output: Output) -> Done {
@@ -115,6 +161,24 @@ pub async fn run(admin: Admin, token: Option<&str>, ca: Option<&std::path::Path>
         }
         Cmd::Snapshot => {
             c.snapshot(pb::SnapshotRequest { purge: true }).await?.into_inner().metrics.unwrap_or_default()
+        }
+        Cmd::RotateKey { no_wait } => {
+            let rotated = c.rotate_key(pb::RotateKeyRequest {}).await?.into_inner();
+            let key = rotated.nodes.first().map_or(0, |n| n.sealing_key);
+            if !no_wait {
+                let members: Vec<String> = now.voters.iter().chain(&now.learners).map(|m| m.addr.clone()).collect();
+                resealed(&members, key, token, ca).await?;
+            }
+            let nodes: Vec<_> = rotated
+                .nodes
+                .iter()
+                .map(|n| json!({"node_id": n.node_id, "sealing_key": n.sealing_key, "key_ids": n.key_ids}))
+                .collect();
+            let done = if no_wait { "re-sealing older records in the background" } else { "every record re-sealed" };
+            say(output, json!({"sealing_key": key, "nodes": nodes, "resealed": !no_wait}), || {
+                format!("{} central nodes seal with key {key}; {done}", rotated.nodes.len())
+            });
+            return Ok(());
         }
     };
     say(output, shown(&after), || text(&after));
