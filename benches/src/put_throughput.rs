@@ -20,6 +20,9 @@ struct Args {
     /// Value size in bytes.
     #[arg(long, default_value_t = 100)]
     value_bytes: usize,
+    /// Run every link with mutual TLS (the writers call the leader over TLS too).
+    #[arg(long)]
+    tls: bool,
 }
 
 struct Run {
@@ -34,7 +37,7 @@ struct Run {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let cluster = Cluster::start(3, ClusterOptions::default()).await?;
+    let cluster = Cluster::start(3, ClusterOptions { tls: args.tls, ..Default::default() }).await?;
     let ns = cluster.create_namespace(0, "bench").await?;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
     let value = vec![b'x'; args.value_bytes];

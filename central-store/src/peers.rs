@@ -22,6 +22,7 @@ pub fn lazy_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
             .http2_keep_alive_interval(Duration::from_secs(1))
             .keep_alive_timeout(Duration::from_secs(2))
             .keep_alive_while_idle(true),
+        &[kv_common::tls::Role::Central],
     ))
 }
 

@@ -50,7 +50,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         trim_every: config.feed.trim_every.max(1),
         inline_value_limit: config.feed.inline_value_limit,
     };
-    let resealer = Resealer::new(db.clone(), sealer.clone());
+    let resealer = Resealer::new(db.clone(), sealer.clone(), snapshots.clone());
     let (sm, reader) = state_machine::StateMachine::new(db.clone(), snapshots, feed, metrics.clone(), sealer.clone())?;
     let peers = Arc::new(Peers::new(config.peer_routes()?));
     let network = Network { peers: peers.clone() };
@@ -107,7 +107,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let nodes_only = AdminOnly::new(&admin_token, None);
     let voters_only = nodes_only.clone().from_roles(&[Role::Central]);
     let tiers_only = nodes_only.from_roles(&[Role::Central, Role::Regional]);
-    let admin = AdminOnly::new(&admin_token, Some(stored_tokens(node.clone())));
+    // Tools and central nodes (forwarding to the leader): an edge or a regional tier holds the
+    // configured token too, but must not change the membership.
+    let admin = AdminOnly::new(&admin_token, Some(stored_tokens(node.clone()))).from_tools_and(&[Role::Central]);
     let grpc = kv_common::call::server(layer)
         .add_service(InterceptedService::new(
             RaftTransportServer::new(RaftService::new(raft.clone()))

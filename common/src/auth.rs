@@ -402,16 +402,24 @@ pub struct AdminOnly {
     admin: SecretDigest,
     stored: Option<SyncLookup>,
     roles: &'static [Role],
+    /// Whether callers without a certificate (operators' tools) are admitted too.
+    tools: bool,
 }
 
 impl AdminOnly {
     pub fn new(admin_token: &str, stored: Option<SyncLookup>) -> AdminOnly {
-        AdminOnly { admin: SecretDigest::of(admin_token), stored, roles: &[] }
+        AdminOnly { admin: SecretDigest::of(admin_token), stored, roles: &[], tools: false }
     }
 
     /// Only nodes of `roles` may call (checked when the connection is TLS).
     pub fn from_roles(self, roles: &'static [Role]) -> AdminOnly {
-        AdminOnly { roles, ..self }
+        AdminOnly { roles, tools: false, ..self }
+    }
+
+    /// Operators' tools (no certificate) and nodes of `roles` may call; nodes of other roles
+    /// may not, even with the admin token they hold.
+    pub fn from_tools_and(self, roles: &'static [Role]) -> AdminOnly {
+        AdminOnly { roles, tools: true, ..self }
     }
 
     pub fn principal(&self, md: &MetadataMap) -> KvResult<Principal> {
@@ -432,9 +440,16 @@ impl AdminOnly {
 impl tonic::service::Interceptor for AdminOnly {
     /// Admits the call, with its `Principal` among the request's extensions.
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(peer) = req.extensions().get::<Peer>() {
-            peer.admit(self.roles).map_err(|e| e.to_status())?;
+        match req.extensions().get::<Peer>() {
+            Some(peer) if self.tools => peer.admit_tools_or(self.roles),
+            Some(peer) => peer.admit(self.roles),
+            // Every listener of a node with TLS says who the peer is: without that, refuse.
+            None if crate::tls::node_tls().is_some() => {
+                Err(KvError::Unauthenticated("the caller's connection is unknown".into()))
+            }
+            None => Ok(()),
         }
+        .map_err(|e| e.to_status())?;
         let who = self.principal(req.metadata()).map_err(|e| e.to_status())?;
         req.extensions_mut().insert(who);
         Ok(req)

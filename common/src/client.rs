@@ -24,10 +24,11 @@ pub fn node_channel(ch: Channel) -> NodeChannel {
 
 /// A channel to another node on `ep` (`http://host:port`, with the caller's settings) that
 /// connects on first use and reconnects by itself: over mutual TLS, with this node's
-/// current certificate, when the node runs with TLS.
-pub fn lazy_channel(ep: Endpoint) -> Channel {
+/// current certificate, to a server whose certificate names one of `expect`, when the node
+/// runs with TLS.
+pub fn lazy_channel(ep: Endpoint, expect: &'static [tls::Role]) -> Channel {
     match tls::node_tls() {
-        Some(t) => ep.connect_with_connector_lazy(Connector(ClientSource::Node(t.clone()))),
+        Some(t) => ep.connect_with_connector_lazy(Connector(ClientSource::Node(t.clone()), expect)),
         None => ep.connect_lazy(),
     }
 }
@@ -44,7 +45,7 @@ pub async fn tool_channel(endpoint: &str, ca: Option<&Path>) -> anyhow::Result<C
         return Ok(ep.connect().await?);
     }
     let ca = ca.ok_or_else(|| anyhow::anyhow!("an https endpoint needs the cluster CA: --ca FILE (or KV_CA)"))?;
-    Ok(ep.connect_with_connector(Connector(ClientSource::Fixed(tls::tool_config(ca)?))).await?)
+    Ok(ep.connect_with_connector(Connector(ClientSource::Fixed(tls::tool_config(ca)?), &[])).await?)
 }
 
 /// A store API client that hands on the trace and deadline of the call being served.

@@ -86,7 +86,10 @@ pub async fn serve_http_with(
         let Ok(conn) = conn else { continue };
         let (app, watcher) = (app.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // A client that never finishes its request head is cut off, so a drain is not
+            // held up by it (hyper has no such timeout without a timer).
+            builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
             let served = builder.serve_connection(TokioIo::new(conn), TowerToHyperService::new(app));
             if let Err(e) = watcher.watch(served).await {
                 tracing::debug!(error = %e, "HTTP connection ended with an error");
@@ -140,8 +143,9 @@ pub fn incoming(listener: tokio::net::TcpListener, drain: Drain) -> Incoming {
     let tls = crate::tls::node_tls().cloned();
     // Handshakes run beside the accept loop (a slow peer holds up no one), this many at once.
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let per_peer = PerPeer::default();
     tokio::spawn(async move {
-        let drained = drain.wait();
+        let drained = drain.clone().wait();
         tokio::pin!(drained);
         loop {
             // Plaintext: one slot, taken before accepting, so a connection is accepted only
@@ -155,10 +159,10 @@ pub fn incoming(listener: tokio::net::TcpListener, drain: Drain) -> Incoming {
                     None => return,
                 },
             };
-            let conn = tokio::select! {
+            let (conn, from) = tokio::select! {
                 () = &mut drained => return,
                 accepted = listener.accept() => match accepted {
-                    Ok((conn, _)) => conn,
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of file descriptors and the like: wait, then take calls again.
                         tracing::warn!(error = %e, "accepting a connection failed");
@@ -173,14 +177,21 @@ pub fn incoming(listener: tokio::net::TcpListener, drain: Drain) -> Incoming {
                     slot.send(Ok(PeerStream::Plain(conn)));
                 }
                 Room::Handshake(permit, config) => {
-                    let conns = conns.clone();
+                    // One address cannot hold every handshake slot (and so the listener).
+                    let Some(mine) = per_peer.take(from.ip()) else {
+                        tracing::debug!(peer = %from.ip(), "too many handshakes from one address: connection dropped");
+                        continue;
+                    };
+                    let (conns, drain) = (conns.clone(), drain.clone());
                     tokio::spawn(async move {
                         let shaken = PeerStream::accept(conn, config, HANDSHAKE_TIMEOUT).await;
-                        drop(permit);
+                        drop((permit, mine));
                         match shaken {
-                            Ok(conn) => {
+                            // Not served once the drain has started: the client goes elsewhere.
+                            Ok(conn) if !drain.started() => {
                                 let _ = conns.send(Ok(conn)).await;
                             }
+                            Ok(_) => {}
                             Err(e) => tracing::debug!(error = %e, "a TLS handshake failed"),
                         }
                     });
@@ -218,10 +229,45 @@ impl Room {
 /// What `incoming` yields.
 pub type Incoming = tokio_stream::wrappers::ReceiverStream<Result<PeerStream, std::io::Error>>;
 
+/// How long an HTTP/1 client may take to send a request's head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// TLS handshakes in progress at once, at most, per listener.
 const MAX_HANDSHAKES: usize = 256;
+/// TLS handshakes in progress at once from one address, at most, per listener.
+const MAX_HANDSHAKES_PER_PEER: usize = 32;
 /// How long a peer may take to complete its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Handshakes in progress per peer address.
+#[derive(Clone, Default)]
+struct PerPeer(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// One handshake of a peer address, given back when dropped.
+struct PeerSlot(PerPeer, std::net::IpAddr);
+
+impl PerPeer {
+    fn take(&self, ip: std::net::IpAddr) -> Option<PeerSlot> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_default();
+        if *n >= MAX_HANDSHAKES_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.1);
+            }
+        }
+    }
+}
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {

@@ -115,6 +115,17 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// Admits a call to an API for operators' tools (no certificate: tokens decide) and
+    /// nodes of `roles`; a node certificate of another role is refused.
+    pub fn admit_tools_or(self, roles: &[Role]) -> crate::KvResult<()> {
+        match self.role {
+            Some(r) if self.tls && !roles.contains(&r) => {
+                Err(crate::KvError::PermissionDenied(format!("a {r} node's certificate may not call this API")))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Admits a call to an API that only nodes of `roles` may make. Over plaintext (a node
     /// without TLS) there is no certificate to check, and tokens alone decide.
     pub fn admit(self, roles: &[Role]) -> crate::KvResult<()> {
@@ -297,9 +308,11 @@ impl ClientSource {
 /// Opens a TLS connection for a gRPC channel (`Endpoint::connect_with_connector_lazy`): TCP
 /// with Nagle off, then a handshake that checks the server's certificate against the
 /// address's host, with the client config current at that moment. The endpoint's
-/// `connect_timeout` bounds both.
+/// `connect_timeout` bounds both. A node dialling another node also checks that the server's
+/// certificate names one of the roles it expects there (the second field; none: any), so a
+/// certificate of another role cannot stand in for the tier above.
 #[derive(Clone)]
-pub struct Connector(pub ClientSource);
+pub struct Connector(pub ClientSource, pub &'static [Role]);
 
 type Connected = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -314,7 +327,7 @@ impl tower_service::Service<http::Uri> for Connector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let config = self.0.config();
+        let (config, expect) = (self.0.config(), self.1);
         Box::pin(async move {
             let host = uri.host().ok_or("the address has no host")?.trim_start_matches('[').trim_end_matches(']');
             let port = uri.port_u16().unwrap_or(443);
@@ -322,6 +335,14 @@ impl tower_service::Service<http::Uri> for Connector {
             let tcp = tokio::net::TcpStream::connect((host, port)).await?;
             tcp.set_nodelay(true)?;
             let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            if !expect.is_empty() {
+                let role =
+                    tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| Role::of_certificate(c));
+                if !role.is_some_and(|r| expect.contains(&r)) {
+                    let named = role.map_or("no role", Role::name);
+                    return Err(format!("{host}:{port} presents a certificate of {named}, not of {expect:?}").into());
+                }
+            }
             Ok(hyper_util::rt::TokioIo::new(tls))
         })
     }

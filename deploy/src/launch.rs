@@ -646,7 +646,7 @@ impl Drop for LocalCluster {
 pub async fn channel(addr: SocketAddr, tls: Option<&Arc<rustls::ClientConfig>>) -> anyhow::Result<Channel> {
     let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true);
     Ok(match tls {
-        Some(c) => ep.connect_with_connector(Connector(ClientSource::Fixed(c.clone()))).await?,
+        Some(c) => ep.connect_with_connector(Connector(ClientSource::Fixed(c.clone()), &[])).await?,
         None => ep.connect().await?,
     })
 }

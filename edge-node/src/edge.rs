@@ -82,6 +82,7 @@ impl Edge {
     pub fn new(config: Config) -> anyhow::Result<Arc<Edge>> {
         let upstream = Upstream::new(
             &config.upstream,
+            &[kv_common::tls::Role::Regional],
             Duration::from_millis(config.connect_timeout_ms),
             Duration::from_millis(config.request_timeout_ms),
         )?;

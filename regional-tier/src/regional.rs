@@ -85,6 +85,7 @@ impl Regional {
     pub fn new(config: Config) -> anyhow::Result<Arc<Regional>> {
         let upstream = Upstream::new(
             &config.central,
+            &[kv_common::tls::Role::Central],
             Duration::from_millis(config.connect_timeout_ms),
             Duration::from_millis(config.request_timeout_ms),
         )?;

@@ -31,13 +31,16 @@ pub struct ClusterOptions {
     pub extra_toml: String,
     /// One-way delay on the link between every two voters.
     pub peer_delay_ms: u64,
+    /// Mutual TLS on every link; the test's clients then present a regional tier's
+    /// certificate (the store API takes no other caller).
+    pub tls: bool,
 }
 
 impl ClusterOptions {
     /// No per-key write limit, for the few tests whose subject is many writes to one key at
     /// once (the limit has its own tests; every other test runs with it on).
     pub fn without_rate_limit() -> Self {
-        ClusterOptions { extra_toml: "[limits]\nkey_write_interval_ms = 0\n".into(), peer_delay_ms: 0 }
+        ClusterOptions { extra_toml: "[limits]\nkey_write_interval_ms = 0\n".into(), ..Default::default() }
     }
 }
 
@@ -54,6 +57,8 @@ pub struct CentralNode {
 pub struct Cluster {
     pub nodes: Vec<CentralNode>,
     pub local: LocalCluster,
+    /// What the test's clients connect with when the cluster runs TLS.
+    identity: Option<kv_common::tls::ClientSource>,
     root: tempfile::TempDir,
 }
 
@@ -66,6 +71,7 @@ fn central_topology(n: usize, options: &ClusterOptions, initialize: bool) -> any
         options.peer_delay_ms
     ))?;
     t.central.config = options.extra_toml.clone();
+    t.tls = options.tls;
     Ok(t)
 }
 
@@ -85,7 +91,16 @@ impl Cluster {
     async fn launch(topology: Topology) -> anyhow::Result<Cluster> {
         let root = tempfile::tempdir()?;
         let local = LocalCluster::start(&topology, root.path()).await?;
-        let mut c = Cluster { nodes: Vec::new(), local, root };
+        let identity = match topology.tls {
+            false => None,
+            true => {
+                let ca = kv_deploy::pki::Ca::open_or_create(&kv_deploy::launch::tls_dir(root.path()))?;
+                let files = ca.issue(kv_common::tls::Role::Regional, "test-client", &["127.0.0.1".into()])?;
+                let tls = kv_common::tls::Tls::load(&files, kv_common::tls::Role::Regional)?.context("TLS files")?;
+                Some(kv_common::tls::ClientSource::Node(tls))
+            }
+        };
+        let mut c = Cluster { nodes: Vec::new(), local, identity, root };
         c.refresh_nodes();
         Ok(c)
     }
@@ -183,7 +198,15 @@ impl Cluster {
     }
 
     fn authorized(&self, i: usize) -> Authorized {
-        authorized(channel(self.nodes[i].grpc), &self.local.admin_token).expect("the admin token is ASCII")
+        let addr = self.nodes[i].grpc;
+        let ch = match &self.identity {
+            None => channel(addr),
+            Some(me) => tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .expect("loopback address is a valid URI")
+                .connect_timeout(Duration::from_secs(2))
+                .connect_with_connector_lazy(kv_common::tls::Connector(me.clone(), &[])),
+        };
+        authorized(ch, &self.local.admin_token).expect("the admin token is ASCII")
     }
 
     /// Node `i`'s own view of the Raft group.
@@ -213,7 +236,8 @@ impl Cluster {
 
     /// The Prometheus text of node `i`.
     pub async fn scrape(&self, i: usize) -> anyhow::Result<String> {
-        http_get(self.nodes[i].http, "/metrics").await
+        let tls = self.local.client_tls.as_ref();
+        Ok(kv_deploy::launch::http_get_with(tls, self.nodes[i].http, "/metrics").await?.1)
     }
 
     /// Creates a namespace through node `i`, retrying while no leader is known.

@@ -292,7 +292,7 @@ async fn a_three_region_cluster_over_mutual_tls_survives_partitions_and_kills() 
     let admin = |n: &Node| {
         let ch =
             tonic::transport::Endpoint::from_shared(format!("http://{}", n.grpc)).unwrap().connect_with_connector_lazy(
-                kv_common::tls::Connector(kv_common::tls::ClientSource::Fixed(Arc::clone(&tls))),
+                kv_common::tls::Connector(kv_common::tls::ClientSource::Fixed(Arc::clone(&tls)), &[]),
             );
         ClusterAdminClient::new(kv_common::auth::authorized(ch, &token).unwrap())
     };

@@ -241,7 +241,9 @@ async fn a_value_of_the_maximum_size_replicates_over_a_150_ms_round_trip_between
     // Heartbeats must outlast the round trip between voters: set for this link, as an
     // operator of voters in different regions would.
     let timing = "[raft]\nheartbeat_ms = 300\nelection_min_ms = 1000\nelection_max_ms = 2000\n";
-    let c = Cluster::start(3, ClusterOptions { peer_delay_ms: 75, extra_toml: timing.into() }).await.unwrap();
+    let c = Cluster::start(3, ClusterOptions { peer_delay_ms: 75, extra_toml: timing.into(), ..Default::default() })
+        .await
+        .unwrap();
     let ns = c.create_namespace(0, "far").await.unwrap();
     let value: Vec<u8> = (0..kv_common::Limits::default().max_value_bytes).map(|i| (i % 253) as u8).collect();
     let r = write_one(&c, 0, &ns, put_op("large", &value)).await.unwrap();

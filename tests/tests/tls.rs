@@ -32,7 +32,7 @@ fn channel(addr: SocketAddr, source: ClientSource, token: &str) -> Authorized {
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("a valid address")
         .connect_timeout(Duration::from_secs(5))
-        .connect_with_connector_lazy(Connector(source));
+        .connect_with_connector_lazy(Connector(source, &[]));
     authorized(ch, token).expect("an ASCII token")
 }
 
@@ -105,8 +105,24 @@ async fn clients_and_nodes_speak_tls_and_each_api_takes_only_the_roles_it_serves
     CentralStoreClient::new(channel(regional, edge.clone(), &token)).get(get.clone()).await.unwrap();
     let mut store = CentralStoreClient::new(channel(central, edge.clone(), &token));
     refused(store.get(get.clone()).await, Code::PermissionDenied, "an edge calling the central store API");
-    let mut raft = RaftTransportClient::new(channel(central, edge, &token));
+    let mut raft = RaftTransportClient::new(channel(central, edge.clone(), &token));
     refused(raft.read_index(ReadIndexRequest {}).await, Code::PermissionDenied, "an edge calling Raft");
+    // Nor may it change the membership, although it holds the configured admin token.
+    let mut admin_as_edge = ClusterAdminClient::new(channel(central, edge.clone(), &token));
+    refused(admin_as_edge.metrics(MetricsRequest {}).await, Code::PermissionDenied, "an edge calling ClusterAdmin");
+    // And a node dialling the tier above checks the role its certificate names: a central
+    // node is not a regional tier.
+    let dial = |addr: SocketAddr| {
+        let edge = edge.clone();
+        async move {
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect_with_connector(Connector(edge, &[Role::Regional]))
+                .await
+        }
+    };
+    assert!(dial(regional).await.is_ok(), "a regional tier is what an edge dials");
+    assert!(dial(central).await.is_err(), "a central node's certificate is not a regional tier's");
 
     // A regional tier's certificate may call the central store API, but not Raft.
     let reg = identity(root.path(), Role::Regional, "intruder-regional");

@@ -36,9 +36,15 @@ fn within<T>(msg: T, timeout: Duration) -> Request<T> {
 }
 
 impl Upstream {
-    /// Lazily connecting channels to `addrs` (`host:port`), each connecting within
-    /// `connect_timeout`; a call made outside any served call gets `default_budget`.
-    pub fn new(addrs: &[String], connect_timeout: Duration, default_budget: Duration) -> anyhow::Result<Upstream> {
+    /// Lazily connecting channels to `addrs` (`host:port`) of nodes of a role in `above`
+    /// (checked over TLS), each connecting within `connect_timeout`; a call made outside any
+    /// served call gets `default_budget`.
+    pub fn new(
+        addrs: &[String],
+        above: &'static [kv_common::tls::Role],
+        connect_timeout: Duration,
+        default_budget: Duration,
+    ) -> anyhow::Result<Upstream> {
         anyhow::ensure!(!addrs.is_empty(), "at least one upstream endpoint is needed");
         let endpoints = addrs
             .iter()
@@ -50,7 +56,7 @@ impl Upstream {
                     .http2_keep_alive_interval(Duration::from_secs(2))
                     .keep_alive_timeout(Duration::from_secs(4))
                     .keep_alive_while_idle(true);
-                Ok((a.clone(), kv_common::client::lazy_channel(ep)))
+                Ok((a.clone(), kv_common::client::lazy_channel(ep, above)))
             })
             .collect::<Result<_, tonic::transport::Error>>()?;
         Ok(Upstream { endpoints, preferred: watch::Sender::new(0), default_budget })

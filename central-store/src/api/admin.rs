@@ -268,7 +268,7 @@ impl ClusterAdmin for AdminService {
 }
 
 /// Reads this node's key file again and seals with its last key from now on, then re-seals
-/// older records and builds a snapshot of them in the background. Refused, changing
+/// older records and rebuilds its snapshot from them in the background. Refused, changing
 /// nothing, when the file lacks a key that may still seal records here.
 fn reload_keys(node: &Arc<Node>) -> StoreResult<pb::KeysReply> {
     let fresh = node.config.read_keys().map_err(|e| KvError::InvalidRequest(format!("{e:#}")))?;
@@ -289,14 +289,8 @@ fn reload_keys(node: &Arc<Node>) -> StoreResult<pb::KeysReply> {
     tracing::info!(sealing_key = fresh.sealing_key(), keys = ?fresh.key_ids(), "encryption keys reloaded");
     let n = node.clone();
     tokio::spawn(async move {
-        match n.resealer.clone().run().await {
-            // The snapshot kept on disk is rebuilt from the re-sealed records.
-            Ok(_) => {
-                if let Err(e) = n.raft.trigger().snapshot().await {
-                    tracing::warn!(error = %e, "no snapshot after re-sealing");
-                }
-            }
-            Err(e) => tracing::error!(error = format!("{e:#}"), "re-sealing failed"),
+        if let Err(e) = n.resealer.clone().run(&n.raft).await {
+            tracing::error!(error = format!("{e:#}"), "re-sealing failed");
         }
     });
     Ok(pb::KeysReply {

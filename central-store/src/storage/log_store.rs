@@ -171,6 +171,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = WriteBatch::default();
         let log_cf = cf(&self.db, CF_RAFT_LOG);
+        // Held from sealing to writing, so a key rotation falls before or after, not between.
+        let held = self.sealer.hold_writes();
         for entry in entries {
             let key = index_key(entry.log_id.index);
             let sealed = self
@@ -181,7 +183,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
-        let held = self.sealer.hold_writes();
         self.db.write_opt(batch, &opts).map_err(|e| StorageIOError::write_logs(&e))?;
         drop(held);
         let tx =

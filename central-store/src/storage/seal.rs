@@ -78,8 +78,11 @@ impl Sealer {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Takes `other`'s keys: records are sealed with its last key from now on.
+    /// Takes `other`'s keys: records are sealed with its last key from now on. Waits for
+    /// the writes in progress (they hold `hold_writes` from sealing to writing), so every
+    /// record written after this returns is sealed with the new key.
     pub fn replace_keys(&self, other: &Sealer) {
+        let _writes = self.hold_writes();
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = other.set();
     }
 

@@ -16,6 +16,7 @@ use super::seal::Sealer;
 use crate::types::{LogId, Snapshot, SnapshotMeta, StoredMembership};
 use anyhow::{bail, Context};
 use rocksdb::{IteratorMode, ReadOptions, WriteBatch, DB};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -39,6 +40,27 @@ impl SnapshotDir {
     pub fn open(path: PathBuf) -> std::io::Result<Self> {
         std::fs::create_dir_all(&path)?;
         Ok(SnapshotDir { path, busy: Arc::default() })
+    }
+
+    /// The id of the current snapshot, if any.
+    pub fn current_id(&self) -> anyhow::Result<Option<String>> {
+        Ok(self.current_meta()?.map(|m| m.snapshot_id))
+    }
+
+    /// How many sealed records of the current snapshot file each key sealed (after any build
+    /// or install in progress).
+    pub fn sealed_counts(&self) -> anyhow::Result<BTreeMap<u8, u64>> {
+        let _busy = self.exclusive();
+        let mut counts = BTreeMap::new();
+        let Some(meta) = self.current_meta()? else { return Ok(counts) };
+        let mut input = BufReader::with_capacity(1 << 20, File::open(self.data_path(&meta.snapshot_id))?);
+        for_each_record(&mut input, |name, _, value| {
+            if let Some(id) = Sealer::key_id_of(&value).filter(|_| SEALED_CFS.contains(&name)) {
+                *counts.entry(id).or_default() += 1;
+            }
+            Ok(())
+        })?;
+        Ok(counts)
     }
 
     /// Excludes every other build and install while the guard lives.
@@ -234,7 +256,16 @@ pub fn install(db: &DB, dir: &SnapshotDir, meta: &SnapshotMeta, file: File, seal
     fail::fail_point!("snapshot::install_after_wipe");
 
     let mut wb = WriteBatch::default();
+    let sealing = sealer.sealing_key();
     let count = for_each_record(&mut input, |name, key, value| {
+        // Records another key sealed (the sender had not rotated yet) are sealed again with
+        // this node's key, so what it stores is always under its own sealing key.
+        let value = match Sealer::key_id_of(&value) {
+            Some(id) if id != sealing && SEALED_CFS.contains(&name) => {
+                sealer.seal(name, &key, &sealer.open(name, &key, &value)?)?
+            }
+            _ => value,
+        };
         wb.put_cf(cf(db, name), key, value);
         if wb.size_in_bytes() >= INSTALL_BATCH_BYTES {
             db.write(std::mem::take(&mut wb))?;

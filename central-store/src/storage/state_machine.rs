@@ -60,6 +60,8 @@ impl StateMachine {
     }
 
     fn apply_entry(&self, entry: Entry) -> Result<CommandResult, anyhow::Error> {
+        // Held from sealing to writing, so a key rotation falls before or after, not between.
+        let _held = self.sealer.hold_writes();
         let index = entry.log_id.index;
         let mut wb = WriteBatch::default();
         let result = match entry.payload {
@@ -77,7 +79,6 @@ impl StateMachine {
             wb.delete_range_cf(self.cf(CF_CHANGES), index_key(0), index_key(floor + 1));
             wb.put_cf(self.cf(CF_SM_META), META_FLOOR, bincode::serialize(&floor)?);
         }
-        let _held = self.sealer.hold_writes();
         self.db.write(wb)?;
         Ok(result)
     }
