@@ -80,10 +80,19 @@ pub async fn serve_http_with(
         }),
     );
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut conns = incoming(listener, drain);
-    // The stream ends when the drain starts; the connections then finish what they serve.
-    while let Some(conn) = conns.next().await {
-        let Ok(conn) = conn else { continue };
+    let mut conns = incoming(listener, drain.clone());
+    // Until the drain starts; the connections then finish what they serve.
+    let drained = drain.wait();
+    tokio::pin!(drained);
+    loop {
+        let conn = tokio::select! {
+            () = &mut drained => break,
+            conn = conns.next() => match conn {
+                Some(Ok(conn)) => conn,
+                Some(Err(_)) => continue,
+                None => break,
+            },
+        };
         let (app, watcher) = (app.clone(), graceful.watcher());
         tokio::spawn(async move {
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -139,7 +148,9 @@ pub async fn serve_draining(
 /// `Server::tcp_nodelay` applies only to listeners tonic binds itself; without this, a
 /// small answer can wait for the client's delayed ACK (about 40 ms on Linux).
 pub fn incoming(listener: tokio::net::TcpListener, drain: Drain) -> Incoming {
-    let (conns, incoming) = tokio::sync::mpsc::channel(1);
+    let (conns, rx) = tokio::sync::mpsc::channel(1);
+    let incoming = Incoming(Arc::new(std::sync::Mutex::new(Some(rx))));
+    let taken = incoming.clone();
     let tls = crate::tls::node_tls().cloned();
     // Handshakes run beside the accept loop (a slow peer holds up no one), this many at once.
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
@@ -147,6 +158,9 @@ pub fn incoming(listener: tokio::net::TcpListener, drain: Drain) -> Incoming {
     tokio::spawn(async move {
         let drained = drain.clone().wait();
         tokio::pin!(drained);
+        // Once the drain starts, a connection accepted but not yet taken by the server is
+        // closed (the server takes none from now on), so its client goes elsewhere at once.
+        let _close = CloseOnDrop(taken);
         loop {
             // Plaintext: one slot, taken before accepting, so a connection is accepted only
             // when the server is ready for it and none waits unserved when the drain starts.
@@ -199,7 +213,35 @@ pub fn incoming(listener: tokio::net::TcpListener, drain: Drain) -> Incoming {
             }
         }
     });
-    tokio_stream::wrappers::ReceiverStream::new(incoming)
+    incoming
+}
+
+/// The connections a listener accepted, for the server to take; see `incoming`.
+#[derive(Clone)]
+pub struct Incoming(Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Result<PeerStream, std::io::Error>>>>>);
+
+impl futures::Stream for Incoming {
+    type Item = Result<PeerStream, std::io::Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        match self.0.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            Some(rx) => rx.poll_recv(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+}
+
+/// Drops the accepted connections still waiting to be taken (and ends the stream) when
+/// the accept loop ends.
+struct CloseOnDrop(Incoming);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0 .0.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
 }
 
 /// What lets `incoming` accept one more connection.
@@ -225,9 +267,6 @@ impl Room {
         }
     }
 }
-
-/// What `incoming` yields.
-pub type Incoming = tokio_stream::wrappers::ReceiverStream<Result<PeerStream, std::io::Error>>;
 
 /// How long an HTTP/1 client may take to send a request's head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
