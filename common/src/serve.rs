@@ -218,7 +218,10 @@ pub fn incoming(listener: tokio::net::TcpListener, drain: Drain) -> Incoming {
 
 /// The connections a listener accepted, for the server to take; see `incoming`.
 #[derive(Clone)]
-pub struct Incoming(Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Result<PeerStream, std::io::Error>>>>>);
+pub struct Incoming(Arc<std::sync::Mutex<Option<Accepted>>>);
+
+/// Where accepted connections wait for the server.
+type Accepted = tokio::sync::mpsc::Receiver<Result<PeerStream, std::io::Error>>;
 
 impl futures::Stream for Incoming {
     type Item = Result<PeerStream, std::io::Error>;
