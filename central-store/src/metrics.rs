@@ -23,7 +23,7 @@ pub struct Metrics {
     pub stale_refusals: IntCounter,
     pub duplicate_requests: IntCounter,
     pub shed_writes: IntCounter,
-    freshness_age_ms: IntGauge,
+    freshness_age: prometheus::Gauge,
     raft_term: IntGauge,
     raft_is_leader: IntGauge,
     raft_last_log_index: IntGauge,
@@ -101,9 +101,13 @@ impl Metrics {
                 "Retried writes answered from the record of their first outcome",
             ),
             shed_writes: counter("kv_central_shed_writes_total", "Writes refused because the write queue was full"),
-            freshness_age_ms: gauge(
-                "kv_central_freshness_age_ms",
-                "Age of this replica's newest freshness proof (-1: none yet)",
+            freshness_age: reg(
+                &registry,
+                prometheus::Gauge::new(
+                    "kv_central_freshness_age_seconds",
+                    "Age of this replica's newest freshness proof (-1: none yet)",
+                )
+                .expect("valid metric"),
             ),
             raft_term: gauge("kv_raft_term", "Current Raft term"),
             raft_is_leader: gauge("kv_raft_is_leader", "1 when this node is the leader"),
@@ -118,8 +122,7 @@ impl Metrics {
 
     /// The Prometheus text exposition, with Raft gauges read fresh from openraft.
     pub fn render(&self, raft: &Raft, freshness_age: Option<Duration>) -> String {
-        let age = freshness_age.map_or(-1, |a| i64::try_from(a.as_millis()).unwrap_or(i64::MAX));
-        self.freshness_age_ms.set(age);
+        self.freshness_age.set(freshness_age.map_or(-1.0, |a| a.as_secs_f64()));
         let rm = raft.metrics().borrow().clone();
         let last = rm.last_log_index.unwrap_or(0);
         let applied = rm.last_applied.map_or(0, |l| l.index);

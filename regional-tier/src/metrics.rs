@@ -13,7 +13,7 @@ pub struct Metrics {
     pub pushes_sent: IntCounter,
     pub subscribers_dropped: IntCounter,
     pub feed_version: IntGauge,
-    pub feed_age_ms: IntGauge,
+    pub feed_age: prometheus::Gauge,
     pub subscribers: IntGauge,
     pub tracked_keys: IntGauge,
 }
@@ -29,8 +29,10 @@ impl Metrics {
             pushes_sent: r.counter("kv_regional_pushes_sent_total", "Change sets pushed to edges"),
             subscribers_dropped: r.counter("kv_regional_subscribers_dropped_total", "Edges cut off for falling behind"),
             feed_version: r.gauge("kv_regional_feed_version", "Last central version applied from the feed"),
-            feed_age_ms: r
-                .gauge("kv_regional_feed_age_ms", "How old the cache is proved to be at most (-1: never proved)"),
+            feed_age: r.seconds_gauge(
+                "kv_regional_feed_age_seconds",
+                "How old the cache is proved to be at most (-1: never proved)",
+            ),
             subscribers: r.gauge("kv_regional_subscribers", "Edges subscribed to pushes"),
             tracked_keys: r.gauge("kv_regional_tracked_keys", "Keys some edge holds"),
             registrar: r,

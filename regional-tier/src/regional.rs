@@ -186,7 +186,7 @@ impl Regional {
     /// Refreshes the gauges before a scrape.
     pub fn render_metrics(&self) -> String {
         let m = &self.metrics;
-        m.feed_age_ms.set(self.feed.age().map_or(-1, |a| i64::try_from(a.as_millis()).unwrap_or(i64::MAX)));
+        m.feed_age.set(self.feed.age().map_or(-1.0, |a| a.as_secs_f64()));
         m.subscribers.set(self.tracker.subscriber_count() as i64);
         m.tracked_keys.set(i64::try_from(self.tracker.tracked_keys()).unwrap_or(i64::MAX));
         m.reads.measure(&self.tier.cache);

@@ -24,6 +24,13 @@ impl Registrar {
         g
     }
 
+    /// A gauge of seconds (fractional), as Prometheus names units.
+    pub fn seconds_gauge(&self, name: &str, help: &str) -> prometheus::Gauge {
+        let g = prometheus::Gauge::new(name, help).expect("valid metric name");
+        self.registry.register(Box::new(g.clone())).expect("metric names are unique");
+        g
+    }
+
     /// The Prometheus text exposition of everything registered.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
