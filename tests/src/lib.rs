@@ -31,8 +31,8 @@ pub struct ClusterOptions {
     pub extra_toml: String,
     /// One-way delay on the link between every two voters.
     pub peer_delay_ms: u64,
-    /// Mutual TLS on every link; the test's clients then present a regional tier's
-    /// certificate (the store API takes no other caller).
+    /// Mutual TLS on every link; the test's clients then present a central node's
+    /// certificate (the store, Raft and admin APIs all take it).
     pub tls: bool,
 }
 
@@ -95,8 +95,8 @@ impl Cluster {
             false => None,
             true => {
                 let ca = kv_deploy::pki::Ca::open_or_create(&kv_deploy::launch::tls_dir(root.path()))?;
-                let files = ca.issue(kv_common::tls::Role::Regional, "test-client", &["127.0.0.1".into()])?;
-                let tls = kv_common::tls::Tls::load(&files, kv_common::tls::Role::Regional)?.context("TLS files")?;
+                let files = ca.issue(kv_common::tls::Role::Central, "test-client", &["127.0.0.1".into()])?;
+                let tls = kv_common::tls::Tls::load(&files, kv_common::tls::Role::Central)?.context("TLS files")?;
                 Some(kv_common::tls::ClientSource::Node(tls))
             }
         };
