@@ -152,7 +152,10 @@ pub fn incoming(listener: tokio::net::TcpListener, drain: Drain) -> Incoming {
     let incoming = Incoming(Arc::new(std::sync::Mutex::new(Some(rx))));
     let taken = incoming.clone();
     let tls = crate::tls::node_tls().cloned();
-    // Handshakes run beside the accept loop (a slow peer holds up no one), this many at once.
+    // Handshakes run beside the accept loop (a slow peer holds up no one): this many
+    // connections at once may wait for or be in a handshake, this many in one at once, and
+    // each address gets its own queue (`PerPeer`), so no single one holds up the others.
+    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING));
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     let per_peer = PerPeer::default();
     tokio::spawn(async move {
@@ -164,11 +167,12 @@ pub fn incoming(listener: tokio::net::TcpListener, drain: Drain) -> Incoming {
         loop {
             // Plaintext: one slot, taken before accepting, so a connection is accepted only
             // when the server is ready for it and none waits unserved when the drain starts.
-            // TLS: a handshake permit; the handshaken connection then waits for the slot.
+            // TLS: room among the pending handshakes; the handshaken connection then waits
+            // for the slot.
             let room = tokio::select! {
                 // Returning drops the listener: new clients are refused from now on.
                 () = &mut drained => return,
-                room = Room::take(&conns, &handshakes, tls.as_deref()) => match room {
+                room = Room::take(&conns, &pending, tls.as_deref()) => match room {
                     Some(room) => room,
                     None => return,
                 },
@@ -191,22 +195,23 @@ pub fn incoming(listener: tokio::net::TcpListener, drain: Drain) -> Incoming {
                     slot.send(Ok(PeerStream::Plain(conn)));
                 }
                 Room::Handshake(permit, config) => {
-                    // One address cannot hold every handshake slot (and so the listener).
-                    let Some(mine) = per_peer.take(from.ip()) else {
+                    // One address cannot fill the queue (and so hold up the listener).
+                    let Some(queue) = per_peer.join(from.ip()) else {
                         tracing::debug!(peer = %from.ip(), "too many handshakes from one address: connection dropped");
                         continue;
                     };
-                    let (conns, drain) = (conns.clone(), drain.clone());
+                    let (conns, drain, handshakes) = (conns.clone(), drain.clone(), handshakes.clone());
                     tokio::spawn(async move {
-                        let shaken = PeerStream::accept(conn, config, HANDSHAKE_TIMEOUT).await;
-                        drop((permit, mine));
-                        match shaken {
-                            // Not served once the drain has started: the client goes elsewhere.
-                            Ok(conn) if !drain.started() => {
-                                let _ = conns.send(Ok(conn)).await;
-                            }
-                            Ok(_) => {}
-                            Err(e) => tracing::debug!(error = %e, "a TLS handshake failed"),
+                        let shake = async {
+                            let _turn = queue.turn().await?;
+                            let _slot = handshakes.acquire_owned().await.ok()?;
+                            PeerStream::accept(conn, config, HANDSHAKE_TIMEOUT).await.ok()
+                        };
+                        let shaken = tokio::time::timeout(HANDSHAKE_TIMEOUT, shake).await.ok().flatten();
+                        drop((permit, queue));
+                        // Not served once the drain has started: the client goes elsewhere.
+                        if let Some(conn) = shaken.filter(|_| !drain.started()) {
+                            let _ = conns.send(Ok(conn)).await;
                         }
                     });
                 }
@@ -250,7 +255,7 @@ impl Drop for CloseOnDrop {
 /// What lets `incoming` accept one more connection.
 enum Room {
     Slot(tokio::sync::mpsc::OwnedPermit<Result<PeerStream, std::io::Error>>),
-    /// A handshake permit, and the server config current when it was taken.
+    /// A place among the pending handshakes, and the server config current when it was taken.
     Handshake(tokio::sync::OwnedSemaphorePermit, Arc<rustls::ServerConfig>),
 }
 
@@ -258,12 +263,12 @@ impl Room {
     /// Waits for room; `None` once the server is gone.
     async fn take(
         conns: &tokio::sync::mpsc::Sender<Result<PeerStream, std::io::Error>>,
-        handshakes: &Arc<tokio::sync::Semaphore>,
+        pending: &Arc<tokio::sync::Semaphore>,
         tls: Option<&crate::tls::Tls>,
     ) -> Option<Room> {
         match tls {
             Some(tls) => {
-                let permit = handshakes.clone().acquire_owned().await.ok()?;
+                let permit = pending.clone().acquire_owned().await.ok()?;
                 Some(Room::Handshake(permit, tls.server_config()))
             }
             None => conns.clone().reserve_owned().await.ok().map(Room::Slot),
@@ -273,38 +278,59 @@ impl Room {
 
 /// How long an HTTP/1 client may take to send a request's head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections waiting for or in a TLS handshake, at most, per listener.
+const MAX_PENDING: usize = 4096;
+/// Of those, from one address.
+const MAX_PENDING_PER_PEER: usize = 512;
 /// TLS handshakes in progress at once, at most, per listener.
 const MAX_HANDSHAKES: usize = 256;
-/// TLS handshakes in progress at once from one address, at most, per listener.
+/// Of those, from one address.
 const MAX_HANDSHAKES_PER_PEER: usize = 32;
 /// How long a peer may take to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Handshakes in progress per peer address.
+/// Handshake queues per peer address.
 #[derive(Clone, Default)]
-struct PerPeer(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+struct PerPeer(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Queue>>>);
 
-/// One handshake of a peer address, given back when dropped.
-struct PeerSlot(PerPeer, std::net::IpAddr);
+/// One address's queue: its handshake turns, and how many of its connections wait or shake.
+struct Queue {
+    turns: Arc<tokio::sync::Semaphore>,
+    members: usize,
+}
+
+/// A connection's place in its address's queue, given back when dropped.
+struct PeerSlot(PerPeer, std::net::IpAddr, Arc<tokio::sync::Semaphore>);
 
 impl PerPeer {
-    fn take(&self, ip: std::net::IpAddr) -> Option<PeerSlot> {
+    /// A place in `ip`'s queue; `None` when it is full.
+    fn join(&self, ip: std::net::IpAddr) -> Option<PeerSlot> {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(ip).or_default();
-        if *n >= MAX_HANDSHAKES_PER_PEER {
+        let q = map.entry(ip).or_insert_with(|| Queue {
+            turns: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES_PER_PEER)),
+            members: 0,
+        });
+        if q.members >= MAX_PENDING_PER_PEER {
             return None;
         }
-        *n += 1;
-        Some(PeerSlot(self.clone(), ip))
+        q.members += 1;
+        Some(PeerSlot(self.clone(), ip, q.turns.clone()))
+    }
+}
+
+impl PeerSlot {
+    /// Waits for this address's turn to shake hands.
+    async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.2.acquire().await.ok()
     }
 }
 
 impl Drop for PeerSlot {
     fn drop(&mut self) {
         let mut map = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(q) = map.get_mut(&self.1) {
+            q.members -= 1;
+            if q.members == 0 {
                 map.remove(&self.1);
             }
         }
@@ -345,4 +371,22 @@ pub fn health_and_reflection(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     Ok((reporter, health, reflection))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_fills_only_its_own_handshake_queue() {
+        let peers = PerPeer::default();
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+        let mut held: Vec<PeerSlot> = (0..MAX_PENDING_PER_PEER).map(|_| peers.join(a).unwrap()).collect();
+        assert!(peers.join(a).is_none(), "a's queue is full");
+        assert!(peers.join(b).is_some(), "b has its own");
+        held.pop();
+        assert!(peers.join(a).is_some(), "a place given back is taken again");
+        drop(held);
+        assert!(peers.0.lock().unwrap().is_empty(), "queues of addresses with no connection are forgotten");
+    }
 }
