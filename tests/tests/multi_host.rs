@@ -41,7 +41,11 @@ fn unsupported() -> Option<String> {
             return Some(format!("`{}` is missing (scripts/setup installs it)", tool[0]));
         }
     }
-    None
+    // Root in a container may still lack the right to make namespaces.
+    let probe = format!("kvprobe{}", std::process::id());
+    let made = Command::new("ip").args(["netns", "add", &probe]).output().is_ok_and(|o| o.status.success());
+    let _ = Command::new("ip").args(["netns", "del", &probe]).output();
+    (!made).then(|| "network namespaces cannot be made here".into())
 }
 
 /// The namespaces and the bridge; removed when dropped (also on panic).
