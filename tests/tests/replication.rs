@@ -4,6 +4,7 @@ use kv_proto::admin::v1::SnapshotRequest;
 use kv_proto::store::v1 as pb;
 use kv_tests::*;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,32 +50,38 @@ impl Writer {
         let clients: Vec<_> = (0..c.nodes.len()).map(|i| c.store(i)).collect();
         let (a, s, ns) = (acked.clone(), stop.clone(), ns.to_owned());
         let task = tokio::spawn(async move {
-            let (mut n, mut target, mut errors) = (0u64, 0usize, 0u64);
-            while !s.load(std::sync::atomic::Ordering::SeqCst) {
-                let key = format!("k{n:06}");
-                let value = format!("v{n}").into_bytes();
-                let req = pb::WriteRequest {
-                    namespace_id: ns.clone(),
-                    ops: vec![put_op(&key, &value)],
-                    ..Default::default()
-                };
-                let mut client = clients[target].clone();
-                // Unknown outcomes leave their key unused: it may or may not be written.
-                n += 1;
-                match tokio::time::timeout(Duration::from_secs(3), client.write(req)).await {
-                    Ok(Ok(reply)) => {
-                        let r = &reply.get_ref().results[0];
-                        assert!(r.error.is_none(), "unexpected item error {:?}", r.error);
-                        a.lock().unwrap().insert(key, (r.version, value));
+            let (n, target, errors) = (AtomicU64::new(0), AtomicUsize::new(0), AtomicU64::new(0));
+            while !s.load(Ordering::SeqCst) {
+                // Tried at one node after another until one takes a write; an attempt whose
+                // outcome is unknown leaves its key unused (it may or may not be written).
+                let written = eventually(Duration::from_secs(60), "a node to take a write", || async {
+                    let i = n.fetch_add(1, Ordering::SeqCst);
+                    let (key, value) = (format!("k{i:06}"), format!("v{i}").into_bytes());
+                    let req = pb::WriteRequest {
+                        namespace_id: ns.clone(),
+                        ops: vec![put_op(&key, &value)],
+                        ..Default::default()
+                    };
+                    let at = target.load(Ordering::SeqCst);
+                    let mut client = clients[at].clone();
+                    match tokio::time::timeout(Duration::from_secs(3), client.write(req)).await {
+                        Ok(Ok(reply)) => {
+                            let r = &reply.get_ref().results[0];
+                            assert!(r.error.is_none(), "unexpected item error {:?}", r.error);
+                            Some((key, r.version, value))
+                        }
+                        _ => {
+                            errors.fetch_add(1, Ordering::SeqCst);
+                            target.store((at + 1) % clients.len(), Ordering::SeqCst);
+                            None
+                        }
                     }
-                    _ => {
-                        errors += 1;
-                        target = (target + 1) % clients.len();
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
+                })
+                .await;
+                let (key, version, value) = written.unwrap_or_else(|e| panic!("{e}"));
+                a.lock().unwrap().insert(key, (version, value));
             }
-            errors
+            errors.into_inner()
         });
         Writer { acked, stop, task }
     }
@@ -88,7 +95,7 @@ impl Writer {
 
     /// Stops writing: what was acknowledged, and how many attempts failed.
     async fn stop(self) -> (Acked, u64) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
         let errors = self.task.await.unwrap();
         let acked = self.acked.lock().unwrap().clone();
         (acked, errors)

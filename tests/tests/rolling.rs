@@ -8,8 +8,9 @@ use kv_client::{api, Client};
 use kv_tests::eventually;
 use kv_tests::tiers::{put, Tiers, A_PUSH, B_PUSH};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Key -> (version, value) of every acknowledged write.
 type Acked = Arc<Mutex<BTreeMap<String, (u64, String)>>>;
@@ -40,27 +41,27 @@ async fn a_rolling_restart_of_every_node_under_load_loses_nothing() {
     let writer = {
         let (acked, stop, ns) = (acked.clone(), stop.clone(), ns.clone());
         tokio::spawn(async move {
-            let (mut n, mut edge, mut retries) = (0u64, 0usize, 0u64);
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let (mut n, edge, retries) = (0u64, AtomicUsize::new(0), AtomicU64::new(0));
+            while !stop.load(Ordering::SeqCst) {
                 let (key, value) = (format!("k{n:06}"), format!("v{n}"));
                 n += 1;
-                let started = Instant::now();
-                loop {
-                    let mut client = edges[edge].raw();
+                // Tried at one edge after another until one takes it.
+                let taken = eventually(PATIENCE, "an edge to take a write", || async {
+                    let at = edge.load(Ordering::SeqCst);
+                    let mut client = edges[at].raw();
                     match tokio::time::timeout(Duration::from_secs(5), client.put(put(&ns, &key, &value))).await {
-                        Ok(Ok(done)) => {
-                            acked.lock().unwrap().insert(key, (done.into_inner().version, value));
-                            break;
-                        }
+                        Ok(Ok(done)) => return Some(done.into_inner().version),
                         Ok(Err(s)) if s.code() == tonic::Code::ResourceExhausted => {}
-                        _ => edge = (edge + 1) % edges.len(),
+                        _ => edge.store((at + 1) % edges.len(), Ordering::SeqCst),
                     }
-                    retries += 1;
-                    assert!(started.elapsed() < PATIENCE, "a write found no edge to take it for {PATIENCE:?}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                    retries.fetch_add(1, Ordering::SeqCst);
+                    None
+                })
+                .await;
+                let version = taken.unwrap_or_else(|e| panic!("{e}"));
+                acked.lock().unwrap().insert(key, (version, value));
             }
-            retries
+            retries.into_inner()
         })
     };
     wait_for(&acked, 20).await;
@@ -87,7 +88,7 @@ async fn a_rolling_restart_of_every_node_under_load_loses_nothing() {
             wait_for(&acked, per_step(&acked)).await;
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
     let retries = writer.await.unwrap();
     let acked = acked.lock().unwrap().clone();
     eprintln!("{} writes acknowledged, {retries} retries", acked.len());
