@@ -15,7 +15,7 @@ use crate::error::{StoreError, StoreResult};
 use crate::metrics::Metrics;
 use crate::propose::propose;
 use crate::types::{Command, CommandResult, NamespaceWrite, Raft, WriteOutcome};
-use kv_common::{call, KvError, NamespaceId};
+use kv_common::{call, telemetry, KvError, NamespaceId};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,7 +65,7 @@ impl Batcher {
     }
 
     /// Commits one client write (with others) and returns its outcome.
-    pub async fn submit(&self, write: NamespaceWrite) -> StoreResult<WriteOutcome> {
+    pub async fn submit(&self, mut write: NamespaceWrite) -> StoreResult<WriteOutcome> {
         let bytes: usize = write.ops.iter().map(|op| op.key.len() + op.kind.value_len()).sum();
         // A write larger than the whole bound waits for an empty queue.
         let units = u32::try_from((bytes / UNIT + 1).min(self.capacity)).unwrap_or(u32::MAX);
@@ -79,6 +79,7 @@ impl Batcher {
         };
         let (done, rx) = oneshot::channel();
         let span = tracing::info_span!("central.write", bytes);
+        write.trace = telemetry::sampled_identity(&span);
         let queued = async {
             self.tx
                 .send(Pending { write, bytes, span: tracing::Span::current(), done, _room: room })
@@ -177,6 +178,7 @@ mod tests {
             ops: vec![op],
             request: None,
             decided: Default::default(),
+            trace: None,
         };
         let room = Arc::new(Semaphore::new(1)).try_acquire_owned().expect("a fresh permit");
         Pending { write, bytes: value_len, span: tracing::Span::none(), done, _room: room }

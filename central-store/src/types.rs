@@ -5,6 +5,7 @@
 //! up byte-for-byte identical.
 
 use kv_common::auth::{Rights, SecretDigest};
+use kv_common::trace::TraceContext;
 use kv_common::{KvError, NamespaceId};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -94,6 +95,9 @@ pub struct NamespaceWrite {
     pub request: Option<RequestId>,
     /// What the leader decided for the request's other items, by their position in it.
     pub decided: Decided,
+    /// The write's span, when its trace is exported and kept: its changes carry it down
+    /// the tiers, so the pushes they cause appear in the write's trace.
+    pub trace: Option<TraceContext>,
 }
 
 /// Per-item outcomes of a write request beyond "applied at the entry's version", by the

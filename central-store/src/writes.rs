@@ -158,7 +158,7 @@ async fn commit(
     if ops.is_empty() {
         return Ok(WriteOutcome::Applied { version: 0, decided });
     }
-    node.batcher.submit(NamespaceWrite { namespace: ns, ops, request, decided }).await
+    node.batcher.submit(NamespaceWrite { namespace: ns, ops, request, decided, trace: None }).await
 }
 
 /// The response to a write request of `keys` (in order) from its outcome.

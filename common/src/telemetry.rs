@@ -127,6 +127,14 @@ pub fn link(span: &tracing::Span, parent: Option<&TraceContext>) -> Option<Trace
         );
         span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
     }
+    identity(span)
+}
+
+/// `span`'s identity in the exported trace; `None` when no spans are exported.
+pub fn identity(span: &tracing::Span) -> Option<TraceContext> {
+    if !EXPORTING.load(Ordering::Acquire) {
+        return None;
+    }
     let cx = span.context();
     let me = cx.span().span_context().clone();
     me.is_valid().then(|| TraceContext {
@@ -134,4 +142,24 @@ pub fn link(span: &tracing::Span, parent: Option<&TraceContext>) -> Option<Trace
         span_id: u64::from_be_bytes(me.span_id().to_bytes()),
         flags: me.trace_flags().to_u8(),
     })
+}
+
+/// The identity of `span` for work done later on its behalf, elsewhere (a write's changes
+/// pushed down the tiers after it commits): only for a trace that is kept, so that an
+/// unsampled or unexported write carries nothing.
+pub fn sampled_identity(span: &tracing::Span) -> Option<TraceContext> {
+    identity(span).filter(|cx| cx.flags & 1 == 1)
+}
+
+/// A span `make` creates, continuing the trace named by `traceparent` (a W3C header a
+/// replicated change carried); `None` when no spans are exported here or the header is
+/// not well formed.
+pub fn continue_trace(traceparent: &str, make: impl FnOnce() -> tracing::Span) -> Option<tracing::Span> {
+    if traceparent.is_empty() || !EXPORTING.load(Ordering::Acquire) {
+        return None;
+    }
+    let parent = TraceContext::parse(traceparent)?;
+    let span = make();
+    link(&span, Some(&parent));
+    Some(span)
 }

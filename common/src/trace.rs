@@ -5,7 +5,7 @@
 pub const TRACEPARENT: &str = "traceparent";
 
 /// One span of a trace, as `traceparent` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TraceContext {
     pub trace_id: u128,
     pub span_id: u64,

@@ -9,7 +9,7 @@
 use crate::config::Mode;
 use crate::edge::Edge;
 use kv_proto::tier::v1::{push_event::Event, pushes_client::PushesClient, SubscribeRequest};
-use kv_tier::wire::effect_of;
+use kv_tier::wire::{effect_of, trace_changes};
 use kv_tier::Applied;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -71,7 +71,9 @@ fn apply(edge: &Edge, event: Option<Event>) {
             edge.metrics.resets.inc();
             tracing::debug!(version = r.version, "reset: every copy will be revalidated");
         }
-        Some(Event::Changes(set)) => {
+        Some(Event::Changes(mut set)) => {
+            let version = set.version;
+            let _spans = trace_changes(&mut set.changes, || tracing::info_span!("edge.push", version));
             edge.metrics.pushes_received.inc_by(set.changes.len() as u64);
             for applied in edge.tier.apply(set.version, set.changes.iter().map(effect_of)) {
                 match applied {

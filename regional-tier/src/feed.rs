@@ -78,8 +78,8 @@ async fn follow_one(
                         *resume = Some(resume.unwrap_or(0).max(p.applied_version));
                     }
                     Some(Event::Changes(set)) => {
-                        regional.apply_changes(&set);
                         *resume = Some(set.version);
+                        regional.apply_changes(set);
                     }
                     Some(Event::Resync(r)) => {
                         tracing::warn!(oldest = r.oldest_retained, "feed history lost; dropping the cache");

@@ -14,7 +14,7 @@ use crate::tracking::Tracker;
 use kv_common::{validate, NamespaceId};
 use kv_proto::store::v1 as pb;
 use kv_tier::upstream::Upstream;
-use kv_tier::wire::{age_ms, effect_of, entry_of};
+use kv_tier::wire::{age_ms, effect_of, entry_of, trace_changes};
 use kv_tier::{Copy, Policy, ReadSpec, Served, Source, Tier, TierResult};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -158,12 +158,14 @@ impl Regional {
     }
 
     /// Applies one change set of the feed and pushes it to the edges holding its keys.
-    pub fn apply_changes(&self, set: &pb::ChangeSet) {
+    pub fn apply_changes(&self, mut set: pb::ChangeSet) {
+        let version = set.version;
+        let _spans = trace_changes(&mut set.changes, || tracing::info_span!("regional.push", version));
         self.metrics.feed_changes.inc_by(set.changes.len() as u64);
         let applied = self.tier.apply(set.version, set.changes.iter().map(effect_of));
         tracing::trace!(version = set.version, ?applied, "feed change set");
         self.feed.advance(set.version);
-        let out = self.tracker.fan_out(set);
+        let out = self.tracker.fan_out(&set);
         self.metrics.pushes_sent.inc_by(out.sent as u64);
         self.metrics.subscribers_dropped.inc_by(out.dropped as u64);
     }

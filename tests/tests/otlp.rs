@@ -1,7 +1,8 @@
 //! Traces over OTLP (`kv_common::telemetry`): a small in-process collector (the OTLP trace
 //! service over gRPC) receives what every node exports, and one put from a client yields
 //! one trace with spans at the edge, the regional tier and the central store, down to the
-//! Raft commit, each span a child of the one that called it.
+//! Raft commit, and then back down as the change is pushed to the regional tier and to an
+//! edge holding the key, each span a child of the one that called (or pushed to) it.
 
 use kv_client::Client;
 use kv_deploy::launch::{free_port, LocalCluster};
@@ -80,6 +81,8 @@ async fn one_put_is_one_trace_across_every_tier() {
     let edge = cluster.edges().next().unwrap().node.grpc;
     let client = Client::connect(&edge.to_string()).await.unwrap().with_token(&cluster.admin_token).unwrap();
     let ns = client.create_namespace("traced").await.unwrap().id;
+    // The edge now holds the key (as absent), so the put's change is pushed to it.
+    client.get(&ns, "k", None).await.unwrap();
 
     // The client starts the trace, as an instrumented application would.
     let trace_id = rand::random::<u128>().max(1);
@@ -99,8 +102,11 @@ async fn one_put_is_one_trace_across_every_tier() {
             .cloned()
             .collect();
         let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
-        let committed = spans.iter().any(|s| s.service == "central-store" && s.name == "raft.commit_apply");
-        (services == BTreeSet::from(["central-store", "edge-node", "regional-tier"]) && committed).then_some(spans)
+        let named = |service: &str, name: &str| spans.iter().any(|s| s.service == service && s.name == name);
+        let whole = named("central-store", "raft.commit_apply")
+            && named("regional-tier", "regional.push")
+            && named("edge-node", "edge.push");
+        (services == BTreeSet::from(["central-store", "edge-node", "regional-tier"]) && whole).then_some(spans)
     })
     .await
     .unwrap_or_else(|e| {
@@ -120,15 +126,26 @@ async fn one_put_is_one_trace_across_every_tier() {
         traceparent[36..52]
     );
     // The central store's commit is below the regional tier's call, which is below the edge's.
-    let mut chain = Vec::new();
-    let mut at = spans.iter().find(|s| s.name == "raft.commit_apply").unwrap();
-    loop {
-        chain.push(at.service.as_str());
-        match ids.get(at.parent_id.as_slice()) {
-            Some(parent) => at = parent,
-            None => break,
+    let chain = |name: &str| {
+        let mut chain = Vec::new();
+        let mut at = spans.iter().find(|s| s.name == name).unwrap();
+        loop {
+            chain.push(at.service.as_str());
+            match ids.get(at.parent_id.as_slice()) {
+                Some(parent) => at = parent,
+                None => break,
+            }
         }
-    }
-    chain.dedup();
-    assert_eq!(chain, ["central-store", "regional-tier", "edge-node"], "{spans:#?}");
+        chain.dedup();
+        chain
+    };
+    assert_eq!(chain("raft.commit_apply"), ["central-store", "regional-tier", "edge-node"], "{spans:#?}");
+    // The push came back down: the edge's push under the regional tier's, under the write.
+    assert_eq!(
+        chain("edge.push"),
+        ["edge-node", "regional-tier", "central-store", "regional-tier", "edge-node"],
+        "{spans:#?}"
+    );
+    let pushed = spans.iter().find(|s| s.name == "regional.push").unwrap();
+    assert_eq!(ids[pushed.parent_id.as_slice()].name, "central.write", "{spans:#?}");
 }

@@ -2,7 +2,9 @@
 
 use crate::change::Effect;
 use crate::copy::{Copy, Value};
+use kv_common::telemetry;
 use kv_proto::store::v1 as pb;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// The cached form of a stored entry.
@@ -56,6 +58,28 @@ pub fn age_ms(age: Duration) -> u32 {
 /// The instant an answer is fresh as of, given when its request was sent and the age it came with.
 pub fn as_of(sent: Instant, age_ms: u32) -> Instant {
     sent.checked_sub(Duration::from_millis(u64::from(age_ms))).unwrap_or(sent)
+}
+
+/// Records, in the trace of each write whose changes are in `changes` (those that carry a
+/// `traceparent`), a span `make` creates for this tier's handling of them, and puts that
+/// span in their place: the next tier's span then becomes its child. The spans end when
+/// dropped; nothing happens where no spans are exported.
+pub fn trace_changes(changes: &mut [pb::Change], make: impl Fn() -> tracing::Span) -> Vec<tracing::Span> {
+    let mut spans = Vec::new();
+    // Changes of one write share its parent; they get one span between them.
+    let mut mine: HashMap<String, String> = HashMap::new();
+    for c in changes.iter_mut().filter(|c| !c.traceparent.is_empty()) {
+        if let Some(span) = mine.get(&c.traceparent) {
+            c.traceparent.clone_from(span);
+            continue;
+        }
+        let Some(span) = telemetry::continue_trace(&c.traceparent, &make) else { continue };
+        let Some(id) = telemetry::identity(&span) else { continue };
+        let header = id.header();
+        mine.insert(std::mem::replace(&mut c.traceparent, header.clone()), header);
+        spans.push(span);
+    }
+    spans
 }
 
 #[cfg(test)]

@@ -125,5 +125,6 @@ fn to_change(c: ChangeRecord) -> pb::Change {
         value: c.value.unwrap_or_default().into(),
         metadata_json: c.metadata,
         expiration: c.expiration,
+        traceparent: c.trace.map(|t| t.header()).unwrap_or_default(),
     }
 }

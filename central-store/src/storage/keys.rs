@@ -18,6 +18,7 @@
 //!
 //! Keys of one namespace sort by their UTF-8 bytes, which is the list order of the contract.
 
+use kv_common::trace::TraceContext;
 use kv_common::NamespaceId;
 use serde::{Deserialize, Serialize};
 
@@ -99,6 +100,8 @@ pub struct ChangeRecord {
     pub value: Option<Vec<u8>>,
     pub metadata: Option<String>,
     pub expiration: Option<i64>,
+    /// The span of the write that made the change, in a kept trace (`NamespaceWrite::trace`).
+    pub trace: Option<TraceContext>,
 }
 
 /// A request id's first outcome, kept so that a retry is answered, not applied again.

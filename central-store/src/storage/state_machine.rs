@@ -12,6 +12,7 @@ use super::snapshot::{self, SnapshotDir};
 use super::{any_error, cf};
 use crate::metrics::Metrics;
 use crate::types::*;
+use kv_common::trace::TraceContext;
 use kv_common::{KvError, NamespaceId};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
@@ -144,7 +145,7 @@ impl StateMachine {
                         WriteOutcome::Failed(KvError::NamespaceNotFound)
                     } else {
                         for op in w.ops {
-                            changes.push(self.apply_op(wb, index, &w.namespace, op)?);
+                            changes.push(self.apply_op(wb, index, &w.namespace, op, w.trace)?);
                         }
                         WriteOutcome::Applied { version: index, decided: w.decided }
                     };
@@ -242,6 +243,7 @@ impl StateMachine {
                     value: None,
                     metadata: None,
                     expiration: None,
+                    trace: None,
                 };
                 self.put_changes(wb, index, &[change])?;
                 done(None)
@@ -284,7 +286,14 @@ impl StateMachine {
         Ok(())
     }
 
-    fn apply_op(&self, wb: &mut WriteBatch, index: u64, ns: &NamespaceId, op: Op) -> anyhow::Result<ChangeRecord> {
+    fn apply_op(
+        &self,
+        wb: &mut WriteBatch,
+        index: u64,
+        ns: &NamespaceId,
+        op: Op,
+        trace: Option<TraceContext>,
+    ) -> anyhow::Result<ChangeRecord> {
         let ek = entry_key(ns, op.key.as_bytes());
         if let Some(old) = self.entry(&ek)? {
             if let Some(exp) = old.expiration {
@@ -298,6 +307,7 @@ impl StateMachine {
             value: None,
             metadata: None,
             expiration: None,
+            trace,
         };
         match op.kind {
             OpKind::Put { value, metadata, expiration } => {

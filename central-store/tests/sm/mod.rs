@@ -24,7 +24,7 @@ pub fn create(id: NamespaceId, title: &str) -> Command {
 
 /// A write of `ops` in `namespace` that names no request id.
 pub fn write(namespace: NamespaceId, ops: Vec<Op>) -> NamespaceWrite {
-    NamespaceWrite { namespace, ops, request: None, decided: Decided::default() }
+    NamespaceWrite { namespace, ops, request: None, decided: Decided::default(), trace: None }
 }
 
 pub fn sweep(now_ms: u64, budget: u32, tombstones_before: u64) -> Command {
