@@ -2,6 +2,10 @@
 //! temporary directory, bulk loading, metric scrapes, and latency summaries that print as
 //! one JSON object per result and as a human table.
 
+pub mod driver;
+pub mod plots;
+pub mod ycsb;
+
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use kv_client::{api, Client};
@@ -142,6 +146,19 @@ impl Latency {
         self.0.value_at_quantile(q) as f64 / 1000.0
     }
 
+    /// The distribution as (latency in ms, share of samples at or under it) points, from
+    /// the fastest sample to the slowest.
+    pub fn cdf(&self) -> Vec<(f64, f64)> {
+        let total = self.0.len().max(1) as f64;
+        let mut seen = 0u64;
+        let mut points = Vec::new();
+        for v in self.0.iter_recorded() {
+            seen += v.count_at_value();
+            points.push((self.0.highest_equivalent(v.value_iterated_to()) as f64 / 1000.0, seen as f64 / total));
+        }
+        points
+    }
+
     pub fn max_ms(&self) -> f64 {
         self.0.max() as f64 / 1000.0
     }
@@ -150,7 +167,7 @@ impl Latency {
         self.0.mean() / 1000.0
     }
 
-    /// `count`, `min_ms`, `p50_ms`, `p90_ms`, `p99_ms`, `max_ms` and `mean_ms`, merged into `fields`.
+    /// `count`, `min_ms`, `p50_ms`, `p90_ms`, `p99_ms`, `p999_ms`, `max_ms` and `mean_ms`, merged into `fields`.
     pub fn json(&self, mut fields: serde_json::Value) -> serde_json::Value {
         let round = |v: f64| (v * 1000.0).round() / 1000.0;
         if let Some(o) = fields.as_object_mut() {
@@ -159,6 +176,7 @@ impl Latency {
             o.insert("p50_ms".into(), round(self.ms(0.50)).into());
             o.insert("p90_ms".into(), round(self.ms(0.90)).into());
             o.insert("p99_ms".into(), round(self.ms(0.99)).into());
+            o.insert("p999_ms".into(), round(self.ms(0.999)).into());
             o.insert("max_ms".into(), round(self.max_ms()).into());
             o.insert("mean_ms".into(), round(self.mean_ms()).into());
         }

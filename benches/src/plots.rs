@@ -1,0 +1,99 @@
+//! Plots of a run, as SVG files people open in a browser: latency distributions (one
+//! chart per operation, a line per endpoint and outcome) and throughput over time (a line
+//! per endpoint).
+
+use crate::driver::Measured;
+use crate::ycsb::Op;
+use anyhow::Context;
+use plotters::prelude::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+const SIZE: (u32, u32) = (960, 600);
+
+/// A named line of (latency ms, share at or under) points.
+type Cdf = (String, Vec<(f64, f64)>);
+
+/// Writes `latency-<op>.svg` for each operation and `throughput.svg` into `dir`; returns
+/// the files written.
+pub fn write(m: &Measured, title: &str, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut written = Vec::new();
+    let mut by_op: BTreeMap<Op, Vec<Cdf>> = BTreeMap::new();
+    for ((endpoint, op, outcome), latency) in &m.groups {
+        by_op.entry(*op).or_default().push((format!("{endpoint} {}", outcome.label()), latency.cdf()));
+    }
+    for (op, lines) in by_op {
+        let path = dir.join(format!("latency-{}.svg", op.name()));
+        latency_cdf(&path, &format!("{title}: {} latency", op.name()), &lines)
+            .with_context(|| format!("drawing {}", path.display()))?;
+        written.push(path);
+    }
+    let path = dir.join("throughput.svg");
+    throughput(&path, &format!("{title}: operations per second"), &m.timeline)
+        .with_context(|| format!("drawing {}", path.display()))?;
+    written.push(path);
+    Ok(written)
+}
+
+/// The share of operations at or under each latency, on a logarithmic latency axis.
+fn latency_cdf(path: &Path, caption: &str, lines: &[Cdf]) -> anyhow::Result<()> {
+    let points = lines.iter().flat_map(|(_, l)| l.iter().map(|p| p.0));
+    let (lo, hi) = points.fold((f64::MAX, 0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
+    let (lo, hi) = if lo > hi { (0.01, 1.0) } else { ((lo / 1.5).max(0.001), hi * 1.5) };
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(caption, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d((lo..hi).log_scale(), 0f64..1f64)?;
+    chart.configure_mesh().x_desc("latency (ms)").y_desc("share of operations at or under").draw()?;
+    for (i, (name, cdf)) in lines.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(cdf.iter().copied(), color.stroke_width(2)))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Operations completed in each second of the measured window, per endpoint.
+fn throughput(path: &Path, caption: &str, timeline: &BTreeMap<String, Vec<u64>>) -> anyhow::Result<()> {
+    let seconds = timeline.values().map(Vec::len).max().unwrap_or(1).max(1);
+    let top = timeline.values().flatten().copied().max().unwrap_or(1).max(1) as f64 * 1.1;
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(caption, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..seconds as f64, 0f64..top)?;
+    chart.configure_mesh().x_desc("second of the measured window").y_desc("operations per second").draw()?;
+    for (i, (endpoint, counts)) in timeline.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let points = counts.iter().enumerate().map(|(s, &c)| (s as f64 + 0.5, c as f64));
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .label(endpoint.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
