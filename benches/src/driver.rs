@@ -66,7 +66,8 @@ pub type Groups = BTreeMap<(String, Op, Outcome), Latency>;
 #[derive(Default)]
 pub struct Measured {
     pub groups: Groups,
-    /// Operations completed in each second of the measured window, per endpoint.
+    /// Operations begun (in an open loop: due) in each second of the measured window, per
+    /// endpoint.
     pub timeline: BTreeMap<String, Vec<u64>>,
     pub seconds: f64,
 }
