@@ -66,21 +66,34 @@ pub type Groups = BTreeMap<(String, Op, Outcome), Latency>;
 #[derive(Default)]
 pub struct Measured {
     pub groups: Groups,
-    /// Operations begun (in an open loop: due) in each second of the measured window, per
-    /// endpoint.
+    /// Operations completed in each second from the start of the measured window, per
+    /// endpoint (past its end too, when an open loop fell behind its schedule).
     pub timeline: BTreeMap<String, Vec<u64>>,
+    /// From the start of the measured window to the last completion of an operation begun
+    /// (or due) in it: rates are counted over this, so an open loop the cluster cannot keep
+    /// up with reports what was achieved, not what was asked.
     pub seconds: f64,
+}
+
+/// The time between two operations of one client of an open loop at `rate` over
+/// `clients`; `None` for a closed loop (rate 0). Bounded so the schedule never overflows.
+pub fn interval(rate: f64, clients: usize, longest: Duration) -> anyhow::Result<Option<Duration>> {
+    anyhow::ensure!(rate.is_finite() && rate >= 0.0, "the rate must be a number of operations per second, 0 or more");
+    if rate == 0.0 {
+        return Ok(None);
+    }
+    let i = Duration::try_from_secs_f64(clients.max(1) as f64 / rate).unwrap_or(Duration::MAX);
+    Ok(Some(i.clamp(Duration::from_nanos(1), longest)))
 }
 
 /// Runs `plan` on every endpoint's clients at once, calling `tick` about once a second
 /// with the seconds elapsed (for a progress bar).
-pub async fn run(plan: &Plan, endpoints: &[Endpoint], keys: Arc<Keys>, tick: impl Fn(u64)) -> Measured {
+pub async fn run(plan: &Plan, endpoints: &[Endpoint], keys: Arc<Keys>, tick: impl Fn(u64)) -> anyhow::Result<Measured> {
     let clients: usize = endpoints.iter().map(|e| e.clients.len()).sum();
-    let interval = (plan.rate > 0.0).then(|| Duration::from_secs_f64(clients as f64 / plan.rate));
+    let interval = interval(plan.rate, clients, plan.warmup + plan.duration + Duration::from_secs(1))?;
     let start = Instant::now() + Duration::from_millis(50);
     let measure_from = start + plan.warmup;
     let end = measure_from + plan.duration;
-    let seconds = plan.duration.as_secs().max(1) as usize;
     let mut tasks = Vec::new();
     let mut n = 0u64;
     for e in endpoints {
@@ -94,8 +107,8 @@ pub async fn run(plan: &Plan, endpoints: &[Endpoint], keys: Arc<Keys>, tick: imp
                 rng: rand::rngs::StdRng::seed_from_u64(plan.seed.wrapping_add(n)),
             };
             // Clients of an open loop are spread over one interval, not all due at once.
-            let offset = interval.map_or(Duration::ZERO, |i| i.mul_f64(n as f64 / clients as f64));
-            let window = Window { first: start + offset, measure_from, end, seconds };
+            let offset = interval.map_or(Duration::ZERO, |i| i.mul_f64((n - 1) as f64 / clients as f64));
+            let window = Window { first: start + offset, measure_from, end };
             tasks.push(tokio::spawn(driver.drive(window, interval)));
         }
     }
@@ -111,19 +124,25 @@ pub async fn run(plan: &Plan, endpoints: &[Endpoint], keys: Arc<Keys>, tick: imp
         r = joined => r,
         _ = ticker => unreachable!("the ticker never ends"),
     };
-    let mut total = Measured { seconds: plan.duration.as_secs_f64(), ..Default::default() };
-    for r in results.into_iter().flatten() {
+    let mut total = Measured::default();
+    for r in results {
+        let r = r.map_err(|e| anyhow::anyhow!("a client of the benchmark failed: {e}"))?;
+        total.seconds = total.seconds.max(r.seconds);
         for (k, l) in r.groups {
             total.groups.entry(k).or_default().merge(&l);
         }
         for (e, counts) in r.timeline {
-            let line = total.timeline.entry(e).or_insert_with(|| vec![0; seconds]);
+            let line = total.timeline.entry(e).or_default();
+            if line.len() < counts.len() {
+                line.resize(counts.len(), 0);
+            }
             for (t, c) in line.iter_mut().zip(counts) {
                 *t += c;
             }
         }
     }
-    total
+    total.seconds = total.seconds.max(plan.duration.as_secs_f64());
+    Ok(total)
 }
 
 /// When a client runs and measures.
@@ -131,7 +150,6 @@ struct Window {
     first: Instant,
     measure_from: Instant,
     end: Instant,
-    seconds: usize,
 }
 
 /// One client's loop.
@@ -146,28 +164,28 @@ struct Driver {
 impl Driver {
     async fn drive(mut self, w: Window, interval: Option<Duration>) -> Measured {
         let mut out = Measured::default();
-        let mut line = vec![0u64; w.seconds];
+        let mut line: Vec<u64> = Vec::new();
         let mut due = w.first;
-        tokio::time::sleep_until(due.into()).await;
         loop {
-            let now = Instant::now();
-            // Closed loop: the operation is due when it is sent.
-            let started = if interval.is_some() { due } else { now };
+            // Open loop: the operation counts from when it was due. Closed loop: from when
+            // it is sent, right after the last one was answered.
+            let started = if interval.is_some() { due } else { Instant::now().max(due) };
             if started >= w.end {
                 break;
             }
-            if now < due {
-                tokio::time::sleep_until(due.into()).await;
-            }
+            tokio::time::sleep_until(started.into()).await;
             let op = self.plan.workload.next_op(&mut self.rng);
             let outcome = self.one(op).await;
             let done = Instant::now();
             if started >= w.measure_from {
                 out.groups.entry((self.endpoint.clone(), op, outcome)).or_default().record(done - started);
-                let second = (started - w.measure_from).as_secs() as usize;
-                if let Some(c) = line.get_mut(second) {
-                    *c += 1;
+                let elapsed = done - w.measure_from;
+                out.seconds = out.seconds.max(elapsed.as_secs_f64());
+                let second = elapsed.as_secs() as usize;
+                if line.len() <= second {
+                    line.resize(second + 1, 0);
                 }
+                line[second] += 1;
             }
             if let Some(i) = interval {
                 due += i;
@@ -272,6 +290,18 @@ pub fn code_name(code: Code) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_loop_intervals_are_bounded_and_bad_rates_refused() {
+        let longest = Duration::from_secs(12);
+        assert_eq!(interval(0.0, 4, longest).unwrap(), None);
+        assert_eq!(interval(100.0, 2, longest).unwrap(), Some(Duration::from_millis(20)));
+        assert_eq!(interval(1e-300, 2, longest).unwrap(), Some(longest));
+        assert_eq!(interval(1e300, 2, longest).unwrap(), Some(Duration::from_nanos(1)));
+        for bad in [f64::NAN, f64::INFINITY, -1.0] {
+            assert!(interval(bad, 2, longest).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn codes_are_named_in_snake_case() {

@@ -223,6 +223,7 @@ fn bar(len: u64, template: &str) -> ProgressBar {
 }
 
 async fn run(args: Run) -> anyhow::Result<()> {
+    driver::interval(args.rate, 1, Duration::MAX)?;
     let at = args.target.connect().await?;
     if args.load {
         load(&at, &args.keyspace, 4).await?;
@@ -248,7 +249,7 @@ async fn run(args: Run) -> anyhow::Result<()> {
         seed: args.seed,
     };
     let bar = bar(args.warmup + args.seconds.max(1), "{wide_bar} {pos}/{len} s");
-    let measured = driver::run(&plan, &endpoints, keys.clone(), |s| bar.set_position(s)).await;
+    let measured = driver::run(&plan, &endpoints, keys.clone(), |s| bar.set_position(s)).await?;
     bar.finish_and_clear();
 
     let settings = serde_json::json!({
@@ -258,10 +259,11 @@ async fn run(args: Run) -> anyhow::Result<()> {
         "keys": args.keyspace.keys,
         "keys_at_end": keys.count(),
         "value_size": args.keyspace.value_size.to_string(),
-        "clients_per_endpoint": args.clients,
+        "clients_per_endpoint": args.clients.max(1),
         "loop": if args.rate > 0.0 { "open" } else { "closed" },
         "target_rate": args.rate,
-        "seconds": args.seconds,
+        "seconds": args.seconds.max(1),
+        "measured_s": (measured.seconds * 1000.0).round() / 1000.0,
         "warmup_s": args.warmup,
     });
     let lines = json_lines(&measured, &settings);
@@ -332,7 +334,7 @@ impl Summary {
             s.ops += l.count();
             match outcome {
                 Outcome::Error(code) => *s.errors.entry(code.clone()).or_default() += l.count(),
-                Outcome::Ok(status) if *op == Op::Read => {
+                Outcome::Ok(status) if matches!(op, Op::Read | Op::ReadModifyWrite) => {
                     s.reads_found += l.count();
                     if *status == "hit" {
                         s.hits += l.count();
@@ -344,7 +346,7 @@ impl Summary {
         s
     }
 
-    /// Edge hits among reads that found a value.
+    /// Edge hits among reads (read-modify-write ones too) that found a value.
     fn hit_ratio(&self) -> Option<f64> {
         (self.reads_found > 0).then(|| (self.hits as f64 / self.reads_found as f64 * 10_000.0).round() / 10_000.0)
     }

@@ -67,7 +67,7 @@ fn latency_cdf(path: &Path, caption: &str, lines: &[Cdf]) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Operations begun in each second of the measured window, per endpoint.
+/// Operations completed in each second from the start of the measured window, per endpoint.
 fn throughput(path: &Path, caption: &str, timeline: &BTreeMap<String, Vec<u64>>) -> anyhow::Result<()> {
     let seconds = timeline.values().map(Vec::len).max().unwrap_or(1).max(1);
     let top = timeline.values().flatten().copied().max().unwrap_or(1).max(1) as f64 * 1.1;

@@ -158,10 +158,10 @@ impl Keys {
         match (self.popularity, &self.zipf) {
             (Popularity::Uniform, _) | (_, None) => rng.gen_range(0..count),
             (Popularity::Zipfian, Some(z)) => {
-                // Rank 1 is the hottest; scattering the ranks keeps hot keys from being
-                // neighbours (as YCSB's scrambled zipfian does).
-                let rank = z.sample(rng) as u64 - 1;
-                scatter(rank) % count
+                // Rank 1 is the hottest; spreading the ranks over the key space keeps hot
+                // keys from being neighbours, and a permutation keeps every key reachable.
+                let rank = (z.sample(rng) as u64 - 1).min(count - 1);
+                spread(rank, count)
             }
             (Popularity::Latest, Some(z)) => {
                 // Ranks over the loaded count, counted back from the newest key.
@@ -188,14 +188,21 @@ impl Keys {
     }
 }
 
-/// A bijection-like spread of ranks over the key space (FNV-1a of the rank).
-fn scatter(rank: u64) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in rank.to_le_bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+/// Rank `rank` of `0..count` moved to its place in a fixed permutation of `0..count`:
+/// multiplying by a number prime to `count` is a bijection modulo `count`.
+fn spread(rank: u64, count: u64) -> u64 {
+    let mut factor: u64 = 0x9e37_79b9_7f4a_7c15;
+    while gcd(factor, count) != 1 {
+        factor += 2;
     }
-    h
+    ((u128::from(rank) * u128::from(factor)) % u128::from(count)) as u64
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 /// How large written values are.
@@ -292,6 +299,8 @@ mod tests {
         for _ in 0..100_000 {
             counts[keys.choose(&mut rng) as usize] += 1;
         }
+        // Every key is reachable.
+        assert!(counts.iter().all(|&c| c > 0), "{:?}", counts.iter().filter(|&&c| c == 0).count());
         counts.sort_unstable_by(|a, b| b.cmp(a));
         // The hottest 10% of keys take well over half of the operations.
         let top: u32 = counts[..100].iter().sum();

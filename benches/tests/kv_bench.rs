@@ -51,9 +51,12 @@ async fn a_read_only_run_after_loading_reads_every_key_it_asks_for() {
     assert!(summary[0]["errors"].as_object().unwrap().is_empty(), "{}", summary[0]);
     // After the warm-up most reads are hits of the edges' caches.
     assert!(summary[0]["read_hit_ratio"].as_f64().unwrap() > 0.5, "{}", summary[0]);
+    // The timelines account for every operation measured.
     let timelines = of_type(&records, "timeline");
     assert_eq!(timelines.len(), 2);
-    assert!(timelines.iter().all(|t| t["ops_per_second"].as_array().unwrap().len() == 2));
+    let timed: u64 =
+        timelines.iter().flat_map(|t| t["ops_per_second"].as_array().unwrap()).filter_map(Value::as_u64).sum();
+    assert_eq!(timed, summary[0]["ops"].as_u64().unwrap());
     // The table for people follows, and the plots: one line per endpoint and outcome.
     assert!(String::from_utf8_lossy(&out.stdout).contains("| endpoint"));
     let svg = std::fs::read_to_string(plots.path().join("latency-read.svg")).unwrap();
@@ -90,6 +93,8 @@ async fn an_open_loop_runs_the_operations_its_schedule_makes_due() {
     // 100 operations a second for 3 seconds, whatever the latency: the schedule decides.
     let ops = summary["ops"].as_u64().unwrap();
     assert!((295..=305).contains(&ops), "{summary}");
+    // The rate is what was achieved: over at least the 3 s the schedule spans.
+    assert!(summary["ops_per_sec"].as_f64().unwrap() <= 102.0, "{summary}");
     assert_eq!(summary["settings"]["loop"], "open");
     let groups = of_type(&records, "group");
     let count = |op: &str, outcome: &str| -> u64 {
@@ -105,6 +110,8 @@ async fn bad_settings_are_refused_before_anything_runs() {
     for (args, says) in [
         (&["run", "--endpoint", "127.0.0.1:1", "--value-size", "26MiB"][..], "at most 25 MiB"),
         (&["run", "--endpoint", "127.0.0.1:1", "--workload", "z"][..], "invalid value 'z'"),
+        (&["run", "--endpoint", "127.0.0.1:1", "--rate", "NaN"][..], "the rate must be"),
+        (&["run", "--endpoint", "127.0.0.1:1", "--rate=-5"][..], "the rate must be"),
         (&["run"][..], "at least one --endpoint"),
     ] {
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kv-bench"))
