@@ -1,6 +1,7 @@
 //! Raft over gRPC: the client side openraft uses to reach peers, and the server side that
 //! hands peers' messages to the local Raft node.
 
+pub mod envelope;
 pub mod network;
 pub mod service;
 

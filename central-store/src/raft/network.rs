@@ -11,12 +11,12 @@
 //! `MAX_TRANSFER_BYTES` (the rest goes in the next, reported as a partial success), split
 //! into messages of at most `APPEND_CHUNK_BYTES`, each a valid Raft request on its own.
 
-use super::MAX_RAFT_MESSAGE_BYTES;
+use super::{envelope, MAX_RAFT_MESSAGE_BYTES};
 use crate::peers::Peers;
 use crate::types::{Entry, LogId, Node, NodeId, TypeConfig, Vote};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use kv_common::client::{node_channel, NodeChannel};
-use kv_proto::raft::v1::{raft_transport_client::RaftTransportClient, RaftMessage};
+use kv_proto::raft::v1::raft_transport_client::RaftTransportClient;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -126,8 +126,8 @@ where
     Resp: DeserializeOwned,
     E: std::error::Error + DeserializeOwned,
 {
-    let data = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-    let mut request = tonic::Request::new(RaftMessage { data });
+    let sealed = envelope::seal(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+    let mut request = tonic::Request::new(sealed);
     request.set_timeout(timeout);
     let reply = match kind {
         Rpc::Append => client.append_entries(request).await,
@@ -138,8 +138,8 @@ where
         tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
         _ => RPCError::Network(NetworkError::new(&status)),
     })?;
-    let decoded: Result<Resp, RaftError<NodeId, E>> =
-        bincode::deserialize(&reply.into_inner().data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+    let decoded: Result<Resp, RaftError<NodeId, E>> = envelope::open(reply.into_inner())
+        .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
     decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
 }
 

@@ -1,5 +1,6 @@
 //! The server side of the Raft transport: decode, hand to openraft, encode its answer.
 
+use super::envelope;
 use crate::types::Raft;
 use kv_proto::raft::v1::{raft_transport_server::RaftTransport, RaftMessage, ReadIndexReply, ReadIndexRequest};
 use serde::{de::DeserializeOwned, Serialize};
@@ -17,13 +18,12 @@ impl RaftService {
 }
 
 fn decode<T: DeserializeOwned>(req: Request<RaftMessage>) -> Result<T, Status> {
-    bincode::deserialize(&req.into_inner().data)
-        .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+    envelope::open(req.into_inner()).map_err(Status::failed_precondition)
 }
 
 fn encode<T: Serialize>(reply: &T) -> Result<Response<RaftMessage>, Status> {
-    let data = bincode::serialize(reply).map_err(|e| Status::internal(format!("encoding raft reply: {e}")))?;
-    Ok(Response::new(RaftMessage { data }))
+    let sealed = envelope::seal(reply).map_err(|e| Status::internal(format!("encoding raft reply: {e}")))?;
+    Ok(Response::new(sealed))
 }
 
 #[tonic::async_trait]

@@ -18,7 +18,7 @@ use std::sync::Arc;
 const MIN_BLOB_SIZE: u64 = 4096;
 
 /// What this build writes to disk; data written by another format is refused, not misread.
-const FORMAT: &str = "kv-central-store data format 4 (sealed records, tokens, traced changes)";
+pub const FORMAT: &str = "kv-central-store data format 4 (sealed records, tokens, traced changes)";
 
 /// Checks that `data_dir` holds data this build can read (or is new, then marks it).
 pub fn check_format(data_dir: &Path) -> anyhow::Result<()> {
