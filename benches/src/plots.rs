@@ -5,13 +5,14 @@
 use crate::driver::Measured;
 use crate::ycsb::Op;
 use anyhow::Context;
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 const SIZE: (u32, u32) = (960, 600);
 
-/// A named line of (latency ms, share at or under) points.
+/// A named line of (x, y) points: (latency ms, share at or under) for a latency chart.
 type Cdf = (String, Vec<(f64, f64)>);
 
 /// Writes `latency-<op>.svg` for each operation and `throughput.svg` into `dir`; returns
@@ -41,36 +42,37 @@ fn latency_cdf(path: &Path, caption: &str, lines: &[Cdf]) -> anyhow::Result<()> 
     let points = lines.iter().flat_map(|(_, l)| l.iter().map(|p| p.0));
     let (lo, hi) = points.fold((f64::MAX, 0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
     let (lo, hi) = if lo > hi { (0.01, 1.0) } else { ((lo / 1.5).max(0.001), hi * 1.5) };
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(caption, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d((lo..hi).log_scale(), 0f64..1f64)?;
-    chart.configure_mesh().x_desc("latency (ms)").y_desc("share of operations at or under").draw()?;
-    for (i, (name, cdf)) in lines.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(cdf.iter().copied(), color.stroke_width(2)))?
-            .label(name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    let axes = ("latency (ms)", "share of operations at or under");
+    draw(path, caption, axes, (lo..hi).log_scale(), 0f64..1f64, lines)
 }
 
 /// Operations completed in each second from the start of the measured window, per endpoint.
 fn throughput(path: &Path, caption: &str, timeline: &BTreeMap<String, Vec<u64>>) -> anyhow::Result<()> {
     let seconds = timeline.values().map(Vec::len).max().unwrap_or(1).max(1);
     let top = timeline.values().flatten().copied().max().unwrap_or(1).max(1) as f64 * 1.1;
+    let lines: Vec<Cdf> = timeline
+        .iter()
+        .map(|(endpoint, counts)| {
+            (endpoint.clone(), counts.iter().enumerate().map(|(s, &c)| (s as f64 + 0.5, c as f64)).collect())
+        })
+        .collect();
+    let axes = ("second of the measured window", "operations per second");
+    draw(path, caption, axes, 0f64..seconds as f64, 0f64..top, &lines)
+}
+
+/// One chart of named lines, with its legend, as an SVG file.
+fn draw<X>(
+    path: &Path,
+    caption: &str,
+    (x_desc, y_desc): (&str, &str),
+    x: X,
+    y: std::ops::Range<f64>,
+    lines: &[Cdf],
+) -> anyhow::Result<()>
+where
+    X: AsRangedCoord<Value = f64>,
+    X::CoordDescType: ValueFormatter<f64>,
+{
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -78,14 +80,13 @@ fn throughput(path: &Path, caption: &str, timeline: &BTreeMap<String, Vec<u64>>)
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..seconds as f64, 0f64..top)?;
-    chart.configure_mesh().x_desc("second of the measured window").y_desc("operations per second").draw()?;
-    for (i, (endpoint, counts)) in timeline.iter().enumerate() {
+        .build_cartesian_2d(x, y)?;
+    chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw()?;
+    for (i, (name, points)) in lines.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let points = counts.iter().enumerate().map(|(s, &c)| (s as f64 + 0.5, c as f64));
         chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
-            .label(endpoint.clone())
+            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?
+            .label(name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
     }
     chart
