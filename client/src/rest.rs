@@ -218,6 +218,12 @@ impl RestClient {
             Some("STALE") => api::CacheStatus::Stale,
             _ => api::CacheStatus::Miss,
         };
+        let served_by = resp
+            .headers()
+            .get("kv-served-by")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| api::ServedBy::from_str_name(&format!("SERVED_BY_{v}")))
+            .unwrap_or_default();
         let (version, age_ms) = (header_u64(&resp, "kv-version").unwrap_or(0), header_u64(&resp, "kv-age-ms"));
         let expiration = header_u64(&resp, "expiration").and_then(|e| i64::try_from(e).ok());
         let value = resp.bytes().await.map_err(unavailable)?;
@@ -231,6 +237,7 @@ impl RestClient {
             cache_status: status as i32,
             version,
             age_ms: age_ms.unwrap_or(0),
+            served_by: served_by as i32,
         })
     }
 

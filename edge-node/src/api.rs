@@ -167,6 +167,16 @@ fn cache_status(s: Source) -> api::CacheStatus {
     }
 }
 
+/// Whose copy answered: this edge's, or the tier above's that its fetch reached.
+fn served_by(s: &Served) -> api::ServedBy {
+    match s.served_by(pb::Tier::Edge) {
+        pb::Tier::Edge => api::ServedBy::Edge,
+        pb::Tier::Regional => api::ServedBy::Regional,
+        pb::Tier::Central => api::ServedBy::Central,
+        pb::Tier::Unspecified => api::ServedBy::Unspecified,
+    }
+}
+
 /// How old an answer is, in milliseconds.
 fn age_ms(s: &Served) -> u64 {
     u64::try_from(s.as_of.elapsed().as_millis()).unwrap_or(u64::MAX)
@@ -322,6 +332,7 @@ impl Kv for KvApi {
             cache_status: cache_status(s.source) as i32,
             version: s.copy.version,
             age_ms: age_ms(&s),
+            served_by: served_by(&s) as i32,
         }))
     }
 
@@ -363,6 +374,7 @@ impl Kv for KvApi {
                 cache_status: status as i32,
                 version: s.copy.version,
                 age_ms: age_ms(&s),
+                served_by: served_by(&s) as i32,
             });
         }
         if total > limits.max_bulk_get_bytes {
@@ -387,6 +399,7 @@ impl Kv for KvApi {
             version: s.copy.version,
             value_length: value.len() as u64,
             age_ms: age_ms(&s),
+            served_by: served_by(&s) as i32,
         };
         // Chunks are slices of the one cached buffer: no second copy of the value.
         let chunks = (0..value.len()).step_by(STREAM_CHUNK).map(move |at| {

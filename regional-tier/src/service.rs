@@ -31,6 +31,7 @@ impl CentralStore for RegionalStore {
             stale: a.stale,
             age_ms: a.age_ms,
             central_time_ms: kv_common::time::central_now_ms(),
+            served_by: s.served_by(pb::Tier::Regional) as i32,
         }))
     }
 
@@ -44,7 +45,12 @@ impl CentralStore for RegionalStore {
             .keys
             .into_iter()
             .zip(&a.served)
-            .map(|(key, s)| pb::KeyEntry { key, entry: Answers::entry(s), version: s.copy.version })
+            .map(|(key, s)| pb::KeyEntry {
+                key,
+                entry: Answers::entry(s),
+                version: s.copy.version,
+                served_by: s.served_by(pb::Tier::Regional) as i32,
+            })
             .collect();
         Ok(Response::new(pb::BatchGetResponse {
             results,

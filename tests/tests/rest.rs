@@ -169,6 +169,7 @@ async fn the_rest_api_serves_every_route_as_the_official_clients_call_it() {
     // The freshness of an answer is in its headers; a write's version too.
     let resp = rest.send(http.get(url("raw"))).await.unwrap();
     assert!(["HIT", "MISS"].contains(&resp.headers()["kv-cache-status"].to_str().unwrap()));
+    assert!(["EDGE", "REGIONAL", "CENTRAL"].contains(&resp.headers()["kv-served-by"].to_str().unwrap()));
     // A write within the per-key interval is 429, with the code clients retry on and
     // Retry-After. Five writes sent at once: one lands, the others come within the interval.
     let burst = (0..5).map(|i| http.put(url("burst")).body(format!("b{i}")).send());

@@ -97,6 +97,29 @@ async fn ttl_mode_keeps_a_copy_until_its_cache_ttl_ends() {
 }
 
 #[tokio::test]
+async fn answers_name_the_tier_whose_copy_served_them() {
+    let t = Tiers::start(5).await.unwrap();
+    let ns = t.namespace().await.unwrap();
+    let (a, b, b_ttl) = (t.edge(A_PUSH).await.unwrap(), t.edge(B_PUSH).await.unwrap(), t.edge(B_TTL).await.unwrap());
+    a.put(put(&ns, "k", "v")).await.unwrap();
+    let tier = |r: &api::GetResponse| (seen(r), api::ServedBy::try_from(r.served_by).unwrap());
+    let v = || (Some("v".to_string()), CacheStatus::Miss);
+    // Region b never held the key: its regional tier fetches it from the central store.
+    assert_eq!(tier(&b.get(&ns, "k", Some(LONG_TTL)).await.unwrap()), (v(), api::ServedBy::Central));
+    // Its other edge misses too, and the regional tier's copy answers.
+    assert_eq!(tier(&b_ttl.get(&ns, "k", Some(LONG_TTL)).await.unwrap()), (v(), api::ServedBy::Regional));
+    // Then the edge's own copy.
+    let hit = tier(&b.get(&ns, "k", Some(LONG_TTL)).await.unwrap());
+    assert_eq!(hit, ((Some("v".into()), CacheStatus::Hit), api::ServedBy::Edge));
+    // A batch says it per key: one this edge holds (its own write), one nobody does.
+    let req =
+        api::GetBulkRequest { namespace_id: ns.clone(), keys: vec!["k".into(), "none".into()], ..Default::default() };
+    let bulk = a.raw().get_bulk(req).await.unwrap().into_inner();
+    let by: Vec<api::ServedBy> = bulk.values.iter().map(|v| api::ServedBy::try_from(v.served_by).unwrap()).collect();
+    assert_eq!(by, vec![api::ServedBy::Edge, api::ServedBy::Central]);
+}
+
+#[tokio::test]
 async fn negative_lookups_are_cached_then_replaced_by_a_push() {
     let t = Tiers::start(5).await.unwrap();
     let ns = t.namespace().await.unwrap();

@@ -8,6 +8,7 @@
 //! cacheTtl T until `as_of + T`, which is exactly the promise of bounded staleness.
 
 use bytes::Bytes;
+use kv_proto::store::v1 as pb;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,9 @@ pub struct Copy {
     hold_for: Duration,
     /// The tier's epoch it was filled in; copies of an older epoch must be revalidated.
     pub epoch: u64,
+    /// Where the contents came from: the tier above whose copy a fetch returned, or the
+    /// central store for changes (pushes, the feed) and this tier's own writes.
+    pub filled_from: pb::Tier,
 }
 
 impl Copy {
@@ -52,7 +56,13 @@ impl Copy {
     ) -> Self {
         let hold_for = fresh_for.saturating_add(hold_extra);
         let hold_until = cap_by_expiration(as_of, hold_for, value.as_ref());
-        Copy { value, version, as_of, fresh_ms: AtomicU64::new(millis(fresh_for)), hold_until, hold_for, epoch }
+        let fresh_ms = AtomicU64::new(millis(fresh_for));
+        Copy { value, version, as_of, fresh_ms, hold_until, hold_for, epoch, filled_from: pb::Tier::Central }
+    }
+
+    /// The copy, saying its contents came from `tier`.
+    pub fn filled_from(self, tier: pb::Tier) -> Self {
+        Copy { filled_from: tier, ..self }
     }
 
     /// A newer version replacing this copy in place (a push): same deadlines, new contents;
@@ -66,6 +76,7 @@ impl Copy {
             fresh_ms: AtomicU64::new(self.fresh_ms.load(Ordering::Relaxed)),
             hold_for: self.hold_for,
             epoch: self.epoch,
+            filled_from: pb::Tier::Central,
         }
     }
 

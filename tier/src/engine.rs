@@ -64,6 +64,8 @@ pub struct Answer {
     pub as_of: Instant,
     /// The tier above could not meet `max_age` and answered from what it held.
     pub stale: bool,
+    /// Whose copy answered: the tier above's own, or one it fetched from further up.
+    pub served_by: pb::Tier,
 }
 
 /// The tier above, as the engine sees it.
@@ -108,6 +110,17 @@ pub struct Served {
     pub source: Source,
     /// The answer reflects every write acknowledged before this instant.
     pub as_of: Instant,
+}
+
+impl Served {
+    /// Whose copy answered, for a tier that is `here`: its own (HIT, STALE), or for a MISS
+    /// the one its fetch reached.
+    pub fn served_by(&self, here: pb::Tier) -> pb::Tier {
+        match self.source {
+            Source::Miss => self.copy.filled_from,
+            Source::Hit | Source::Stale => here,
+        }
+    }
 }
 
 /// A change noted in a flight while it was up.
@@ -348,7 +361,7 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
                         continue;
                     }
                 };
-                let (value, version) = match flight.noted.take() {
+                let (value, version, from) = match flight.noted.take() {
                     Some(Noted::Unknown(v)) if v > answer.version => {
                         // Changed meanwhile to a value not known here: ask again at that version.
                         flight.min_version = flight.min_version.max(v);
@@ -356,11 +369,13 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
                         again.push(ck.1);
                         continue;
                     }
-                    Some(Noted::Set(v, value)) if v > answer.version => (value, v),
-                    _ => (answer.value, answer.version),
+                    // A change from the central feed overtook the answer.
+                    Some(Noted::Set(v, value)) if v > answer.version => (value, v, pb::Tier::Central),
+                    _ => (answer.value, answer.version, answer.served_by),
                 };
                 let (fresh_for, hold_extra) = self.policy.lifetimes(&spec);
-                let copy = Arc::new(Copy::new(value, version, answer.as_of, fresh_for, hold_extra, flight.epoch));
+                let copy = Copy::new(value, version, answer.as_of, fresh_for, hold_extra, flight.epoch);
+                let copy = Arc::new(copy.filled_from(from));
                 let f = st.flights.remove(&ck);
                 // A flight from before a reset is kept too, as a copy of its own epoch: never
                 // fresh, but no older than what it replaces, so a STALE answer served from
@@ -539,7 +554,7 @@ mod tests {
     }
 
     fn answer(value: Option<Value>, version: u64) -> Answer {
-        Answer { value, version, as_of: Instant::now(), stale: false }
+        Answer { value, version, as_of: Instant::now(), stale: false, served_by: pb::Tier::Central }
     }
 
     fn key(k: &str) -> CacheKey {

@@ -194,8 +194,13 @@ impl Fetch for Upstream {
                 .await?;
             time::learn_central_clock(sent_ms, r.central_time_ms);
             let version = r.entry.as_ref().map_or(r.version, |e| e.version);
-            let answer =
-                Answer { value: r.entry.as_ref().map(value_of), version, as_of: as_of(sent, r.age_ms), stale: r.stale };
+            let answer = Answer {
+                value: r.entry.as_ref().map(value_of),
+                version,
+                as_of: as_of(sent, r.age_ms),
+                stale: r.stale,
+                served_by: r.served_by(),
+            };
             return Ok(vec![answer]);
         }
         let req = pb::BatchGetRequest {
@@ -224,6 +229,7 @@ impl Fetch for Upstream {
                 version: ke.entry.as_ref().map_or(ke.version, |e| e.version),
                 as_of: at,
                 stale: r.stale,
+                served_by: ke.served_by(),
             })
             .collect())
     }

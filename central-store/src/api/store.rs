@@ -123,6 +123,7 @@ impl CentralStore for StoreService {
             stale: false,
             age_ms: age_ms(&proof),
             central_time_ms: time::now_ms(),
+            served_by: pb::Tier::Central as i32,
         }))
     }
 
@@ -147,7 +148,7 @@ impl CentralStore for StoreService {
             .zip(entries)
             .map(|(key, e)| {
                 let version = e.as_ref().map_or(read_version, |e| e.meta.version);
-                pb::KeyEntry { key, entry: e.map(to_entry), version }
+                pb::KeyEntry { key, entry: e.map(to_entry), version, served_by: pb::Tier::Central as i32 }
             })
             .collect();
         Ok(Response::new(pb::BatchGetResponse {

@@ -56,11 +56,15 @@ async fn read(
 }
 
 /// Headers that tell how fresh an answer is (SPEC.md section 4: every answer knows).
-fn freshness(got: &api::GetResponse) -> [(&'static str, HeaderValue); 3] {
+fn freshness(got: &api::GetResponse) -> [(&'static str, HeaderValue); 4] {
     let status = api::CacheStatus::try_from(got.cache_status).unwrap_or_default().as_str_name();
     let status = status.trim_start_matches("CACHE_STATUS_");
+    let served_by = api::ServedBy::try_from(got.served_by).unwrap_or_default().as_str_name();
+    let served_by = served_by.trim_start_matches("SERVED_BY_");
+    let text = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("UNSPECIFIED"));
     [
-        ("kv-cache-status", HeaderValue::from_str(status).unwrap_or(HeaderValue::from_static("UNSPECIFIED"))),
+        ("kv-cache-status", text(status)),
+        ("kv-served-by", text(served_by)),
         ("kv-version", HeaderValue::from(got.version)),
         ("kv-age-ms", HeaderValue::from(got.age_ms)),
     ]
