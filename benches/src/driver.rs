@@ -41,7 +41,8 @@ pub struct Plan {
 /// How an operation ended, as results are grouped.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Outcome {
-    /// A read's cache status (`hit`, `miss`, `stale`), or `ok` for other operations.
+    /// A read's cache status and, for a miss, whose copy answered (`hit`, `miss:regional`,
+    /// `miss:central`, `stale`), or `ok` for other operations.
     Ok(&'static str),
     /// The read found no value.
     Absent,
@@ -236,11 +237,15 @@ impl Driver {
         if !r.found {
             return Ok(Outcome::Absent);
         }
-        Ok(Outcome::Ok(match status(&r) {
-            api::CacheStatus::Hit => "hit",
-            api::CacheStatus::Miss => "miss",
-            api::CacheStatus::Stale => "stale",
-            api::CacheStatus::Unspecified => "unspecified",
+        let served_by = api::ServedBy::try_from(r.served_by).unwrap_or_default();
+        Ok(Outcome::Ok(match (status(&r), served_by) {
+            (api::CacheStatus::Hit, _) => "hit",
+            (api::CacheStatus::Miss, api::ServedBy::Regional) => "miss:regional",
+            (api::CacheStatus::Miss, api::ServedBy::Central) => "miss:central",
+            // An edge that does not say (an older one).
+            (api::CacheStatus::Miss, _) => "miss",
+            (api::CacheStatus::Stale, _) => "stale",
+            (api::CacheStatus::Unspecified, _) => "unspecified",
         }))
     }
 

@@ -4,6 +4,7 @@
 
 pub mod driver;
 pub mod plots;
+pub mod visibility;
 pub mod ycsb;
 
 use anyhow::Context;

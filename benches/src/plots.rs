@@ -1,6 +1,6 @@
 //! Plots of a run, as SVG files people open in a browser: latency distributions (one
 //! chart per operation, a line per endpoint and outcome) and throughput over time (a line
-//! per endpoint).
+//! per endpoint), and how soon writes are seen (a line per writing and reading edge).
 
 use crate::driver::Measured;
 use crate::ycsb::Op;
@@ -12,15 +12,15 @@ use std::path::{Path, PathBuf};
 
 const SIZE: (u32, u32) = (960, 600);
 
-/// A named line of (x, y) points: (latency ms, share at or under) for a latency chart.
-type Cdf = (String, Vec<(f64, f64)>);
+/// A named line of (x, y) points, such as (latency ms, share at or under) on a latency chart.
+pub type Line = (String, Vec<(f64, f64)>);
 
 /// Writes `latency-<op>.svg` for each operation and `throughput.svg` into `dir`; returns
 /// the files written.
 pub fn write(m: &Measured, title: &str, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut written = Vec::new();
-    let mut by_op: BTreeMap<Op, Vec<Cdf>> = BTreeMap::new();
+    let mut by_op: BTreeMap<Op, Vec<Line>> = BTreeMap::new();
     for ((endpoint, op, outcome), latency) in &m.groups {
         by_op.entry(*op).or_default().push((format!("{endpoint} {}", outcome.label()), latency.cdf()));
     }
@@ -37,8 +37,20 @@ pub fn write(m: &Measured, title: &str, dir: &Path) -> anyhow::Result<Vec<PathBu
     Ok(written)
 }
 
+/// Writes `visibility.svg` into `dir`: for each line, the share of reads issued t ms after
+/// a write that returned it (points at t, on a logarithmic axis).
+pub fn visibility(lines: &[Line], title: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("visibility.svg");
+    let hi = lines.iter().flat_map(|(_, l)| l.iter().map(|p| p.0)).fold(1f64, f64::max) * 1.5;
+    let axes = ("time since the write was acknowledged (ms)", "share of reads that return it");
+    draw(&path, &format!("{title}: t-visibility"), axes, (0.3..hi).log_scale(), 0f64..1.02f64, lines)
+        .with_context(|| format!("drawing {}", path.display()))?;
+    Ok(path)
+}
+
 /// The share of operations at or under each latency, on a logarithmic latency axis.
-fn latency_cdf(path: &Path, caption: &str, lines: &[Cdf]) -> anyhow::Result<()> {
+fn latency_cdf(path: &Path, caption: &str, lines: &[Line]) -> anyhow::Result<()> {
     let points = lines.iter().flat_map(|(_, l)| l.iter().map(|p| p.0));
     let (lo, hi) = points.fold((f64::MAX, 0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
     let (lo, hi) = if lo > hi { (0.01, 1.0) } else { ((lo / 1.5).max(0.001), hi * 1.5) };
@@ -50,7 +62,7 @@ fn latency_cdf(path: &Path, caption: &str, lines: &[Cdf]) -> anyhow::Result<()> 
 fn throughput(path: &Path, caption: &str, timeline: &BTreeMap<String, Vec<u64>>) -> anyhow::Result<()> {
     let seconds = timeline.values().map(Vec::len).max().unwrap_or(1).max(1);
     let top = timeline.values().flatten().copied().max().unwrap_or(1).max(1) as f64 * 1.1;
-    let lines: Vec<Cdf> = timeline
+    let lines: Vec<Line> = timeline
         .iter()
         .map(|(endpoint, counts)| {
             (endpoint.clone(), counts.iter().enumerate().map(|(s, &c)| (s as f64 + 0.5, c as f64)).collect())
@@ -67,7 +79,7 @@ fn draw<X>(
     (x_desc, y_desc): (&str, &str),
     x: X,
     y: std::ops::Range<f64>,
-    lines: &[Cdf],
+    lines: &[Line],
 ) -> anyhow::Result<()>
 where
     X: AsRangedCoord<Value = f64>,

@@ -2,7 +2,7 @@
 //! edges, loading its key space and running YCSB workloads; what it prints is what is
 //! checked.
 
-use kv_tests::tiers::{Tiers, A_PUSH, B_PUSH};
+use kv_tests::tiers::{Tiers, A_PUSH, A_TTL, B_PUSH, B_TTL};
 use serde_json::Value;
 use std::process::Output;
 
@@ -41,7 +41,7 @@ async fn a_read_only_run_after_loading_reads_every_key_it_asks_for() {
     // Every read found its key, at both endpoints; none failed.
     for g in &groups {
         assert_eq!(g["op"], "read", "{g}");
-        assert!(["hit", "miss"].contains(&g["outcome"].as_str().unwrap()), "{g}");
+        assert!(["hit", "miss:regional", "miss:central"].contains(&g["outcome"].as_str().unwrap()), "{g}");
     }
     for edge in ["a-push", "b-push"] {
         assert!(groups.iter().any(|g| g["endpoint"] == edge && g["count"].as_u64() > Some(0)), "{edge}: {groups:?}");
@@ -123,4 +123,61 @@ async fn bad_settings_are_refused_before_anything_runs() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains(says), "{args:?}: {stderr}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visibility_shows_pushes_within_the_second_and_ttl_edges_within_their_cache_ttl() {
+    let tiers = Tiers::start(20).await.unwrap();
+    let args = [
+        "visibility",
+        "--ttl-edges",
+        "a-ttl,b-ttl",
+        "--writer",
+        "a-push",
+        "--keys-per-writer",
+        "2",
+        "--write-interval-ms",
+        "300",
+        "--reads-per-sec",
+        "100",
+        "--seconds",
+        "6",
+        "--cache-ttl",
+        "2",
+        "--json",
+        "-",
+    ];
+    let plots = tempfile::tempdir().unwrap();
+    let dir = plots.path().to_str().unwrap();
+    let out = kv_bench(&tiers, &[A_PUSH, A_TTL, B_PUSH, B_TTL], &[&args[..], &["--plots", dir]].concat()).await;
+    let records = records(&out);
+    let summary = of_type(&records, "summary");
+    // Writes went on all along (one per key per 300 ms), and no read broke a guarantee.
+    assert!(summary[0]["writes_acked"].as_u64().unwrap() >= 30, "{}", summary[0]);
+    assert_eq!(summary[0]["read_your_writes_violations"], 0, "{}", summary[0]);
+    assert_eq!(summary[0]["monotonic_read_violations"], 0, "{}", summary[0]);
+    for g in of_type(&records, "guarantees") {
+        assert!(g["reads"].as_u64().unwrap() > 300, "{g}");
+        assert!(g["read_errors"].as_object().unwrap().is_empty(), "{g}");
+    }
+    let pairs = of_type(&records, "visibility");
+    assert_eq!(pairs.len(), 4, "{pairs:?}");
+    for p in &pairs {
+        assert_eq!(p["writer"], "a-push");
+        // SPEC 4.3, in every mode: a read that begins more than cacheTtl (2 s) after a write
+        // was acknowledged sees it.
+        assert!(p["invisible_until_ms"].as_u64().unwrap_or(0) <= 2_000, "{p}");
+        let mode = if p["reader"].as_str().unwrap().ends_with("ttl") { "ttl" } else { "push" };
+        assert_eq!(p["reader_mode"], mode);
+        if mode == "push" {
+            // Pushes arrive in a few link round trips (20 ms one way), not in seconds.
+            assert!(p["visible_99_after_ms"].as_u64().unwrap() <= 1_000, "{p}");
+        } else {
+            // A ttl edge keeps its copy for its cacheTtl: written every 300 ms, it lags.
+            assert!(p["invisible_until_ms"].as_u64().unwrap() >= 1_000, "{p}");
+            assert!(p["most_versions_behind"].as_u64().unwrap() >= 2, "{p}");
+        }
+    }
+    let svg = std::fs::read_to_string(plots.path().join("visibility.svg")).unwrap();
+    assert!(svg.contains("a-push -&gt; b-ttl (ttl)") || svg.contains("a-push -> b-ttl (ttl)"), "{svg}");
 }

@@ -1,0 +1,111 @@
+//! Where the benchmark's edges are: named endpoints, or a local cluster it starts itself.
+
+use anyhow::Context;
+use clap::Args;
+use kv_benches::{topology, BenchCluster};
+use kv_client::Client;
+use std::path::{Path, PathBuf};
+
+/// Where the benchmark's edges are.
+#[derive(Args)]
+pub struct Target {
+    /// An edge to drive, as NAME=HOST:PORT or HOST:PORT (repeat for several regions).
+    #[arg(long = "endpoint", env = "KV_BENCH_ENDPOINTS", value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// Start the default local topology (from the binaries beside this one) and drive
+    /// every edge of it, instead of --endpoint.
+    #[arg(long, conflicts_with = "endpoints")]
+    local: bool,
+    /// The cluster CA, for endpoints serving TLS.
+    #[arg(long, env = "KV_CA")]
+    ca: Option<PathBuf>,
+    /// A token with read and write rights on the namespace.
+    #[arg(long, env = "KV_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The namespace id; by default the namespace titled `kv-bench`, made if missing.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Edges that run in mode `ttl` (KV's refresh: no pushes), by name. Only a label for
+    /// --endpoint; with --local these edges are started in mode ttl.
+    #[arg(long, value_delimiter = ',')]
+    pub ttl_edges: Vec<String>,
+}
+
+/// The endpoints in use, and the local cluster when the benchmark started one.
+pub struct Connected {
+    /// (name, address) of each edge.
+    pub endpoints: Vec<(String, String)>,
+    pub ca: Option<PathBuf>,
+    pub token: Option<String>,
+    pub namespace: String,
+    _local: Option<BenchCluster>,
+}
+
+impl Connected {
+    /// `n` connections to each endpoint, in the endpoints' order.
+    pub async fn connections(&self, n: usize) -> anyhow::Result<Vec<Vec<kv_client::RawClient>>> {
+        let mut all = Vec::new();
+        for (_, addr) in &self.endpoints {
+            let mut clients = Vec::new();
+            for _ in 0..n.max(1) {
+                clients.push(client(addr, self.ca.as_deref(), self.token.as_deref()).await?.raw());
+            }
+            all.push(clients);
+        }
+        Ok(all)
+    }
+}
+
+impl Target {
+    /// How the edge `name` is refreshed, as the user labelled it.
+    pub fn mode_of(&self, name: &str) -> &'static str {
+        if self.ttl_edges.iter().any(|e| e == name) {
+            "ttl"
+        } else {
+            "push"
+        }
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<Connected> {
+        let (endpoints, ca, token, local) = if self.local {
+            let ttl: Vec<&str> = self.ttl_edges.iter().map(String::as_str).collect();
+            let bench = BenchCluster::start(topology(None, &ttl)?).await?;
+            let edges: Vec<(String, String)> =
+                bench.cluster.edges().map(|e| (e.node.name.clone(), e.node.grpc.to_string())).collect();
+            (edges, bench.cluster.ca_file(), Some(bench.cluster.admin_token.clone()), Some(bench))
+        } else {
+            anyhow::ensure!(!self.endpoints.is_empty(), "name at least one --endpoint (or use --local)");
+            let edges = self
+                .endpoints
+                .iter()
+                .map(|e| match e.split_once('=') {
+                    Some((name, addr)) => (name.to_owned(), addr.to_owned()),
+                    None => (e.clone(), e.clone()),
+                })
+                .collect();
+            (edges, self.ca.clone(), self.token.clone(), None)
+        };
+        let first = client(&endpoints[0].1, ca.as_deref(), token.as_deref()).await?;
+        let namespace = match &self.namespace {
+            Some(id) => id.clone(),
+            None => namespace_titled(&first, "kv-bench").await?,
+        };
+        Ok(Connected { endpoints, ca, token, namespace, _local: local })
+    }
+}
+
+/// A client of the edge at `addr`.
+pub async fn client(addr: &str, ca: Option<&Path>, token: Option<&str>) -> anyhow::Result<Client> {
+    let c = Client::connect_with_ca(addr, ca).await.with_context(|| format!("connecting to {addr}"))?;
+    match token {
+        Some(t) => c.with_token(t),
+        None => Ok(c),
+    }
+}
+
+async fn namespace_titled(client: &Client, title: &str) -> anyhow::Result<String> {
+    if let Some(ns) = client.list_namespaces().await?.into_iter().find(|n| n.title == title) {
+        return Ok(ns.id);
+    }
+    Ok(client.create_namespace(title).await?.id)
+}
