@@ -2,7 +2,9 @@
 //! temporary directory, bulk loading, metric scrapes, and latency summaries that print as
 //! one JSON object per result and as a human table.
 
+pub mod closed_loop;
 pub mod driver;
+pub mod peers;
 pub mod plots;
 pub mod visibility;
 pub mod ycsb;

@@ -26,9 +26,7 @@ pub fn write(m: &Measured, title: &str, dir: &Path) -> anyhow::Result<Vec<PathBu
     }
     for (op, lines) in by_op {
         let path = dir.join(format!("latency-{}.svg", op.name()));
-        latency_cdf(&path, &format!("{title}: {} latency", op.name()), &lines)
-            .with_context(|| format!("drawing {}", path.display()))?;
-        written.push(path);
+        written.push(latency(&path, &format!("{title}: {} latency", op.name()), &lines)?);
     }
     let path = dir.join("throughput.svg");
     throughput(&path, &format!("{title}: operations per second"), &m.timeline)
@@ -49,13 +47,16 @@ pub fn visibility(lines: &[Line], title: &str, dir: &Path) -> anyhow::Result<Pat
     Ok(path)
 }
 
-/// The share of operations at or under each latency, on a logarithmic latency axis.
-fn latency_cdf(path: &Path, caption: &str, lines: &[Line]) -> anyhow::Result<()> {
+/// Writes to `path` the share of operations at or under each latency (lines of
+/// `Latency::cdf`), on a logarithmic latency axis; returns the path.
+pub fn latency(path: &Path, caption: &str, lines: &[Line]) -> anyhow::Result<PathBuf> {
     let points = lines.iter().flat_map(|(_, l)| l.iter().map(|p| p.0));
     let (lo, hi) = points.fold((f64::MAX, 0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
     let (lo, hi) = if lo > hi { (0.01, 1.0) } else { ((lo / 1.5).max(0.001), hi * 1.5) };
     let axes = ("latency (ms)", "share of operations at or under");
     draw(path, caption, axes, (lo..hi).log_scale(), 0f64..1f64, lines)
+        .with_context(|| format!("drawing {}", path.display()))?;
+    Ok(path.to_owned())
 }
 
 /// Operations completed in each second from the start of the measured window, per endpoint.
