@@ -5,10 +5,12 @@
 //! `cargo build --release --bins && target/release/hot-read --clients 64 --seconds 10`
 
 use clap::Parser;
-use kv_benches::{load, print_table, scrape, status, topology, BenchCluster, Latency, LATENCY_HEADERS};
-use kv_client::{api, Client};
+use kv_benches::closed_loop;
+use kv_benches::{load, print_table, scrape, status, topology, BenchCluster, LATENCY_HEADERS};
+use kv_client::api;
 use rand::Rng;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -32,16 +34,6 @@ struct Args {
     edge: String,
 }
 
-/// What the clients saw in one window.
-#[derive(Default)]
-struct Window {
-    latency: Latency,
-    hits: u64,
-    other: u64,
-    errors: u64,
-    secs: f64,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -54,28 +46,43 @@ async fn main() -> anyhow::Result<()> {
         client.get(&ns, k, None).await?;
     }
 
-    let mut clients = Vec::new();
-    for _ in 0..args.clients {
-        clients.push(bench.client(&args.edge).await?);
-    }
-    read_for(&clients, &ns, &keys, args.value_bytes, Duration::from_secs(2)).await?;
     let http = bench.edge(&args.edge)?.node.http;
     let fetches_before = scrape(http, "kv_edge_upstream_fetches_total").await;
-    let w = read_for(&clients, &ns, &keys, args.value_bytes, Duration::from_secs(args.seconds)).await?;
+    let keys = Arc::new(keys);
+    let mut clients = Vec::new();
+    for _ in 0..args.clients {
+        let (raw, ns, keys, value_bytes) =
+            (bench.client(&args.edge).await?.raw(), ns.clone(), keys.clone(), args.value_bytes);
+        clients.push(move |_: u64| {
+            let mut raw = raw.clone();
+            let key = keys[rand::thread_rng().gen_range(0..keys.len())].clone();
+            let req = api::GetRequest { namespace_id: ns.clone(), key, cache_ttl: None, with_metadata: false };
+            async move {
+                let r = raw.get(req).await.map_err(|s| s.to_string())?.into_inner();
+                if r.value.len() != value_bytes {
+                    return Err(format!("a value of {} bytes", r.value.len()));
+                }
+                Ok(if status(&r) == api::CacheStatus::Hit { "hit" } else { "not_hit" })
+            }
+        });
+    }
+    let w = closed_loop::run(clients, Duration::from_secs(2), Duration::from_secs(args.seconds)).await?;
+    // Counted over the warm-up too: every key was read once before, so both are hits.
     let fetches = scrape(http, "kv_edge_upstream_fetches_total").await - fetches_before;
+    let hits = w.outcomes.get("hit").copied().unwrap_or(0);
 
     let reads = w.latency.count();
-    let per_sec = reads as f64 / w.secs;
+    let per_sec = w.ops_per_sec();
     let json = w.latency.json(serde_json::json!({
         "bench": "hot_read",
         "edge": args.edge,
         "clients": args.clients,
         "keys": args.keys,
         "value_bytes": args.value_bytes,
-        "seconds": w.secs,
+        "seconds": w.seconds,
         "reads_per_sec": per_sec.round(),
-        "hits": w.hits,
-        "not_hits": w.other,
+        "hits": hits,
+        "not_hits": w.ops - hits,
         "errors": w.errors,
         "upstream_fetches": fetches,
     }));
@@ -86,55 +93,10 @@ async fn main() -> anyhow::Result<()> {
     let mut row = vec![args.clients.to_string(), format!("{per_sec:.0}")];
     row.extend(w.latency.cells());
     row.extend([
-        format!("{:.2}", 100.0 * w.hits as f64 / reads.max(1) as f64),
+        format!("{:.2}", 100.0 * hits as f64 / reads.max(1) as f64),
         fetches.to_string(),
         w.errors.to_string(),
     ]);
     print_table(&headers, &[row]);
     Ok(())
-}
-
-/// Every client reads random keys back to back for `window`.
-async fn read_for(
-    clients: &[Client],
-    ns: &str,
-    keys: &[String],
-    value_bytes: usize,
-    window: Duration,
-) -> anyhow::Result<Window> {
-    let started = Instant::now();
-    let end = started + window;
-    let mut tasks = Vec::new();
-    for c in clients {
-        let (mut raw, ns, keys) = (c.raw(), ns.to_string(), keys.to_vec());
-        tasks.push(tokio::spawn(async move {
-            let mut w = Window::default();
-            while Instant::now() < end {
-                let key = keys[rand::thread_rng().gen_range(0..keys.len())].clone();
-                let req = api::GetRequest { namespace_id: ns.clone(), key, cache_ttl: None, with_metadata: false };
-                let t = Instant::now();
-                match raw.get(req).await {
-                    Ok(r) if r.get_ref().value.len() == value_bytes => {
-                        w.latency.record(t.elapsed());
-                        match status(r.get_ref()) {
-                            api::CacheStatus::Hit => w.hits += 1,
-                            _ => w.other += 1,
-                        }
-                    }
-                    _ => w.errors += 1,
-                }
-            }
-            w
-        }));
-    }
-    let mut total = Window::default();
-    for t in tasks {
-        let w = t.await?;
-        total.latency.merge(&w.latency);
-        total.hits += w.hits;
-        total.other += w.other;
-        total.errors += w.errors;
-    }
-    total.secs = started.elapsed().as_secs_f64();
-    Ok(total)
 }

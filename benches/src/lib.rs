@@ -116,6 +116,52 @@ pub async fn load(client: &Client, ns: &str, items: Vec<(String, Vec<u8>)>) -> a
     Ok(())
 }
 
+/// Writes `lines` to `to`: a file, or standard output for `-`; nowhere for `None`.
+pub fn write_json_lines(to: Option<&Path>, lines: &[serde_json::Value]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match to {
+        Some(p) if p.as_os_str() == "-" => lines.iter().for_each(|l| println!("{l}")),
+        Some(p) => {
+            let mut f = std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?;
+            for l in lines {
+                writeln!(f, "{l}")?;
+            }
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// Clients of `closed_loop::run` that each put distinct keys (`{tag}{client}-{call}`) of
+/// `value` through the central store's node `leader`; a write refused by the store fails.
+pub fn central_puts(
+    c: &kv_tests::Cluster,
+    leader: usize,
+    ns: &str,
+    value: &[u8],
+    n: usize,
+    tag: &str,
+) -> Vec<closed_loop::Call> {
+    (0..n)
+        .map(|w| {
+            let (client, ns, value, tag) = (c.store(leader), ns.to_string(), value.to_vec(), format!("{tag}{w}-"));
+            let call: closed_loop::Call = Box::new(move |n: u64| {
+                let mut client = client.clone();
+                let ops = vec![kv_tests::put_op(&format!("{tag}{n}"), &value)];
+                let req = kv_proto::store::v1::WriteRequest { namespace_id: ns.clone(), ops, ..Default::default() };
+                Box::pin(async move {
+                    let r = client.write(req).await.map_err(|s| s.to_string())?.into_inner();
+                    match r.results.iter().find_map(|x| x.error.as_ref()) {
+                        None => Ok("ok"),
+                        Some(e) => Err(e.message.clone()),
+                    }
+                })
+            });
+            call
+        })
+        .collect()
+}
+
 /// The cache status of an answer.
 pub fn status(r: &api::GetResponse) -> api::CacheStatus {
     api::CacheStatus::try_from(r.cache_status).unwrap_or(api::CacheStatus::Unspecified)

@@ -4,10 +4,10 @@
 //! `cargo run --release -p kv-benches --bin put-throughput -- --seconds 10`
 
 use clap::Parser;
-use kv_benches::{print_table, Latency, LATENCY_HEADERS};
-use kv_proto::store::v1::WriteRequest;
-use kv_tests::{metric_value, put_op, Cluster, ClusterOptions};
-use std::time::{Duration, Instant};
+use kv_benches::closed_loop;
+use kv_benches::{central_puts, print_table, Latency, LATENCY_HEADERS};
+use kv_tests::{metric_value, Cluster, ClusterOptions};
+use std::time::Duration;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -62,6 +62,7 @@ async fn fsyncs(c: &Cluster, leader: usize) -> f64 {
     metric_value(&text, "kv_central_log_fsyncs_total").unwrap_or(0.0)
 }
 
+/// Puts distinct keys through the leader from `writers` clients for `window`.
 async fn measure(
     c: &Cluster,
     leader: usize,
@@ -71,46 +72,8 @@ async fn measure(
     window: Duration,
     tag: &str,
 ) -> anyhow::Result<Run> {
-    let started = Instant::now();
-    let end = started + window;
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let mut client = c.store(leader);
-        let ns = ns.to_string();
-        let value = value.to_vec();
-        let tag = format!("{tag}{w}-");
-        tasks.push(tokio::spawn(async move {
-            let mut latency = Latency::default();
-            let (mut ops, mut errors) = (0u64, 0u64);
-            let mut n = 0u64;
-            while Instant::now() < end {
-                let req = WriteRequest {
-                    namespace_id: ns.clone(),
-                    ops: vec![put_op(&format!("{tag}{n}"), &value)],
-                    ..Default::default()
-                };
-                n += 1;
-                let t = Instant::now();
-                match client.write(req).await {
-                    Ok(r) if r.get_ref().results.iter().all(|x| x.error.is_none()) => {
-                        latency.record(t.elapsed());
-                        ops += 1;
-                    }
-                    _ => errors += 1,
-                }
-            }
-            (latency, ops, errors)
-        }));
-    }
-    let mut latency = Latency::default();
-    let (mut ops, mut errors) = (0, 0);
-    for t in tasks {
-        let (l, o, e) = t.await?;
-        latency.merge(&l);
-        ops += o;
-        errors += e;
-    }
-    Ok(Run { writers, ops, errors, secs: started.elapsed().as_secs_f64(), latency, fsyncs: 0.0 })
+    let r = closed_loop::run(central_puts(c, leader, ns, value, writers, tag), Duration::ZERO, window).await?;
+    Ok(Run { writers, ops: r.ops, errors: r.errors, secs: r.seconds, latency: r.latency, fsyncs: 0.0 })
 }
 
 fn to_json(r: &Run, value_bytes: usize) -> serde_json::Value {

@@ -12,7 +12,8 @@
 //! acknowledged before it began breaks read-your-writes, and a read that returns an older
 //! counter than a read at the same edge that ended before it began breaks monotonic reads.
 //! A read that misses writes is stale by how many it missed and by how long ago the first
-//! of them was acknowledged.
+//! of them was acknowledged; one that misses a write acknowledged more than its cacheTtl
+//! before it began, without being answered STALE, breaks bounded staleness (SPEC 4.3).
 
 use crate::driver::code_name;
 use crate::Latency;
@@ -70,6 +71,8 @@ pub struct Read {
     pub end: u64,
     /// The counter returned (0 when the key was absent), or the error's gRPC code.
     pub seen: Result<u32, String>,
+    /// Answered STALE: upstream could not be reached (SPEC 4.8 lets it be older than cacheTtl).
+    pub stale: bool,
 }
 
 /// Everything a probe observed.
@@ -84,6 +87,10 @@ pub struct Observed {
     pub reads: Vec<Read>,
     /// Reads the schedule skipped because too many were in flight, per edge.
     pub skipped: Vec<u64>,
+    /// Writes refused by the per-key write limit (429, so not written; tried again).
+    pub refused: u64,
+    /// The reads' cacheTtl: the bound of SPEC 4.3.
+    pub cache_ttl_ms: u64,
 }
 
 /// The key of index `key` of writer `writer`.
@@ -96,6 +103,8 @@ fn key_name(run_id: &str, writer: &str, key: usize) -> String {
 pub async fn run(probe: &Probe, edges: &[Edge], tick: impl Fn(u64)) -> anyhow::Result<Observed> {
     anyhow::ensure!(!edges.is_empty() && !probe.writers.is_empty(), "the probe needs an edge and a writer");
     anyhow::ensure!(probe.keys_per_writer > 0, "each writer needs at least one key");
+    let distinct: std::collections::HashSet<_> = probe.writers.iter().collect();
+    anyhow::ensure!(distinct.len() == probe.writers.len(), "each writer may be named once");
     anyhow::ensure!(
         probe.reads_per_sec.is_finite() && probe.reads_per_sec > 0.0,
         "the read rate must be a positive number of reads per second"
@@ -154,23 +163,37 @@ pub async fn run(probe: &Probe, edges: &[Edge], tick: impl Fn(u64)) -> anyhow::R
         r = all => r,
         _ = ticker => unreachable!("the ticker never ends"),
     };
-    let mut acks = Vec::new();
+    let (mut acks, mut refused) = (Vec::new(), 0);
     for w in writes {
-        acks.push(w.map_err(|e| anyhow::anyhow!("a writer of the probe failed: {e}"))?);
+        let (a, r) = w.map_err(|e| anyhow::anyhow!("a writer of the probe failed: {e}"))?;
+        acks.push(a);
+        refused += r;
     }
     let mut skipped = Vec::new();
     for r in readers {
         skipped.push(r.map_err(|e| anyhow::anyhow!("a reader of the probe failed: {e}"))?);
     }
     let reads = std::mem::take(&mut *reads.lock().map_err(|_| anyhow::anyhow!("a reader of the probe failed"))?);
-    Ok(Observed { edges: edges.iter().map(|e| e.name.clone()).collect(), writer_of, acks, reads, skipped })
+    Ok(Observed {
+        edges: edges.iter().map(|e| e.name.clone()).collect(),
+        writer_of,
+        acks,
+        reads,
+        skipped,
+        refused,
+        cache_ttl_ms: probe.cache_ttl.map_or(DEFAULT_CACHE_TTL_MS, |t| t.max(0) as u64 * 1000),
+    })
 }
 
 fn micros(zero: Instant, t: Instant) -> u64 {
     t.saturating_duration_since(zero).as_micros() as u64
 }
 
-/// Writes one key's counter, once per interval, until the end or its first failure.
+/// KV's cacheTtl when a read names none.
+const DEFAULT_CACHE_TTL_MS: u64 = 60_000;
+
+/// Writes one key's counter, once per interval, until the end or its first failure of
+/// unknown outcome; returns when each write was acknowledged, and how many were refused.
 struct KeyWriter {
     client: RawClient,
     namespace: String,
@@ -180,8 +203,8 @@ struct KeyWriter {
 }
 
 impl KeyWriter {
-    async fn write(mut self, zero: Instant, first: Instant, end: Instant) -> Vec<Option<u64>> {
-        let mut acks = Vec::new();
+    async fn write(mut self, zero: Instant, first: Instant, end: Instant) -> (Vec<Option<u64>>, u64) {
+        let (mut acks, mut refused) = (Vec::new(), 0);
         let mut due = first;
         while due < end {
             tokio::time::sleep_until(due.into()).await;
@@ -195,6 +218,9 @@ impl KeyWriter {
             };
             match self.client.put(req).await {
                 Ok(_) => acks.push(Some(micros(zero, Instant::now()))),
+                // Refused by the per-key write limit before anything was written (two writes
+                // can reach the leader closer than they were sent): the same counter again.
+                Err(s) if s.code() == tonic::Code::ResourceExhausted => refused += 1,
                 Err(_) => {
                     // The write may still commit later; a later counter could then be
                     // overwritten by it, so this key is written no more.
@@ -204,7 +230,7 @@ impl KeyWriter {
             }
             due = (due + self.interval).max(Instant::now());
         }
-        acks
+        (acks, refused)
     }
 }
 
@@ -246,13 +272,16 @@ impl EdgeReader {
             let (reads, in_flight, edge) = (self.reads.clone(), in_flight.clone(), self.edge);
             calls.push(tokio::spawn(async move {
                 let start = micros(zero, Instant::now());
-                let seen = match client.get(req).await {
-                    Ok(r) => counter(&r.into_inner()),
-                    Err(s) => Err(code_name(s.code())),
+                let (seen, stale) = match client.get(req).await {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        (counter(&r), r.cache_status == api::CacheStatus::Stale as i32)
+                    }
+                    Err(s) => (Err(code_name(s.code())), false),
                 };
                 let end = micros(zero, Instant::now());
                 if let Ok(mut reads) = reads.lock() {
-                    reads.push(Read { edge, key, start, end, seen });
+                    reads.push(Read { edge, key, start, end, seen, stale });
                 }
                 in_flight.fetch_sub(1, Ordering::Relaxed);
             }));
@@ -329,6 +358,9 @@ pub struct Report {
     pub read_your_writes_violations: Vec<u64>,
     /// Per edge: reads older than a read at that edge which ended before they began.
     pub monotonic_violations: Vec<u64>,
+    /// Per edge: reads, not answered STALE, that missed a write acknowledged more than
+    /// cacheTtl before they began.
+    pub bounded_staleness_violations: Vec<u64>,
     /// Per edge: failed reads by gRPC code.
     pub read_errors: Vec<BTreeMap<String, u64>>,
     pub writes_acked: u64,
@@ -348,6 +380,7 @@ pub fn analyze(o: &Observed) -> Report {
     let mut report = Report {
         read_your_writes_violations: vec![0; n],
         monotonic_violations: vec![0; n],
+        bounded_staleness_violations: vec![0; n],
         read_errors: vec![BTreeMap::new(); n],
         ..Default::default()
     };
@@ -391,6 +424,11 @@ pub fn analyze(o: &Observed) -> Report {
             if writer == r.edge {
                 report.read_your_writes_violations[r.edge] += 1;
             }
+            // The newest write acknowledged more than cacheTtl before the read began.
+            let due = acks.iter().take_while(|a| a.is_some_and(|t| t + o.cache_ttl_ms * 1000 < r.start)).count();
+            if seen < due && !r.stale {
+                report.bounded_staleness_violations[r.edge] += 1;
+            }
         }
     }
     report.pairs = pairs.into_values().collect();
@@ -431,7 +469,7 @@ mod tests {
     use super::*;
 
     fn read(edge: usize, start_ms: u64, seen: u32) -> Read {
-        Read { edge, key: 0, start: start_ms * 1000, end: start_ms * 1000 + 500, seen: Ok(seen) }
+        Read { edge, key: 0, start: start_ms * 1000, end: start_ms * 1000 + 500, seen: Ok(seen), stale: false }
     }
 
     /// One key written by edge 0: counter 1 acknowledged at 100 ms, 2 at 1,100 ms.
@@ -442,6 +480,8 @@ mod tests {
             acks: vec![vec![Some(100_000), Some(1_100_000)]],
             reads,
             skipped: vec![0, 0],
+            refused: 0,
+            cache_ttl_ms: 1_000,
         }
     }
 
@@ -489,6 +529,17 @@ mod tests {
         assert_eq!(r.monotonic_violations, vec![0, 1]);
         let clean = analyze(&observed(vec![read(0, 1_200, 2), read(1, 1_300, 1), read(1, 1_400, 2)]));
         assert_eq!((clean.read_your_writes_violations, clean.monotonic_violations), (vec![0, 0], vec![0, 0]));
+    }
+
+    #[test]
+    fn a_read_that_misses_a_write_older_than_cache_ttl_breaks_the_bound_unless_stale() {
+        // cacheTtl 1 s; write 1 was acknowledged at 100 ms, write 2 at 1,100 ms.
+        let late = |stale| Read { stale, ..read(1, 1_200, 0) };
+        let r = analyze(&observed(vec![read(1, 1_000, 0), late(false), late(true), read(1, 2_150, 1)]));
+        // At 1,000 ms write 1 is 900 ms old: allowed. At 1,200 ms it is 1,100 ms old: a
+        // fresh answer without it breaks the bound, a STALE one does not. At 2,150 ms write
+        // 2 is 1,050 ms old and was missed.
+        assert_eq!(r.bounded_staleness_violations, vec![0, 2]);
     }
 
     #[test]

@@ -156,6 +156,7 @@ async fn visibility_shows_pushes_within_the_second_and_ttl_edges_within_their_ca
     assert!(summary[0]["writes_acked"].as_u64().unwrap() >= 30, "{}", summary[0]);
     assert_eq!(summary[0]["read_your_writes_violations"], 0, "{}", summary[0]);
     assert_eq!(summary[0]["monotonic_read_violations"], 0, "{}", summary[0]);
+    assert_eq!(summary[0]["bounded_staleness_violations"], 0, "{}", summary[0]);
     for g in of_type(&records, "guarantees") {
         assert!(g["reads"].as_u64().unwrap() > 300, "{g}");
         assert!(g["read_errors"].as_object().unwrap().is_empty(), "{g}");

@@ -134,6 +134,19 @@ impl NodeProc {
 /// Runs `bin --config config`, appending its output to `log`, with `RUST_LOG` from `filter`,
 /// else `$KV_TEST_LOG`, else `info`, and `env` on top. The child is killed when the launching
 /// process exits.
+/// Has the child `cmd` starts killed when this process exits, even by SIGKILL, so no node
+/// outlives a test or benchmark that panicked or was killed.
+pub fn dies_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child when the
+    // launching process exits.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 pub fn spawn_node(
     bin: &Path,
     config: &Path,
@@ -172,14 +185,7 @@ pub fn spawn_node_in(
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child when the
-    // launching process exits.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    dies_with_parent(&mut cmd);
     if let Some(ns) = netns {
         use std::os::fd::AsRawFd;
         let fd = ns.as_raw_fd();

@@ -110,15 +110,19 @@ pub struct Served {
     pub source: Source,
     /// The answer reflects every write acknowledged before this instant.
     pub as_of: Instant,
+    /// The copy came from this read's fetch (a MISS, or a STALE answer of the tier above),
+    /// not from what this tier held.
+    pub fetched: bool,
 }
 
 impl Served {
-    /// Whose copy answered, for a tier that is `here`: its own (HIT, STALE), or for a MISS
-    /// the one its fetch reached.
+    /// Whose copy answered, for a tier that is `here`: the tier the read's fetch reached,
+    /// or this one when it answered from what it held (a HIT, a STALE answer of its own).
     pub fn served_by(&self, here: pb::Tier) -> pb::Tier {
-        match self.source {
-            Source::Miss => self.copy.filled_from,
-            Source::Hit | Source::Stale => here,
+        if self.fetched {
+            self.copy.filled_from
+        } else {
+            here
         }
     }
 }
@@ -227,7 +231,7 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
             match self.cache.get(&(ns.to_owned(), k.clone())) {
                 Some(c) if !c.is_expired(now_secs) && self.policy.fresh(&c, spec, epoch) => {
                     self.metrics.hit(&c);
-                    out.push(Some(Ok(self.served(c, Source::Hit))));
+                    out.push(Some(Ok(self.served(c, Source::Hit, false))));
                 }
                 _ => {
                     self.metrics.misses.inc();
@@ -248,25 +252,25 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
             .collect()
     }
 
-    fn served(&self, copy: Arc<Copy>, source: Source) -> Served {
+    fn served(&self, copy: Arc<Copy>, source: Source, fetched: bool) -> Served {
         let as_of = self.policy.as_of(&copy);
-        Served { copy, source, as_of }
+        Served { copy, source, as_of, fetched }
     }
 
     /// Turns a fetch's outcome into an answer: fresh (MISS), too old but allowed (STALE),
     /// or, when upstream could not answer, a held copy the policy allows (STALE).
     fn classify(&self, ns: &str, key: &str, got: TierResult<Arc<Copy>>, spec: &ReadSpec) -> TierResult<Served> {
         match got {
-            Ok(c) if self.policy.young(&c, spec) => Ok(self.served(c, Source::Miss)),
+            Ok(c) if self.policy.young(&c, spec) => Ok(self.served(c, Source::Miss, true)),
             Ok(c) if self.policy.stale_ok(&c, spec) => {
                 self.metrics.stale_serves.inc();
-                Ok(self.served(c, Source::Stale))
+                Ok(self.served(c, Source::Stale, true))
             }
             Ok(_) => Err(KvError::Unavailable("no upstream could give an answer fresh enough; retry".into()).into()),
             Err(e) if e.is_unreachable() => match self.cache.get(&(ns.to_owned(), key.to_owned())) {
                 Some(c) if self.policy.stale_ok(&c, spec) => {
                     self.metrics.stale_serves.inc();
-                    Ok(self.served(c, Source::Stale))
+                    Ok(self.served(c, Source::Stale, false))
                 }
                 _ => Err(e),
             },
@@ -361,7 +365,7 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
                         continue;
                     }
                 };
-                let (value, version, from) = match flight.noted.take() {
+                let (value, version) = match flight.noted.take() {
                     Some(Noted::Unknown(v)) if v > answer.version => {
                         // Changed meanwhile to a value not known here: ask again at that version.
                         flight.min_version = flight.min_version.max(v);
@@ -369,13 +373,14 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
                         again.push(ck.1);
                         continue;
                     }
-                    // A change from the central feed overtook the answer.
-                    Some(Noted::Set(v, value)) if v > answer.version => (value, v, pb::Tier::Central),
-                    _ => (answer.value, answer.version, answer.served_by),
+                    Some(Noted::Set(v, value)) if v > answer.version => (value, v),
+                    _ => (answer.value, answer.version),
                 };
                 let (fresh_for, hold_extra) = self.policy.lifetimes(&spec);
                 let copy = Copy::new(value, version, answer.as_of, fresh_for, hold_extra, flight.epoch);
-                let copy = Arc::new(copy.filled_from(from));
+                // Labelled by where the fetch ended, even when a change noted meanwhile
+                // gave it newer contents: that is the tier the read waited for.
+                let copy = Arc::new(copy.filled_from(answer.served_by));
                 let f = st.flights.remove(&ck);
                 // A flight from before a reset is kept too, as a copy of its own epoch: never
                 // fresh, but no older than what it replaces, so a STALE answer served from
@@ -584,6 +589,33 @@ mod tests {
         let got = reader.await.unwrap();
         assert_eq!((text(&got[0]).as_deref(), got[0].copy.version), (Some("new"), 10));
         assert_eq!(t.cache.get(&key("k")).unwrap().version, 10, "the change is what is kept");
+    }
+
+    #[tokio::test]
+    async fn answers_name_the_tier_their_fetch_reached_or_this_one() {
+        let (t, mut calls) = tier();
+        let edge = pb::Tier::Edge;
+        let reader = tokio::spawn({
+            let t = t.clone();
+            async move { read(&t, &["k", "old"]).await }
+        });
+        let call = calls.recv().await.unwrap();
+        // A change overtakes the fetch of k: the read still waited for the regional tier.
+        t.apply(10, [Effect::Set(key("k"), val("new"))]);
+        let regional = |a: Answer| Answer { served_by: pb::Tier::Regional, ..a };
+        // The tier above answers `old` from a copy older than any cacheTtl (stale-if-error).
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(600)).unwrap();
+        let stale = Answer { as_of: long_ago, stale: true, ..regional(answer(val("o"), 3)) };
+        call.reply.send(Ok(vec![regional(answer(val("k5"), 5)), stale])).unwrap();
+        let got = reader.await.unwrap();
+        assert_eq!(
+            (got[0].source, got[0].copy.version, got[0].served_by(edge)),
+            (Source::Miss, 10, pb::Tier::Regional)
+        );
+        assert_eq!((got[1].source, got[1].served_by(edge)), (Source::Stale, pb::Tier::Regional));
+        // Then this tier's own copy answers.
+        let again = read(&t, &["k"]).await;
+        assert_eq!((again[0].source, again[0].served_by(edge)), (Source::Hit, edge));
     }
 
     #[tokio::test]

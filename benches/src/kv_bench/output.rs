@@ -1,9 +1,7 @@
 //! What a run writes besides its table: JSON lines, plots, and a progress bar meanwhile.
 
-use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::io::Write as _;
 use std::path::PathBuf;
 
 /// What results are written as, besides the table.
@@ -20,21 +18,7 @@ pub struct Output {
 impl Output {
     /// Writes `lines` where `--json` asks, if it does.
     pub fn json_lines(&self, lines: &[serde_json::Value]) -> anyhow::Result<()> {
-        match self.json.as_deref() {
-            Some(p) if p.as_os_str() == "-" => {
-                for l in lines {
-                    println!("{l}");
-                }
-            }
-            Some(p) => {
-                let mut f = std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?;
-                for l in lines {
-                    writeln!(f, "{l}")?;
-                }
-            }
-            None => {}
-        }
-        Ok(())
+        kv_benches::write_json_lines(self.json.as_deref(), lines)
     }
 }
 

@@ -79,7 +79,7 @@ pub async fn visibility(args: Visibility) -> anyhow::Result<()> {
         "cache_ttl": probe.cache_ttl,
     });
     args.output.json_lines(&json_lines(&report, &observed, &edges, settings))?;
-    table(&report, &edges);
+    table(&report, &observed, &edges);
     if let Some(dir) = &args.output.plots {
         let lines: Vec<Line> = report.pairs.iter().map(|p| (pair_name(p, &edges), curve(p))).collect();
         println!("wrote {}", plots::visibility(&lines, "kv-bench visibility", dir)?.display());
@@ -147,6 +147,7 @@ fn json_lines(r: &Report, o: &Observed, edges: &[Edge], settings: serde_json::Va
             "read_errors": r.read_errors[e],
             "read_your_writes_violations": r.read_your_writes_violations[e],
             "monotonic_read_violations": r.monotonic_violations[e],
+            "bounded_staleness_violations": r.bounded_staleness_violations[e],
         }));
     }
     lines.push(serde_json::json!({
@@ -154,6 +155,8 @@ fn json_lines(r: &Report, o: &Observed, edges: &[Edge], settings: serde_json::Va
         "settings": settings,
         "writes_acked": r.writes_acked,
         "writes_unknown": r.writes_unknown,
+        "writes_refused": o.refused,
+        "bounded_staleness_violations": r.bounded_staleness_violations.iter().sum::<u64>(),
         "read_your_writes_violations": r.read_your_writes_violations.iter().sum::<u64>(),
         "monotonic_read_violations": r.monotonic_violations.iter().sum::<u64>(),
     }));
@@ -163,7 +166,7 @@ fn json_lines(r: &Report, o: &Observed, edges: &[Edge], settings: serde_json::Va
 /// Bins shown in the table, by lower edge.
 const SHOWN_MS: [u64; 6] = [0, 10, 100, 1_000, 10_000, 60_000];
 
-fn table(r: &Report, edges: &[Edge]) {
+fn table(r: &Report, o: &Observed, edges: &[Edge]) {
     let percent = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.1}", 100.0 * v));
     let ms = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
     let rows: Vec<Vec<String>> = r
@@ -202,9 +205,16 @@ fn table(r: &Report, edges: &[Edge]) {
     println!();
     for (e, edge) in edges.iter().enumerate() {
         println!(
-            "{}: {} read-your-writes and {} monotonic-read violations; read errors {:?}",
-            edge.name, r.read_your_writes_violations[e], r.monotonic_violations[e], r.read_errors[e]
+            "{}: {} read-your-writes, {} monotonic-read and {} bounded-staleness violations; read errors {:?}",
+            edge.name,
+            r.read_your_writes_violations[e],
+            r.monotonic_violations[e],
+            r.bounded_staleness_violations[e],
+            r.read_errors[e]
         );
     }
-    println!("writes acknowledged {}, of unknown outcome {}", r.writes_acked, r.writes_unknown);
+    println!(
+        "writes acknowledged {}, of unknown outcome {}, refused by the write limit (and sent again) {}",
+        r.writes_acked, r.writes_unknown, o.refused
+    );
 }

@@ -9,16 +9,16 @@ pub mod redis;
 use anyhow::Context;
 use std::path::Path;
 use std::process::Stdio;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-/// Starts `program` with `args`, its output in `log`; killed when dropped.
+/// Starts `program` with `args`, its output in `log`; killed when dropped, or when this
+/// process ends however it ends.
 fn spawn(program: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
     let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    kv_deploy::launch::dies_with_parent(&mut cmd);
+    tokio::process::Command::from(cmd)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", program.display()))
