@@ -111,10 +111,15 @@ pub fn init_tracing(service: &'static str, instance: &str, config: &TelemetryCon
     Ok(Telemetry(provider))
 }
 
+/// Whether spans are exported (an OTLP endpoint is configured).
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Acquire)
+}
+
 /// Makes `span` (a served call's) a child of `parent` in the exported trace, and returns its
 /// identity there, for the calls it makes to carry; `None` when no spans are exported.
 pub fn link(span: &tracing::Span, parent: Option<&TraceContext>) -> Option<TraceContext> {
-    if !EXPORTING.load(Ordering::Acquire) {
+    if !exporting() {
         return None;
     }
     if let Some(p) = parent {
@@ -132,7 +137,7 @@ pub fn link(span: &tracing::Span, parent: Option<&TraceContext>) -> Option<Trace
 
 /// `span`'s identity in the exported trace; `None` when no spans are exported.
 pub fn identity(span: &tracing::Span) -> Option<TraceContext> {
-    if !EXPORTING.load(Ordering::Acquire) {
+    if !exporting() {
         return None;
     }
     let cx = span.context();
@@ -155,7 +160,7 @@ pub fn sampled_identity(span: &tracing::Span) -> Option<TraceContext> {
 /// replicated change carried); `None` when no spans are exported here or the header is
 /// not well formed.
 pub fn continue_trace(traceparent: &str, make: impl FnOnce() -> tracing::Span) -> Option<tracing::Span> {
-    if traceparent.is_empty() || !EXPORTING.load(Ordering::Acquire) {
+    if traceparent.is_empty() || !exporting() {
         return None;
     }
     let parent = TraceContext::parse(traceparent)?;
