@@ -31,13 +31,19 @@ pub struct Load {
     pub parallel: usize,
 }
 
-/// Writes keys `0..keys` through the first endpoint in bulk writes of 10,000.
+/// Writes keys `0..keys` through the first endpoint in bulk writes of at most 10,000 keys
+/// and 4 MiB. The central leader commits at most 4 MiB of writes in one Raft entry; a
+/// larger bulk write goes alone as one big entry, and a few of them in flight outlasted the
+/// calls' deadlines on the local cluster. A bulk write whose deadline passed is sent again
+/// (a put of the same value is harmless).
 pub async fn load(at: &Connected, keyspace: &Keyspace, parallel: usize) -> anyhow::Result<()> {
     const BULK: u64 = 10_000;
+    const BULK_BYTES: u64 = 4 << 20;
+    const ATTEMPTS: usize = 3;
     let client = client(&at.endpoints[0].1, at.ca.as_deref(), at.token.as_deref()).await?;
     let keys = Keys::new(&keyspace.key_prefix, keyspace.keys, Popularity::Uniform, 1.0)?;
     let bar = bar(keyspace.keys, "{wide_bar} {pos}/{len} keys loaded ({per_sec}, {eta} left)");
-    let per_bulk = BULK.min((100 << 20) / keyspace.value_size.max().max(1)).max(1);
+    let per_bulk = BULK.min(BULK_BYTES / keyspace.value_size.max().max(1)).max(1);
     let starts: Vec<u64> = (0..keyspace.keys).step_by(per_bulk as usize).collect();
     let mut rng = rand::thread_rng();
     for chunk in starts.chunks(parallel.max(1)) {
@@ -53,7 +59,16 @@ pub async fn load(at: &Connected, keyspace: &Keyspace, parallel: usize) -> anyho
                 .collect();
             let req = api::PutBulkRequest { namespace_id: at.namespace.clone(), items };
             let client = &client;
-            calls.push(async move { (to - from, client.put_bulk(req).await) });
+            calls.push(async move {
+                let mut r = client.put_bulk(req.clone()).await;
+                for _ in 1..ATTEMPTS {
+                    match &r {
+                        Err(s) if s.code() == tonic::Code::DeadlineExceeded => r = client.put_bulk(req.clone()).await,
+                        _ => break,
+                    }
+                }
+                (to - from, r)
+            });
         }
         for (n, r) in futures::future::join_all(calls).await {
             let r = r?;
