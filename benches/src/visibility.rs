@@ -93,6 +93,19 @@ pub struct Observed {
     pub cache_ttl_ms: u64,
 }
 
+/// Refuses settings no probe can run with: a writer named twice (two counters on one key
+/// would look like broken guarantees), no keys, or a read rate that is not a positive number.
+pub fn check<W: Eq + std::hash::Hash>(writers: &[W], keys_per_writer: usize, reads_per_sec: f64) -> anyhow::Result<()> {
+    let distinct: std::collections::HashSet<&W> = writers.iter().collect();
+    anyhow::ensure!(distinct.len() == writers.len(), "each writer may be named once");
+    anyhow::ensure!(keys_per_writer > 0, "each writer needs at least one key");
+    anyhow::ensure!(
+        reads_per_sec.is_finite() && reads_per_sec > 0.0,
+        "the read rate must be a positive number of reads per second"
+    );
+    Ok(())
+}
+
 /// The key of index `key` of writer `writer`.
 fn key_name(run_id: &str, writer: &str, key: usize) -> String {
     format!("kv-bench-visibility/{run_id}/{writer}/{key}")
@@ -102,13 +115,7 @@ fn key_name(run_id: &str, writer: &str, key: usize) -> String {
 /// second with the seconds elapsed.
 pub async fn run(probe: &Probe, edges: &[Edge], tick: impl Fn(u64)) -> anyhow::Result<Observed> {
     anyhow::ensure!(!edges.is_empty() && !probe.writers.is_empty(), "the probe needs an edge and a writer");
-    anyhow::ensure!(probe.keys_per_writer > 0, "each writer needs at least one key");
-    let distinct: std::collections::HashSet<_> = probe.writers.iter().collect();
-    anyhow::ensure!(distinct.len() == probe.writers.len(), "each writer may be named once");
-    anyhow::ensure!(
-        probe.reads_per_sec.is_finite() && probe.reads_per_sec > 0.0,
-        "the read rate must be a positive number of reads per second"
-    );
+    check(&probe.writers, probe.keys_per_writer, probe.reads_per_sec)?;
     let mut writer_of = Vec::new();
     let mut names = Vec::new();
     for &w in &probe.writers {

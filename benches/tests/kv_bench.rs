@@ -113,6 +113,9 @@ async fn bad_settings_are_refused_before_anything_runs() {
         (&["run", "--endpoint", "127.0.0.1:1", "--rate", "NaN"][..], "the rate must be"),
         (&["run", "--endpoint", "127.0.0.1:1", "--rate=-5"][..], "the rate must be"),
         (&["run"][..], "at least one --endpoint"),
+        (&["visibility", "--endpoint", "127.0.0.1:1", "--writer", "a,a"][..], "each writer may be named once"),
+        (&["visibility", "--endpoint", "127.0.0.1:1", "--keys-per-writer", "0"][..], "at least one key"),
+        (&["visibility", "--endpoint", "127.0.0.1:1", "--reads-per-sec", "0"][..], "a positive number"),
     ] {
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kv-bench"))
             .args(args)

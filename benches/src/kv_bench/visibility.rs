@@ -40,6 +40,7 @@ pub struct Visibility {
 }
 
 pub async fn visibility(args: Visibility) -> anyhow::Result<()> {
+    kv_benches::visibility::check(&args.writers, args.keys_per_writer, args.reads_per_sec)?;
     let at = args.target.connect().await?;
     let names: Vec<&str> = at.endpoints.iter().map(|(n, _)| n.as_str()).collect();
     let writers: Vec<usize> = if args.writers.is_empty() {
