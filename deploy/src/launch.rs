@@ -3,13 +3,15 @@
 //! the `kv-local-cluster` command and by the cluster tests.
 
 use crate::link::DelayLink;
+use crate::netns::Machines;
 use crate::pki::{self, Ca};
+use crate::reach::{Reach, ReachEdge};
 use crate::topology::{RegionSpec, Topology};
 use anyhow::{bail, Context};
 use kv_common::auth::Bearer;
 use kv_common::tls::{ClientSource, Connector, Role, TlsFiles};
 use kv_proto::admin::v1::{cluster_admin_client::ClusterAdminClient, MetricsRequest};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,6 +37,8 @@ pub struct NodeProc {
     token_file: PathBuf,
     /// The node's CA, certificate and key, when the cluster runs with TLS.
     tls: Option<TlsFiles>,
+    /// The network namespace the node runs in, when machines are namespaces.
+    netns: Option<PathBuf>,
 }
 
 impl NodeProc {
@@ -61,8 +65,15 @@ impl NodeProc {
 
     /// Starts the process (again) from its config file; it dies with this process.
     pub fn start(&mut self) -> anyhow::Result<()> {
-        let child = spawn_node(&self.bin, &self.config_path(), &self.log_path(), self.log_filter.as_deref(), &self.env)
-            .with_context(|| format!("starting {} ({})", self.name, self.bin.display()))?;
+        let child = spawn_node(
+            self.netns.as_deref(),
+            &self.bin,
+            &self.config_path(),
+            &self.log_path(),
+            self.log_filter.as_deref(),
+            &self.env,
+        )
+        .with_context(|| format!("starting {} ({})", self.name, self.bin.display()))?;
         self.child = Some(child);
         Ok(())
     }
@@ -131,9 +142,6 @@ impl NodeProc {
     }
 }
 
-/// Runs `bin --config config`, appending its output to `log`, with `RUST_LOG` from `filter`,
-/// else `$KV_TEST_LOG`, else `info`, and `env` on top. The child is killed when the launching
-/// process exits.
 /// Has the child `cmd` starts killed when this process exits, even by SIGKILL, so no node
 /// outlives a test or benchmark that panicked or was killed.
 pub fn dies_with_parent(cmd: &mut Command) {
@@ -147,19 +155,11 @@ pub fn dies_with_parent(cmd: &mut Command) {
     }
 }
 
-pub fn spawn_node(
-    bin: &Path,
-    config: &Path,
-    log: &Path,
-    filter: Option<&str>,
-    env: &[(String, String)],
-) -> anyhow::Result<Child> {
-    spawn_node_in(None, bin, config, log, filter, env)
-}
-
-/// `spawn_node`, in the network namespace `netns` (a file such as `/var/run/netns/NAME`)
-/// when given: the node binds and dials that namespace's addresses, as on its own machine.
-pub fn spawn_node_in(
+/// Runs `bin --config config`, appending its output to `log`, with `RUST_LOG` from `filter`,
+/// else `$KV_TEST_LOG`, else `info`, and `env` on top; in the network namespace `netns` (a
+/// file such as `/var/run/netns/NAME`) when given, where the node binds and dials that
+/// namespace's addresses, as on its own machine. The child dies with the launching process.
+fn spawn_node(
     netns: Option<&Path>,
     bin: &Path,
     config: &Path,
@@ -241,6 +241,9 @@ pub struct LocalCluster {
     ca: Option<Ca>,
     /// How the launcher, tests and tools connect: trusting the CA, when there is one.
     pub client_tls: Option<Arc<rustls::ClientConfig>>,
+    /// The namespaces the nodes run in, when the topology asks for machines (`netns`): the
+    /// central group on one, each region on its own. Last, so it goes after the links.
+    pub machines: Option<Machines>,
 }
 
 /// Where binaries are: `$KV_BIN_DIR`, or beside the running executable (its parent when
@@ -267,21 +270,51 @@ fn binary(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
 
 pub use crate::ports::free_port;
 
-/// Ports of the n-th node of a tier: fixed from `base`, or free ones when `base` is 0.
-fn ports(base: u16, tier_offset: u16, n: usize) -> std::io::Result<(SocketAddr, SocketAddr)> {
+/// Ports of the n-th node of a tier at `ip`: fixed from `base`, or free ones when `base` is 0.
+fn ports(ip: IpAddr, base: u16, tier_offset: u16, n: usize) -> std::io::Result<(SocketAddr, SocketAddr)> {
     let (g, h) = if base == 0 {
         (free_port()?, free_port()?)
     } else {
         let g = base + tier_offset + n as u16 + 1;
         (g, g + 100)
     };
-    Ok((SocketAddr::from(([127, 0, 0, 1], g)), SocketAddr::from(([127, 0, 0, 1], h))))
+    Ok((SocketAddr::new(ip, g), SocketAddr::new(ip, h)))
 }
 
-/// The hosts a local node's certificate names: its peers dial loopback.
-fn local_hosts() -> Vec<String> {
-    vec!["127.0.0.1".into(), "localhost".into()]
+/// Where a node runs: on loopback, or on one machine of `Machines`.
+struct Place {
+    ip: IpAddr,
+    netns: Option<PathBuf>,
 }
+
+impl Place {
+    /// `machine` of `machines`, or loopback when there are none.
+    fn of(machines: Option<&Machines>, machine: &str) -> anyhow::Result<Place> {
+        Ok(match machines {
+            None => Place { ip: IpAddr::V4(Ipv4Addr::LOCALHOST), netns: None },
+            Some(m) => Place { ip: m.ip(machine).context("an unknown machine")?, netns: Some(m.ns_file(machine)) },
+        })
+    }
+
+    /// The hosts the certificate of a node here names: the address its peers dial.
+    fn hosts(&self) -> Vec<String> {
+        match self.netns {
+            None => vec!["127.0.0.1".into(), "localhost".into()],
+            Some(_) => vec![self.ip.to_string()],
+        }
+    }
+}
+
+/// A delay link in front of `target`, which runs on `machine`.
+fn link(machines: Option<&Machines>, machine: &str, target: SocketAddr, delay: Duration) -> anyhow::Result<DelayLink> {
+    match machines {
+        None => Ok(DelayLink::start(target, delay)?),
+        Some(m) => m.link(machine, target, delay),
+    }
+}
+
+/// The machine of the central group, when machines are namespaces.
+const CENTRAL: &str = "central";
 
 fn node(
     (name, role): (&str, Role),
@@ -289,11 +322,12 @@ fn node(
     root: &Path,
     ca: Option<&Ca>,
     bin: PathBuf,
-    (grpc, http): (SocketAddr, SocketAddr),
+    (place, tier_offset, n): (&Place, u16, usize),
 ) -> anyhow::Result<NodeProc> {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir)?;
-    let tls = ca.map(|ca| ca.issue(role, name, &local_hosts())).transpose()?;
+    let (grpc, http) = ports(place.ip, topology.base_port, tier_offset, n)?;
+    let tls = ca.map(|ca| ca.issue(role, name, &place.hosts())).transpose()?;
     Ok(NodeProc {
         name: name.into(),
         grpc,
@@ -305,6 +339,7 @@ fn node(
         child: None,
         token_file: token_file(root),
         tls,
+        netns: place.netns.clone(),
     })
 }
 
@@ -369,7 +404,13 @@ impl LocalCluster {
         })?;
         let ca = if topology.tls { Some(Ca::open_or_create(&tls_dir(root))?) } else { None };
         let client_tls = ca.as_ref().map(|ca| kv_common::tls::tool_config(&ca.cert_file())).transpose()?;
-        let base = topology.base_port;
+        let machines = if topology.netns {
+            let names = std::iter::once(CENTRAL.to_owned()).chain(topology.regions.iter().map(|r| r.name.clone()));
+            Some(Machines::create(&names.collect::<Vec<_>>())?)
+        } else {
+            None
+        };
+        let at_central = Place::of(machines.as_ref(), CENTRAL)?;
         let mut central = Vec::new();
         for i in 0..topology.central.voters {
             central.push(node(
@@ -378,7 +419,7 @@ impl LocalCluster {
                 root,
                 ca.as_ref(),
                 binary(&bins, "central-store")?,
-                ports(base, 0, i)?,
+                (&at_central, 0, i),
             )?);
         }
         let peer_delay = Duration::from_millis(topology.central.peer_delay_ms);
@@ -386,7 +427,7 @@ impl LocalCluster {
         for i in 0..central.len() {
             let mut row = Vec::new();
             for (j, to) in central.iter().enumerate() {
-                row.push(if i == j { None } else { Some(DelayLink::start(to.grpc, peer_delay)?) });
+                row.push(if i == j { None } else { Some(link(machines.as_ref(), CENTRAL, to.grpc, peer_delay)?) });
             }
             peer_links.push(row);
         }
@@ -405,6 +446,7 @@ impl LocalCluster {
             admin_token,
             ca,
             client_tls,
+            machines,
         };
         for i in 0..cluster.central.len() {
             let routes: String = cluster.peer_links[i]
@@ -428,29 +470,32 @@ impl LocalCluster {
 
         let mut edge_no = 0;
         let mut regional_no = 0;
+        let mut reach = Vec::new();
         for spec in &topology.regions {
+            let place = Place::of(cluster.machines.as_ref(), &spec.name)?;
             let mut regionals = Vec::new();
             for k in 0..=spec.standbys {
                 let name = match k {
                     0 => format!("regional-{}", spec.name),
                     k => format!("regional-{}-{}", spec.name, k + 1),
                 };
-                let port = ports(base, 200, regional_no)?;
+                regionals.push(cluster.start_regional(&name, spec, topology, root, &bins, (&place, regional_no))?);
                 regional_no += 1;
-                regionals.push(cluster.start_regional(&name, spec, topology, root, &bins, port)?);
             }
             let mut edges = Vec::new();
             for e in &spec.edges {
                 let delay = Duration::from_millis(e.delay_ms);
-                let mut links =
-                    regionals.iter().map(|(r, _)| DelayLink::start(r.grpc, delay)).collect::<Result<Vec<_>, _>>()?;
+                let mut links = regionals
+                    .iter()
+                    .map(|(r, _)| link(cluster.machines.as_ref(), &spec.name, r.grpc, delay))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let mut node = node(
                     (&e.name, Role::Edge),
                     topology,
                     root,
                     cluster.ca.as_ref(),
                     binary(&bins, "edge-node")?,
-                    ports(base, 400, edge_no)?,
+                    (&place, 400, edge_no),
                 )?;
                 edge_no += 1;
                 let mode = e.mode.as_ref().map(|m| format!("mode = \"{m}\"\n")).unwrap_or_default();
@@ -462,6 +507,12 @@ impl LocalCluster {
                 )?;
                 node.start()?;
                 let link = links.remove(0);
+                reach.push(ReachEdge {
+                    name: e.name.clone(),
+                    grpc: node.grpc,
+                    http: node.http,
+                    mode: e.mode.clone().unwrap_or_else(|| "push".into()),
+                });
                 edges.push(Edge { node, link, standby_links: links });
             }
             let (regional, central_links) = regionals.remove(0);
@@ -469,6 +520,7 @@ impl LocalCluster {
             cluster.regions.push(Region { name: spec.name.clone(), regional, central_links, standbys, edges });
         }
         cluster.wait_until_serving().await?;
+        Reach { ca: cluster.ca_file(), token_file: token_file(root), edges: reach }.write(root)?;
         Ok(cluster)
     }
 
@@ -480,13 +532,16 @@ impl LocalCluster {
         topology: &Topology,
         root: &Path,
         bins: &Path,
-        port: (SocketAddr, SocketAddr),
+        (place, n): (&Place, usize),
     ) -> anyhow::Result<(NodeProc, Vec<DelayLink>)> {
         let delay = Duration::from_millis(spec.central_delay_ms);
-        let central_links =
-            self.central.iter().map(|c| DelayLink::start(c.grpc, delay)).collect::<Result<Vec<_>, _>>()?;
-        let mut regional =
-            node((name, Role::Regional), topology, root, self.ca.as_ref(), binary(bins, "regional-tier")?, port)?;
+        let central_links = self
+            .central
+            .iter()
+            .map(|c| link(self.machines.as_ref(), CENTRAL, c.grpc, delay))
+            .collect::<Result<Vec<_>, _>>()?;
+        let bin = binary(bins, "regional-tier")?;
+        let mut regional = node((name, Role::Regional), topology, root, self.ca.as_ref(), bin, (place, 200, n))?;
         let central = quoted_list(central_links.iter().map(|l| l.listen));
         regional.write_config(
             &format!("region = \"{}\"\ncentral = [{central}]\n", spec.name),
@@ -506,8 +561,9 @@ impl LocalCluster {
         let name = format!("central-{}", i + 1);
         let dir = root.join(&name);
         std::fs::create_dir_all(&dir)?;
-        let (grpc, http) = ports(0, 0, i)?;
-        let tls = self.ca.as_ref().map(|ca| ca.issue(Role::Central, &name, &local_hosts())).transpose()?;
+        let place = Place::of(self.machines.as_ref(), CENTRAL)?;
+        let (grpc, http) = ports(place.ip, 0, 0, i)?;
+        let tls = self.ca.as_ref().map(|ca| ca.issue(Role::Central, &name, &place.hosts())).transpose()?;
         let mut n = NodeProc {
             name,
             grpc,
@@ -519,6 +575,7 @@ impl LocalCluster {
             child: None,
             token_file: token_file(root),
             tls,
+            netns: place.netns,
         };
         let specific = format!(
             "node_id = {}\ndata_dir = \"{}\"\nencryption_key_file = \"{}\"\n",

@@ -3,6 +3,8 @@
 
 pub mod launch;
 pub mod link;
+pub mod netns;
 pub mod pki;
 pub mod ports;
+pub mod reach;
 pub mod topology;

@@ -24,6 +24,11 @@ struct Args {
     /// directory's `tls/`).
     #[arg(long)]
     insecure: bool,
+    /// Run the central group and each region on its own machine: a Linux network namespace
+    /// with its own address (10.231.x.y) on a bridge, as across hosts (needs root, `ip` and
+    /// `iptables`; the namespaces go when the launcher stops).
+    #[arg(long)]
+    netns: bool,
 }
 
 #[tokio::main]
@@ -39,9 +44,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut topology = Topology::parse(&text)?;
     topology.tls = !args.insecure;
+    topology.netns |= args.netns;
     std::fs::create_dir_all(&args.data_dir)?;
-    println!("starting the cluster under {} ...", args.data_dir.display());
-    let mut cluster = LocalCluster::start(&topology, &args.data_dir).await?;
+    // Absolute, so the paths cluster.toml gives tools work from any directory.
+    let data_dir = args.data_dir.canonicalize()?;
+    println!("starting the cluster under {} ...", data_dir.display());
+    let mut cluster = LocalCluster::start(&topology, &data_dir).await?;
     let scheme = if topology.tls { "https" } else { "http" };
 
     println!("\ncentral store (Raft voters):");
@@ -63,15 +71,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let first = cluster.edges().next().map(|e| e.node.grpc.to_string()).unwrap_or_default();
     let first_http = cluster.edges().next().map(|e| e.node.http.to_string()).unwrap_or_default();
-    println!(
-        "\nthe admin token (also in {}; keep it secret):",
-        kv_deploy::launch::token_file(&args.data_dir).display()
-    );
+    println!("\nthe admin token (also in {}; keep it secret):", kv_deploy::launch::token_file(&data_dir).display());
     println!("  {}", cluster.admin_token);
     println!("\nclient endpoints are the edges' grpc addresses, or their REST base URLs; try:");
     println!("  export KV_ENDPOINT={first}");
-    println!("  export KV_TOKEN=$(cat {})", kv_deploy::launch::token_file(&args.data_dir).display());
-    let ca = kv_deploy::launch::tls_dir(&args.data_dir).join("ca.pem");
+    println!("  export KV_TOKEN=$(cat {})", kv_deploy::launch::token_file(&data_dir).display());
+    let ca = kv_deploy::launch::tls_dir(&data_dir).join("ca.pem");
     if topology.tls {
         println!("  export KV_CA={}   # every link is mutual TLS; tools trust this CA", ca.display());
     }
@@ -84,6 +89,11 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("  export CLOUDFLARE_API_TOKEN=$KV_TOKEN");
+    println!(
+        "  kv-bench run --cluster {} --workload b --keys 10000 --load   # benchmarks find every edge in {}",
+        data_dir.display(),
+        kv_deploy::reach::reach_file(&data_dir).display()
+    );
     println!("\nrunning; Ctrl-C stops every process.");
     kv_common::serve::shutdown_signal().await;
     cluster.stop();

@@ -25,6 +25,10 @@ pub struct Topology {
     /// under the data directory's `tls/`, the CA reused across runs).
     #[serde(default)]
     pub tls: bool,
+    /// Each region, and the central group, on its own machine: a Linux network namespace
+    /// with its own address on a bridge (needs root; see `netns.rs`).
+    #[serde(default)]
+    pub netns: bool,
     /// Every node's log filter (`RUST_LOG` syntax); when absent, `$KV_TEST_LOG` or `info`.
     #[serde(default)]
     pub log: Option<String>,

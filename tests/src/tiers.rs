@@ -82,10 +82,12 @@ impl Tiers {
         nodes.map(|n| (n.name.clone(), std::fs::read_to_string(n.log_path()).unwrap_or_default())).collect()
     }
 
-    /// A client of edge `i`.
+    /// A client of edge `i` (trusting the cluster CA when it runs TLS).
     pub async fn edge(&self, i: usize) -> anyhow::Result<Client> {
         let e = self.cluster.edges().nth(i).ok_or_else(|| anyhow::anyhow!("no edge {i}"))?;
-        Client::connect(&e.node.grpc.to_string()).await?.with_token(&self.cluster.admin_token)
+        Client::connect_with_ca(&e.node.grpc.to_string(), self.cluster.ca_file().as_deref())
+            .await?
+            .with_token(&self.cluster.admin_token)
     }
 
     /// A metric of edge `i`.

@@ -1,9 +1,11 @@
-//! Where the benchmark's edges are: named endpoints, or a local cluster it starts itself.
+//! Where the benchmark's edges are: named endpoints, a cluster `kv-local-cluster` started
+//! (found through its data directory), or a local cluster the benchmark starts itself.
 
 use anyhow::Context;
 use clap::Args;
 use kv_benches::{topology, BenchCluster};
 use kv_client::Client;
+use kv_deploy::reach::Reach;
 use std::path::{Path, PathBuf};
 
 /// Where the benchmark's edges are.
@@ -12,9 +14,14 @@ pub struct Target {
     /// An edge to drive, as NAME=HOST:PORT or HOST:PORT (repeat for several regions).
     #[arg(long = "endpoint", env = "KV_BENCH_ENDPOINTS", value_delimiter = ',')]
     endpoints: Vec<String>,
+    /// Drive every edge of the cluster `kv-local-cluster` (`scripts/run-cluster`) runs with
+    /// this data directory, on loopback or on namespace machines: its `cluster.toml` gives
+    /// the edges, their modes, the CA and the admin token (--token and --ca still win).
+    #[arg(long, conflicts_with = "endpoints")]
+    cluster: Option<PathBuf>,
     /// Start the default local topology (from the binaries beside this one) and drive
     /// every edge of it, instead of --endpoint.
-    #[arg(long, conflicts_with = "endpoints")]
+    #[arg(long, conflicts_with_all = ["endpoints", "cluster"])]
     local: bool,
     /// The cluster CA, for endpoints serving TLS.
     #[arg(long, env = "KV_CA")]
@@ -26,7 +33,8 @@ pub struct Target {
     #[arg(long)]
     namespace: Option<String>,
     /// Edges that run in mode `ttl` (KV's refresh: no pushes), by name. Only a label for
-    /// --endpoint; with --local these edges are started in mode ttl.
+    /// --endpoint; with --local these edges are started in mode ttl; with --cluster, the
+    /// cluster's own ttl edges are added.
     #[arg(long, value_delimiter = ',')]
     pub ttl_edges: Vec<String>,
 }
@@ -38,10 +46,21 @@ pub struct Connected {
     pub ca: Option<PathBuf>,
     pub token: Option<String>,
     pub namespace: String,
+    /// Edges in mode `ttl`, by name.
+    ttl_edges: Vec<String>,
     _local: Option<BenchCluster>,
 }
 
 impl Connected {
+    /// How the edge `name` is refreshed, as the user or the cluster's description labelled it.
+    pub fn mode_of(&self, name: &str) -> &'static str {
+        if self.ttl_edges.iter().any(|e| e == name) {
+            "ttl"
+        } else {
+            "push"
+        }
+    }
+
     /// `n` connections to each endpoint, in the endpoints' order.
     pub async fn connections(&self, n: usize) -> anyhow::Result<Vec<Vec<kv_client::RawClient>>> {
         let mut all = Vec::new();
@@ -57,17 +76,19 @@ impl Connected {
 }
 
 impl Target {
-    /// How the edge `name` is refreshed, as the user labelled it.
-    pub fn mode_of(&self, name: &str) -> &'static str {
-        if self.ttl_edges.iter().any(|e| e == name) {
-            "ttl"
-        } else {
-            "push"
-        }
-    }
-
     pub async fn connect(&self) -> anyhow::Result<Connected> {
-        let (endpoints, ca, token, local) = if self.local {
+        let mut ttl_edges = self.ttl_edges.clone();
+        let (endpoints, ca, token, local) = if let Some(dir) = &self.cluster {
+            let reach = Reach::read(dir)?;
+            anyhow::ensure!(!reach.edges.is_empty(), "the cluster under {} has no edges", dir.display());
+            ttl_edges.extend(reach.edges.iter().filter(|e| e.mode == "ttl").map(|e| e.name.clone()));
+            let edges = reach.edges.iter().map(|e| (e.name.clone(), e.grpc.to_string())).collect();
+            let token = match &self.token {
+                Some(t) => t.clone(),
+                None => reach.token()?,
+            };
+            (edges, self.ca.clone().or(reach.ca), Some(token), None)
+        } else if self.local {
             let ttl: Vec<&str> = self.ttl_edges.iter().map(String::as_str).collect();
             let bench = BenchCluster::start(topology(None, &ttl)?).await?;
             let edges: Vec<(String, String)> =
@@ -90,7 +111,7 @@ impl Target {
             Some(id) => id.clone(),
             None => namespace_titled(&first, "kv-bench").await?,
         };
-        Ok(Connected { endpoints, ca, token, namespace, _local: local })
+        Ok(Connected { endpoints, ca, token, namespace, ttl_edges, _local: local })
     }
 }
 

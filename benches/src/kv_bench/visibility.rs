@@ -53,7 +53,7 @@ pub async fn visibility(args: Visibility) -> anyhow::Result<()> {
         .endpoints
         .iter()
         .zip(at.connections(args.clients).await?)
-        .map(|((name, _), clients)| Edge { name: name.clone(), mode: args.target.mode_of(name).into(), clients })
+        .map(|((name, _), clients)| Edge { name: name.clone(), mode: at.mode_of(name).into(), clients })
         .collect();
     let probe = Probe {
         namespace: at.namespace.clone(),
