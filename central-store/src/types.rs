@@ -110,6 +110,14 @@ pub struct Decided {
     pub expirations: Vec<(u32, i64)>,
 }
 
+impl Decided {
+    /// Item `item` failed (a condition that did not hold when applied): it stores nothing.
+    pub fn fail(&mut self, item: u32, e: KvError) {
+        self.expirations.retain(|(i, _)| *i != item);
+        self.errors.push((item, e));
+    }
+}
+
 /// One item of a write.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Op {
@@ -127,6 +135,15 @@ pub enum OpKind {
         expiration: Option<i64>,
     },
     Delete,
+    // New variants go last: the log stores them with bincode, by position.
+    /// Compare-and-set: `then` takes effect only if, when the entry is applied, the key's
+    /// version is `if_version` (0: absent); otherwise item `item` of the client's request
+    /// fails with the version found. Decided in commit order, so every replica agrees.
+    Conditional {
+        if_version: u64,
+        item: u32,
+        then: Box<OpKind>,
+    },
 }
 
 impl OpKind {
@@ -135,6 +152,16 @@ impl OpKind {
         match self {
             OpKind::Put { value, .. } => value.len(),
             OpKind::Delete => 0,
+            OpKind::Conditional { then, .. } => then.value_len(),
+        }
+    }
+
+    /// The absolute expiration a put stores.
+    pub fn expiration(&self) -> Option<i64> {
+        match self {
+            OpKind::Put { expiration, .. } => *expiration,
+            OpKind::Delete => None,
+            OpKind::Conditional { then, .. } => then.expiration(),
         }
     }
 }
@@ -142,11 +169,16 @@ impl OpKind {
 impl fmt::Debug for Op {
     // Values can be 25 MiB: never print them.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
+        let mut kind = &self.kind;
+        while let OpKind::Conditional { if_version, then, .. } = kind {
+            write!(f, "if version {if_version}: ")?;
+            kind = then;
+        }
+        match kind {
             OpKind::Put { value, expiration, .. } => {
                 write!(f, "put({:?}, {} bytes, exp {:?})", self.key, value.len(), expiration)
             }
-            OpKind::Delete => write!(f, "delete({:?})", self.key),
+            _ => write!(f, "delete({:?})", self.key),
         }
     }
 }
@@ -230,5 +262,7 @@ mod tests {
         assert_eq!(tag(&sweep), 4);
         assert_eq!(tag(&Recorded::Namespace(Err(KvError::KeyEmpty))), 1);
         assert_eq!(tag(&CommandResult::Swept { removed: 0 }), 3);
+        assert_eq!(tag(&OpKind::Conditional { if_version: 0, item: 0, then: Box::new(OpKind::Delete) }), 2);
+        assert_eq!(tag(&KvError::PreconditionFailed { current: 0 }), 33);
     }
 }

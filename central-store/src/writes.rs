@@ -16,7 +16,7 @@ use crate::types::{
 };
 use kv_common::{time, validate, KvError, Limits, NamespaceId};
 use kv_proto::store::v1 as pb;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -111,8 +111,12 @@ async fn commit(
     request: Option<String>,
 ) -> StoreResult<WriteOutcome> {
     let now_secs = time::now_secs();
-    let mut outcomes: Vec<Result<Option<Op>, KvError>> =
-        items.into_iter().map(|item| checked_op(item, now_secs, &node.config.limits).map(Some)).collect();
+    let mut outcomes: Vec<Result<Option<Op>, KvError>> = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| checked_op(item, i as u32, now_secs, &node.config.limits).map(Some))
+        .collect();
+    refuse_repeated_conditional_keys(&mut outcomes);
     // Last wins: among valid items, only the last naming a key is applied; the others
     // share its outcome.
     let valid: Vec<usize> = (0..outcomes.len()).filter(|i| outcomes[*i].is_ok()).collect();
@@ -143,8 +147,8 @@ async fn commit(
         match &outcomes[decider] {
             Err(e) => decided.errors.push((i as u32, e.clone())),
             Ok(Some(op)) => {
-                if let OpKind::Put { expiration: Some(exp), .. } = &op.kind {
-                    decided.expirations.push((i as u32, *exp));
+                if let Some(exp) = op.kind.expiration() {
+                    decided.expirations.push((i as u32, exp));
                 }
             }
             Ok(None) => {}
@@ -195,12 +199,47 @@ fn op_bytes(op: &pb::WriteOp) -> usize {
     op.key.len() + body
 }
 
-/// Runs the contract's checks on one item and resolves its expiration on the leader's clock.
-fn checked_op(op: pb::WriteOp, now_secs: i64, limits: &Limits) -> Result<Op, KvError> {
-    match op.op {
+/// A key with a condition may be named only once in a request: whether a conditional item
+/// or another naming the same key should win has no answer a user could rely on (etcd
+/// refuses a key twice in one transaction likewise). Every item naming such a key fails.
+fn refuse_repeated_conditional_keys(outcomes: &mut [Result<Option<Op>, KvError>]) {
+    let mut named: HashMap<&str, (usize, bool)> = HashMap::new();
+    for op in outcomes.iter().filter_map(|o| o.as_ref().ok().and_then(Option::as_ref)) {
+        let e = named.entry(op.key.as_str()).or_default();
+        e.0 += 1;
+        e.1 |= matches!(op.kind, OpKind::Conditional { .. });
+    }
+    let refused: HashSet<String> =
+        named.into_iter().filter(|(_, (n, cond))| *n > 1 && *cond).map(|(k, _)| k.to_owned()).collect();
+    if refused.is_empty() {
+        return;
+    }
+    for o in outcomes.iter_mut() {
+        if matches!(o, Ok(Some(op)) if refused.contains(&op.key)) {
+            *o = Err(KvError::InvalidRequest(
+                "a key with a condition (if_version or if_absent) may appear only once in a request".into(),
+            ));
+        }
+    }
+}
+
+/// Runs the contract's checks on item `item` and resolves its expiration on the leader's
+/// clock; a condition wraps the op, to be decided when applied.
+fn checked_op(op: pb::WriteOp, item: u32, now_secs: i64, limits: &Limits) -> Result<Op, KvError> {
+    let checked = plain_op(op.key, op.op, now_secs, limits)?;
+    Ok(match op.if_version {
+        None => checked,
+        Some(if_version) => {
+            Op { key: checked.key, kind: OpKind::Conditional { if_version, item, then: Box::new(checked.kind) } }
+        }
+    })
+}
+
+fn plain_op(key: String, op: Option<pb::write_op::Op>, now_secs: i64, limits: &Limits) -> Result<Op, KvError> {
+    match op {
         Some(pb::write_op::Op::Put(p)) => {
             let c = validate::put(
-                &op.key,
+                &key,
                 p.expiration,
                 p.expiration_ttl,
                 p.metadata_json.as_deref(),
@@ -209,13 +248,13 @@ fn checked_op(op: pb::WriteOp, now_secs: i64, limits: &Limits) -> Result<Op, KvE
                 limits,
             )?;
             Ok(Op {
-                key: op.key,
+                key,
                 kind: OpKind::Put { value: p.value.to_vec(), metadata: c.metadata, expiration: c.expiration },
             })
         }
         Some(pb::write_op::Op::Delete(_)) => {
-            validate::key(&op.key, limits)?;
-            Ok(Op { key: op.key, kind: OpKind::Delete })
+            validate::key(&key, limits)?;
+            Ok(Op { key, kind: OpKind::Delete })
         }
         None => Err(KvError::InvalidRequest("a write item must be a put or a delete".into())),
     }
@@ -223,7 +262,12 @@ fn checked_op(op: pb::WriteOp, now_secs: i64, limits: &Limits) -> Result<Op, KvE
 
 /// The per-item form of a contract error.
 fn op_error(e: &KvError) -> pb::OpError {
-    pb::OpError { grpc_code: e.grpc_code() as i32, http_status: u32::from(e.http_status()), message: e.to_string() }
+    pb::OpError {
+        grpc_code: e.grpc_code() as i32,
+        http_status: u32::from(e.http_status()),
+        message: e.to_string(),
+        current_version: e.current_version().unwrap_or(0),
+    }
 }
 
 #[cfg(test)]

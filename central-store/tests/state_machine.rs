@@ -357,3 +357,52 @@ async fn tokens_are_stored_by_digest_revoked_once_and_their_requests_applied_onc
     let (_, twice) = s.apply(revoke("gone-2")).await;
     assert!(matches!(twice, CommandResult::Token(Err(kv_common::KvError::TokenNotFound))));
 }
+
+/// A conditional op of item `item`: `then` at version `if_version` (0: absent).
+fn conditional(key: &str, if_version: u64, item: u32, then: OpKind) -> Op {
+    Op { key: key.into(), kind: OpKind::Conditional { if_version, item, then: Box::new(then) } }
+}
+
+fn put_kind(value: &[u8], expiration: Option<i64>) -> OpKind {
+    OpKind::Put { value: value.to_vec(), metadata: None, expiration }
+}
+
+#[tokio::test]
+async fn a_condition_is_decided_against_the_key_as_applied_expired_and_deleted_keys_being_absent() {
+    let mut s = new_sm().await;
+    let v1 = s.put("k", b"1", None).await;
+    s.put("gone", b"x", None).await;
+    s.delete("gone").await;
+    s.put("old", b"x", Some(NOW)).await;
+    let mut w = write(
+        NS,
+        vec![
+            conditional("k", v1 + 1, 0, put_kind(b"no", None)),
+            conditional("gone", 0, 1, put_kind(b"back", None)),
+            conditional("old", 0, 2, put_kind(b"fresh", Some(NOW + 60))),
+            conditional("never", 7, 3, OpKind::Delete),
+        ],
+    );
+    w.decided.expirations = vec![(2, NOW + 60)];
+    let (at, r) = s.apply(Command::Write { now_ms: NOW_MS, writes: vec![w] }).await;
+    let CommandResult::Writes(outcomes) = r else { panic!("{r:?}") };
+    let WriteOutcome::Applied { version, decided } = &outcomes[0] else { panic!("{outcomes:?}") };
+    assert_eq!(*version, at);
+    assert_eq!(
+        decided.errors,
+        vec![
+            (0, kv_common::KvError::PreconditionFailed { current: v1 }),
+            (3, kv_common::KvError::PreconditionFailed { current: 0 })
+        ]
+    );
+    assert_eq!(decided.expirations, vec![(2, NOW + 60)]);
+    let value = |key: &str| s.reader.get(&NS, key, NOW).unwrap().entry.map(|e| e.value);
+    assert_eq!(value("k").as_deref(), Some(&b"1"[..]), "a failed condition changed nothing");
+    assert_eq!(value("gone").as_deref(), Some(&b"back"[..]), "a deleted key is absent");
+    assert_eq!(value("old").as_deref(), Some(&b"fresh"[..]), "an expired key is absent");
+    assert!(value("never").is_none());
+    // Only the applied items reach the feed.
+    let FeedRead::Changes(sets) = s.reader.changes_after(at - 1, 10).unwrap() else { panic!("resync") };
+    let keys: Vec<&str> = sets.iter().flat_map(|(_, set)| set.iter().map(|c| c.key.as_str())).collect();
+    assert_eq!(keys, vec!["gone", "old"]);
+}

@@ -112,8 +112,14 @@ impl Client {
         call!(self, put_bulk, req)
     }
 
-    pub async fn delete(&self, namespace_id: &str, key: &str) -> Result<api::WriteResponse, Status> {
-        let req = api::DeleteRequest { namespace_id: namespace_id.into(), key: key.into() };
+    /// Deletes `key` (only at version `if_version`, when given: compare-and-set).
+    pub async fn delete(
+        &self,
+        namespace_id: &str,
+        key: &str,
+        if_version: Option<u64>,
+    ) -> Result<api::WriteResponse, Status> {
+        let req = api::DeleteRequest { namespace_id: namespace_id.into(), key: key.into(), if_version };
         call!(self, delete, req)
     }
 

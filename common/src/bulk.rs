@@ -38,6 +38,7 @@ pub fn put_items(items: Vec<BulkItem>) -> (Vec<api::BulkPutItem>, Vec<String>) {
             expiration: i.expiration,
             expiration_ttl: i.expiration_ttl,
             metadata_json: i.metadata.map(|m| m.get().to_owned()),
+            ..Default::default()
         });
     }
     (put, refused)

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use tonic::{metadata::MetadataValue, Code, Status};
 
-pub use kv_proto::HTTP_STATUS_TRAILER;
+pub use kv_proto::{CURRENT_VERSION_TRAILER, HTTP_STATUS_TRAILER};
 /// Metadata key that carries the Cloudflare-style error code, where the contract names one.
 pub const ERROR_CODE_TRAILER: &str = "kv-error-code";
 
@@ -85,6 +85,10 @@ pub enum KvError {
     PermissionDenied(String),
     #[error("token not found")]
     TokenNotFound,
+    /// A compare-and-set write whose condition did not hold; `current` is the key's version
+    /// then (0: absent).
+    #[error("Precondition failed: the key's current version is {current}.")]
+    PreconditionFailed { current: u64 },
 }
 
 impl KvError {
@@ -99,6 +103,7 @@ impl KvError {
             | BulkWriteTooMany { .. }
             | BulkWriteTooLarge { .. } => 413,
             TooManyRequests => 429,
+            PreconditionFailed { .. } => 412,
             NamespaceNotFound | KeyNotFound | TokenNotFound => 404,
             Unauthenticated(_) => 401,
             PermissionDenied(_) => 403,
@@ -112,6 +117,7 @@ impl KvError {
     pub fn grpc_code(&self) -> Code {
         match self.http_status() {
             429 => Code::ResourceExhausted,
+            412 => Code::FailedPrecondition,
             404 => Code::NotFound,
             401 => Code::Unauthenticated,
             403 => Code::PermissionDenied,
@@ -141,7 +147,18 @@ impl KvError {
         if let Some(code) = self.api_code() {
             md.insert(ERROR_CODE_TRAILER, MetadataValue::from(code));
         }
+        if let Some(current) = self.current_version() {
+            md.insert(CURRENT_VERSION_TRAILER, MetadataValue::from(current));
+        }
         status
+    }
+
+    /// The key's version a failed compare-and-set reports.
+    pub fn current_version(&self) -> Option<u64> {
+        match self {
+            KvError::PreconditionFailed { current } => Some(*current),
+            _ => None,
+        }
     }
 }
 
@@ -149,6 +166,11 @@ impl From<KvError> for Status {
     fn from(e: KvError) -> Self {
         e.to_status()
     }
+}
+
+/// The key's version a failed compare-and-set status carries.
+pub fn current_version_of(status: &Status) -> Option<u64> {
+    status.metadata().get(CURRENT_VERSION_TRAILER)?.to_str().ok()?.parse().ok()
 }
 
 /// The HTTP-equivalent status a gRPC status carries, if it came from a KV node.
@@ -177,5 +199,9 @@ mod tests {
 
         let s = KvError::NamespaceTitleExists.to_status();
         assert_eq!(s.metadata().get(ERROR_CODE_TRAILER).unwrap(), "10014");
+
+        let s = KvError::PreconditionFailed { current: 42 }.to_status();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert_eq!((http_status_of(&s), current_version_of(&s)), (Some(412), Some(42)));
     }
 }

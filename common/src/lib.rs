@@ -20,6 +20,6 @@ pub mod tls;
 pub mod trace;
 pub mod validate;
 
-pub use error::{KvError, KvResult, HTTP_STATUS_TRAILER};
+pub use error::{KvError, KvResult, CURRENT_VERSION_TRAILER, HTTP_STATUS_TRAILER};
 pub use limits::Limits;
 pub use namespace::NamespaceId;

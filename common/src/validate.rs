@@ -180,6 +180,16 @@ pub fn bulk_write(count: usize, bytes: usize, limits: &Limits) -> KvResult<()> {
     Ok(())
 }
 
+/// A write's compare-and-set condition as the store takes it: the version the key must
+/// have, 0 for "absent"; `if_absent` and `if_version` exclude each other.
+pub fn condition(if_version: Option<u64>, if_absent: bool) -> KvResult<Option<u64>> {
+    match (if_version, if_absent) {
+        (Some(_), true) => Err(KvError::InvalidRequest("if_version and if_absent exclude each other".into())),
+        (None, true) => Ok(Some(0)),
+        (v, false) => Ok(v),
+    }
+}
+
 /// "Last wins" within one write request: for each item (by its key), the position of the
 /// item that decides the key, the last one naming it. Every tier applies only the deciding
 /// items, so all of them end up holding the same version of every key.

@@ -5,7 +5,7 @@ use crate::edge::{new_request_id, Edge};
 use bytes::{Bytes, BytesMut};
 use kv_common::auth::{self, Access, Need, Principal};
 use kv_common::namespace::{namespace_page_size, validate_title, NAMESPACE_PAGE};
-use kv_common::{time, validate, KvError, NamespaceId, HTTP_STATUS_TRAILER};
+use kv_common::{time, validate, KvError, NamespaceId, CURRENT_VERSION_TRAILER, HTTP_STATUS_TRAILER};
 use kv_proto::client::v1::{self as api, kv_server::Kv};
 use kv_proto::store::v1 as pb;
 use kv_tier::{Served, Source, TierError, TierResult};
@@ -83,20 +83,21 @@ impl KvApi {
     }
 
     /// Validates one put and turns it into a write op.
-    fn put_op(
-        &self,
-        key: String,
-        value: Bytes,
-        expiration: Option<i64>,
-        expiration_ttl: Option<i64>,
-        metadata_json: Option<String>,
-    ) -> Result<pb::WriteOp, KvError> {
+    fn put_op(&self, key: String, value: Bytes, options: PutOptions) -> Result<pb::WriteOp, KvError> {
         let limits = &self.0.config.limits;
         let now = time::central_now_secs();
+        let PutOptions { expiration, expiration_ttl, metadata_json, if_version, if_absent } = options;
         let checked =
             validate::put(&key, expiration, expiration_ttl, metadata_json.as_deref(), value.len(), now, limits)?;
+        let if_version = validate::condition(if_version, if_absent)?;
         let put = pb::Put { value, metadata_json: checked.metadata, expiration, expiration_ttl };
-        Ok(pb::WriteOp { key, op: Some(pb::write_op::Op::Put(put)) })
+        Ok(pb::WriteOp { key, op: Some(pb::write_op::Op::Put(put)), if_version })
+    }
+
+    /// Validates one delete (of a key whose version must be `if_version`, when given).
+    fn delete_op(&self, key: String, if_version: Option<u64>) -> Result<pb::WriteOp, KvError> {
+        validate::key(&key, &self.0.config.limits)?;
+        Ok(pb::WriteOp { key, op: Some(pb::write_op::Op::Delete(pb::Delete {})), if_version })
     }
 
     /// Writes one op; its own failure becomes the call's error.
@@ -122,7 +123,12 @@ impl KvApi {
                 Ok(op) => ops.push(op),
                 Err(e) => {
                     self.0.metrics.rejected.inc();
-                    out.errors.push(key_error(key, u32::from(e.http_status()), e.to_string()));
+                    out.errors.push(api::KeyError {
+                        key,
+                        http_status: u32::from(e.http_status()),
+                        message: e.to_string(),
+                        current_version: 0,
+                    });
                 }
             }
         }
@@ -134,7 +140,12 @@ impl KvApi {
                         out.successful_key_count += 1;
                         out.version = out.version.max(r.version);
                     }
-                    Some(e) => out.errors.push(key_error(r.key, e.http_status, e.message)),
+                    Some(e) => out.errors.push(api::KeyError {
+                        key: r.key,
+                        http_status: e.http_status,
+                        message: e.message,
+                        current_version: e.current_version,
+                    }),
                 }
             }
         }
@@ -148,15 +159,23 @@ fn write_request(ns: &NamespaceId, ops: Vec<pb::WriteOp>) -> pb::WriteRequest {
     pb::WriteRequest { namespace_id: ns.to_string(), ops, request_id: String::new(), track: None }
 }
 
-fn key_error(key: String, http_status: u32, message: String) -> api::KeyError {
-    api::KeyError { key, http_status, message }
-}
-
-/// The status a failed write item stands for, with the same code, message and HTTP trailer.
+/// The status a failed write item stands for, with the same code, message and trailers.
 fn op_status(e: &pb::OpError) -> Status {
     let mut s = Status::new(tonic::Code::from(e.grpc_code), e.message.clone());
     s.metadata_mut().insert(HTTP_STATUS_TRAILER, e.http_status.into());
+    if e.http_status == 412 {
+        s.metadata_mut().insert(CURRENT_VERSION_TRAILER, e.current_version.into());
+    }
     s
+}
+
+/// A put's options besides its key and value.
+pub(crate) struct PutOptions {
+    pub expiration: Option<i64>,
+    pub expiration_ttl: Option<i64>,
+    pub metadata_json: Option<String>,
+    pub if_version: Option<u64>,
+    pub if_absent: bool,
 }
 
 fn cache_status(s: Source) -> api::CacheStatus {
@@ -414,7 +433,14 @@ impl Kv for KvApi {
         let who = self.who(req.metadata()).await?;
         let req = req.into_inner();
         let ns = self.namespace_for(&who, &req.namespace_id, Access::Write)?;
-        let op = self.check(self.put_op(req.key, req.value, req.expiration, req.expiration_ttl, req.metadata_json))?;
+        let options = PutOptions {
+            expiration: req.expiration,
+            expiration_ttl: req.expiration_ttl,
+            metadata_json: req.metadata_json,
+            if_version: req.if_version,
+            if_absent: req.if_absent,
+        };
+        let op = self.check(self.put_op(req.key, req.value, options))?;
         Ok(Response::new(self.write_one(&ns, op).await?))
     }
 
@@ -431,14 +457,15 @@ impl Kv for KvApi {
         };
         let ns = self.namespace_for(&who, &header.namespace_id, Access::Write)?;
         let limits = &self.0.config.limits;
+        let options = || PutOptions {
+            expiration: header.expiration,
+            expiration_ttl: header.expiration_ttl,
+            metadata_json: header.metadata_json.clone(),
+            if_version: header.if_version,
+            if_absent: header.if_absent,
+        };
         // Check everything but the size before taking in the value.
-        self.check(self.put_op(
-            header.key.clone(),
-            Bytes::new(),
-            header.expiration,
-            header.expiration_ttl,
-            header.metadata_json.clone(),
-        ))?;
+        self.check(self.put_op(header.key.clone(), Bytes::new(), options()))?;
         let mut value = BytesMut::new();
         while let Some(part) = stream.next().await {
             match part?.part {
@@ -449,13 +476,7 @@ impl Kv for KvApi {
                 _ => return Err(self.refuse("only one header per PutStream")),
             }
         }
-        let op = self.check(self.put_op(
-            header.key,
-            value.freeze(),
-            header.expiration,
-            header.expiration_ttl,
-            header.metadata_json,
-        ))?;
+        let op = self.check(self.put_op(header.key.clone(), value.freeze(), options()))?;
         Ok(Response::new(self.write_one(&ns, op).await?))
     }
 
@@ -463,8 +484,7 @@ impl Kv for KvApi {
         let who = self.who(req.metadata()).await?;
         let req = req.into_inner();
         let ns = self.namespace_for(&who, &req.namespace_id, Access::Write)?;
-        self.check(validate::key(&req.key, &self.0.config.limits))?;
-        let op = pb::WriteOp { key: req.key, op: Some(pb::write_op::Op::Delete(pb::Delete {})) };
+        let op = self.check(self.delete_op(req.key, req.if_version))?;
         Ok(Response::new(self.write_one(&ns, op).await?))
     }
 
@@ -507,7 +527,16 @@ impl Kv for KvApi {
         let items = req
             .items
             .into_iter()
-            .map(|i| (i.key.clone(), self.put_op(i.key, i.value, i.expiration, i.expiration_ttl, i.metadata_json)))
+            .map(|i| {
+                let options = PutOptions {
+                    expiration: i.expiration,
+                    expiration_ttl: i.expiration_ttl,
+                    metadata_json: i.metadata_json,
+                    if_version: i.if_version,
+                    if_absent: i.if_absent,
+                };
+                (i.key.clone(), self.put_op(i.key, i.value, options))
+            })
             .collect();
         Ok(Response::new(self.bulk(&ns, items).await?))
     }
@@ -521,13 +550,15 @@ impl Kv for KvApi {
         let ns = self.namespace_for(&who, &req.namespace_id, Access::Write)?;
         let bytes = req.keys.iter().map(String::len).sum();
         self.check(validate::bulk_write(req.keys.len(), bytes, &self.0.config.limits))?;
-        let limits = &self.0.config.limits;
+        let listed: std::collections::HashSet<&String> = req.keys.iter().collect();
+        if let Some(k) = req.if_versions.keys().find(|k| !listed.contains(k)) {
+            return Err(self.refuse(&format!("if_versions names {k:?}, which keys does not")));
+        }
         let items = req
             .keys
             .into_iter()
             .map(|k| {
-                let op = validate::key(&k, limits)
-                    .map(|()| pb::WriteOp { key: k.clone(), op: Some(pb::write_op::Op::Delete(pb::Delete {})) });
+                let op = self.delete_op(k.clone(), req.if_versions.get(&k).copied());
                 (k, op)
             })
             .collect();

@@ -48,6 +48,8 @@ pub mod codec;
 
 /// Metadata key that carries the HTTP-equivalent status of a gRPC error (SPEC.md section 2).
 pub const HTTP_STATUS_TRAILER: &str = "kv-http-status";
+/// Metadata key of a failed compare-and-set: the key's version when the write was decided.
+pub const CURRENT_VERSION_TRAILER: &str = "kv-current-version";
 
 /// What a key that is not UTF-8 is told, over gRPC and REST alike.
 pub const KEY_NOT_UTF8: &str = "Key names must be valid UTF-8.";

@@ -346,12 +346,13 @@ pub fn put_op(key: &str, value: &[u8]) -> pb::WriteOp {
     pb::WriteOp {
         key: key.into(),
         op: Some(pb::write_op::Op::Put(pb::Put { value: value.to_vec().into(), ..Default::default() })),
+        if_version: None,
     }
 }
 
 /// A delete of one key.
 pub fn delete_op(key: &str) -> pb::WriteOp {
-    pb::WriteOp { key: key.into(), op: Some(pb::write_op::Op::Delete(pb::Delete {})) }
+    pb::WriteOp { key: key.into(), op: Some(pb::write_op::Op::Delete(pb::Delete {})), if_version: None }
 }
 
 /// Writes one item through node `i` and returns its result (errors of the item included).

@@ -17,7 +17,7 @@ pub struct Rest {
     pub root: String,
 }
 
-pub use kv_client::rest::{encode, error_code, status_of};
+pub use kv_client::rest::{encode, error_code, failure};
 
 impl Rest {
     /// The REST API at `http`, sending `token` (when given) with every request.
@@ -46,11 +46,7 @@ impl Rest {
         if resp.status().is_success() {
             return Ok(resp);
         }
-        let http = resp.status().as_u16();
-        let body = resp.text().await.map_err(|e| Status::unavailable(e.to_string()))?;
-        let envelope: Value = serde_json::from_str(&body)
-            .map_err(|_| Status::internal(format!("a {http} answer without an envelope: {body:?}")))?;
-        Err(status_of(http, &envelope))
+        Err(failure(resp).await)
     }
 
     /// Sends a request and returns its envelope, checked to say `success: true`.

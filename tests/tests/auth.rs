@@ -106,7 +106,7 @@ async fn a_token_does_what_its_grants_say_and_no_more() {
     w.put(put(&a, "k", "written")).await.unwrap();
     refused(w.get(&a, "k", None).await, Code::PermissionDenied, 403, "a writer reading");
     assert_eq!(w.list_namespaces().await.unwrap().len(), 1, "a writer lists the namespace it writes");
-    refused(w.delete(&b, "k").await, Code::PermissionDenied, 403, "a writer elsewhere");
+    refused(w.delete(&b, "k", None).await, Code::PermissionDenied, 403, "a writer elsewhere");
     assert_eq!(admin.get(&b, "k", None).await.unwrap().value, &b"in b"[..], "nothing was changed");
 
     let e = edge_as(&t, B_PUSH, Some(&everything)).await;

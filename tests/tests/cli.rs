@@ -1,6 +1,6 @@
 //! The `kv` command line against a real cluster, as a script would use it: wrangler's bulk
 //! file formats (a 25,000-item file, split into requests the contract allows), JSON output,
-//! exit codes a script can test, over gRPC and over the REST API.
+//! exit codes a script can test, compare-and-set, over gRPC and over the REST API.
 
 use kv_tests::tiers::{test_topology, Tiers};
 use serde_json::{json, Value};
@@ -130,6 +130,30 @@ async fn a_25000_item_bulk_file_round_trips_and_exit_codes_tell_what_happened() 
         "error: UTF-8 encoded length of 513 exceeds key length limit of 512."
     );
     assert_eq!(kv(&format!("http://127.0.0.1:{port}/client/v4"), &["namespace", "list"]).status.code(), Some(3));
+
+    // Compare-and-set over both APIs: a failed condition exits 1 naming the current version.
+    // (A write within the per-key interval of the last is 429, also exit 1: sent again.)
+    for (endpoint, key) in [(e, "cas-grpc"), (r, "cas-rest")] {
+        let first = json_of(&kv(endpoint, &["key", "put", key, "v1", "--if-absent", "-n", &ns]));
+        let v1 = first["version"].as_u64().unwrap().to_string();
+        let said = kv_tests::eventually(std::time::Duration::from_secs(5), "a decided condition", || async {
+            let out = kv(endpoint, &["key", "put", key, "v2", "--if-absent", "-n", &ns]);
+            let said = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            (!said.contains("Too Many Requests")).then_some((out.status.code(), said))
+        });
+        let want = format!("error: Precondition failed: the key's current version is {v1}.");
+        assert_eq!(said.await.unwrap(), (Some(1), want), "{endpoint}");
+        let updated = kv_tests::eventually(std::time::Duration::from_secs(5), "the conditional update", || async {
+            let out = kv(endpoint, &["key", "put", key, "v2", "--if-version", &v1, "-n", &ns]);
+            out.status.success().then(|| json_of(&out))
+        });
+        let v2 = updated.await.unwrap()["version"].as_u64().unwrap().to_string();
+        let deleted = kv_tests::eventually(std::time::Duration::from_secs(5), "the conditional delete", || async {
+            let out = kv(endpoint, &["key", "delete", key, "--if-version", &v2, "-n", &ns]);
+            out.status.success().then_some(())
+        });
+        deleted.await.unwrap();
+    }
 
     // Tokens: a scoped one reads over both APIs but may not write; once revoked it is refused.
     let made = json_of(&kv(e, &["token", "create", "--ns", &ns, "--read", "--name", "reader"]));

@@ -5,7 +5,7 @@
 
 use kv_client::api::{self, kv_client::KvClient};
 use kv_common::auth::Authorized;
-use kv_common::error::http_status_of;
+use kv_common::error::{current_version_of, http_status_of};
 use kv_deploy::topology::Topology;
 use kv_proto::store::v1::{self as pb, central_store_client::CentralStoreClient};
 use kv_tests::rest::{error_code, Rest};
@@ -40,6 +40,10 @@ struct Opts {
     expiration: Option<i64>,
     expiration_ttl: Option<i64>,
     metadata: Option<String>,
+    /// Compare-and-set: only at this version (0: absent).
+    if_version: Option<u64>,
+    /// Compare-and-set: only while absent (the store API says `if_version = 0`).
+    if_absent: bool,
 }
 
 /// A key as read.
@@ -58,13 +62,17 @@ fn store_put(key: &str, value: &[u8], o: &Opts) -> pb::WriteOp {
         expiration: o.expiration,
         expiration_ttl: o.expiration_ttl,
     };
-    pb::WriteOp { key: key.into(), op: Some(pb::write_op::Op::Put(put)) }
+    let if_version = if o.if_absent { Some(0) } else { o.if_version };
+    pb::WriteOp { key: key.into(), op: Some(pb::write_op::Op::Put(put)), if_version }
 }
 
 /// The status a failed write item stands for.
 fn item_status(e: pb::OpError) -> Status {
     let mut s = Status::new(Code::from(e.grpc_code), e.message);
     s.metadata_mut().insert(kv_common::HTTP_STATUS_TRAILER, e.http_status.into());
+    if e.http_status == 412 {
+        s.metadata_mut().insert(kv_common::CURRENT_VERSION_TRAILER, e.current_version.into());
+    }
     s
 }
 
@@ -79,6 +87,8 @@ impl Target {
                     expiration: o.expiration,
                     expiration_ttl: o.expiration_ttl,
                     metadata_json: o.metadata,
+                    if_version: o.if_version,
+                    if_absent: o.if_absent,
                 };
                 Ok(c.clone().put(req).await?.into_inner().version)
             }
@@ -101,6 +111,12 @@ impl Target {
                     .filter_map(|(k, v)| Some((k, v?)))
                     .collect();
                 req = req.query(&query);
+                if let Some(v) = o.if_version {
+                    req = req.header("if-match", format!("\"{v}\""));
+                }
+                if o.if_absent {
+                    req = req.header("if-none-match", "*");
+                }
                 // With metadata, the multipart form the SDKs send; without, the raw value.
                 req = match o.metadata {
                     Some(m) => {
@@ -155,16 +171,17 @@ impl Target {
         }
     }
 
-    async fn delete(&self, ns: &str, key: &str) -> Result<u64, Status> {
+    /// Deletes `key` (only at version `if_version`, when given).
+    async fn delete(&self, ns: &str, key: &str, if_version: Option<u64>) -> Result<u64, Status> {
         match self {
             Target::Edge(c, _) => Ok(c
                 .clone()
-                .delete(api::DeleteRequest { namespace_id: ns.into(), key: key.into() })
+                .delete(api::DeleteRequest { namespace_id: ns.into(), key: key.into(), if_version })
                 .await?
                 .into_inner()
                 .version),
             Target::Store(c, _) => {
-                let op = pb::WriteOp { key: key.into(), op: Some(pb::write_op::Op::Delete(pb::Delete {})) };
+                let op = pb::WriteOp { key: key.into(), op: Some(pb::write_op::Op::Delete(pb::Delete {})), if_version };
                 let req = pb::WriteRequest { namespace_id: ns.into(), ops: vec![op], ..Default::default() };
                 let r = c.clone().write(req).await?.into_inner().results.remove(0);
                 match r.error {
@@ -173,7 +190,11 @@ impl Target {
                 }
             }
             Target::Rest(r) => {
-                Ok(Rest::version(&r.send(r.http.delete(r.key_url(ns, "values", key.as_bytes()))).await?))
+                let mut req = r.http.delete(r.key_url(ns, "values", key.as_bytes()));
+                if let Some(v) = if_version {
+                    req = req.header("if-match", format!("\"{v}\""));
+                }
+                Ok(Rest::version(&r.send(req).await?))
             }
         }
     }
@@ -369,6 +390,45 @@ fn refused<T: std::fmt::Debug>(r: Result<T, Status>, code: Code, http: u16, mess
     }
 }
 
+/// Fails unless `r` is a failed condition (FAILED_PRECONDITION, 412) naming `current`.
+fn failed_condition<T: std::fmt::Debug>(r: Result<T, Status>, current: u64) -> Result<(), String> {
+    match r {
+        Ok(v) => Err(format!("expected a failed condition, got {v:?}")),
+        Err(s)
+            if s.code() == Code::FailedPrecondition
+                && http_status_of(&s) == Some(412)
+                && current_version_of(&s) == Some(current) =>
+        {
+            Ok(())
+        }
+        Err(s) => Err(format!(
+            "expected FailedPrecondition/412 at version {current}, got {:?}/{:?} at {:?}: {}",
+            s.code(),
+            http_status_of(&s),
+            current_version_of(&s),
+            s.message()
+        )),
+    }
+}
+
+/// A write to a key written within the last second, sent until the per-key limit lets it
+/// be decided (each 429 changed nothing).
+async fn after_limit<T, F, Fut>(mut write: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match write().await {
+            Err(s) if s.code() == Code::ResourceExhausted && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+            other => return other,
+        }
+    }
+}
+
 fn check(ok: bool, what: impl FnOnce() -> String) -> Result<(), String> {
     if ok {
         Ok(())
@@ -423,7 +483,7 @@ fn cases() -> Vec<(&'static str, Case)> {
                 414,
                 "UTF-8 encoded length of 514 exceeds key length limit of 512.",
             )?;
-            refused(t.delete(ns, "").await, INVALID, 400, "Key names must not be empty")?;
+            refused(t.delete(ns, "", None).await, INVALID, 400, "Key names must not be empty")?;
             refused(t.get_raw_key(ns, b"k\xff\xfe").await, INVALID, 400, "Key names must be valid UTF-8.")?;
             check(t.put(ns, &"k".repeat(512), b"v", Opts::default()).await.is_ok(), || "a 512-byte key is valid".into())
         }),
@@ -493,12 +553,12 @@ fn cases() -> Vec<(&'static str, Case)> {
             })
         }),
         case!("deleting a missing key succeeds and a delete hides the key", |t, ns| {
-            t.delete(ns, "ghost").await.map_err(|s| s.to_string())?;
+            t.delete(ns, "ghost", None).await.map_err(|s| s.to_string())?;
             let v = t.put(ns, "gone", b"v", Opts::default()).await.map_err(|s| s.to_string())?;
             // A delete is a write too: within a second of the put, it is 429; then it goes through.
-            refused(t.delete(ns, "gone").await, Code::ResourceExhausted, 429, "Too Many Requests")?;
+            refused(t.delete(ns, "gone", None).await, Code::ResourceExhausted, 429, "Too Many Requests")?;
             let d = kv_tests::eventually(std::time::Duration::from_secs(5), "the delete to be allowed", || async {
-                t.delete(ns, "gone").await.ok()
+                t.delete(ns, "gone", None).await.ok()
             })
             .await
             .map_err(|e| e.to_string())?;
@@ -577,6 +637,29 @@ fn cases() -> Vec<(&'static str, Case)> {
             t.put_many(ns, &[("plain", "not json")]).await.map_err(|s| s.to_string())?;
             let refusal = t.get_json(ns, &["big", "plain"]).await.unwrap_or(Ok(Vec::new()));
             refused(refusal, INVALID, 400, "At least one of the requested keys corresponds to a non-json value")
+        }),
+        case!("a compare-and-set write takes effect only at the version it names", |t, ns| {
+            let absent = || Opts { if_absent: true, ..Default::default() };
+            let at = |v: u64| Opts { if_version: Some(v), ..Default::default() };
+            let v1 = t.put(ns, "c", b"1", absent()).await.map_err(|s| s.to_string())?;
+            failed_condition(after_limit(|| t.put(ns, "c", b"x", absent())).await, v1)?;
+            failed_condition(after_limit(|| t.put(ns, "c", b"x", at(v1 + 1000))).await, v1)?;
+            let got = t.get(ns, "c").await.map_err(|s| s.to_string())?.ok_or("c is gone")?;
+            check(got.value == b"1" && got.version == v1, || format!("failed conditions changed c: {got:?}"))?;
+            let v2 = after_limit(|| t.put(ns, "c", b"2", at(v1))).await.map_err(|s| s.to_string())?;
+            check(v2 > v1, || format!("the conditional put's version {v2} follows {v1}"))?;
+            failed_condition(after_limit(|| t.delete(ns, "c", Some(v1))).await, v2)?;
+            after_limit(|| t.delete(ns, "c", Some(v2))).await.map_err(|s| s.to_string())?;
+            check(t.get(ns, "c").await.map_err(|s| s.to_string())?.is_none(), || "the conditional delete".into())?;
+            // Deleted is absent: version 0, or if_absent, holds again.
+            after_limit(|| t.put(ns, "c", b"3", at(0))).await.map_err(|s| s.to_string())?;
+            failed_condition(t.put(ns, "never", b"x", at(v2)).await, 0)?;
+            if !matches!(t, Target::Store(..)) {
+                let both = Opts { if_version: Some(1), if_absent: true, ..Default::default() };
+                let message = "Invalid request: if_version and if_absent exclude each other";
+                refused(t.put(ns, "both", b"x", both).await, INVALID, 400, message)?;
+            }
+            Ok(())
         }),
         case!("every later read sees an acknowledged write, and versions only grow", |t, ns| {
             let mut last = 0;

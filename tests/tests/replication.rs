@@ -337,6 +337,7 @@ async fn the_leader_sweeps_expired_entries_and_old_tombstones_on_every_replica()
             expiration_ttl: Some(1),
             ..Default::default()
         })),
+        if_version: None,
     };
     assert!(write_one(&c, 0, &ns, short).await.unwrap().error.is_none());
     put_keys(&c, 0, &ns, "t", 1).await;

@@ -230,6 +230,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             expiration: exp,
             expiration_ttl: ttl,
         })),
+        if_version: None,
     };
     let ops = vec![
         put("..", vec![], None, None, None),
@@ -238,7 +239,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         put("c", vec![], Some(format!("\"{}\"", "m".repeat(1100))), None, None),
         put("d", vec![0; 25 * 1024 * 1024 + 1], None, None, None),
         put("e", vec![], Some("{not json".into()), None, None),
-        pb::WriteOp { key: "f".into(), op: None },
+        pb::WriteOp { key: "f".into(), op: None, if_version: None },
     ];
     let reply =
         s.write(pb::WriteRequest { namespace_id: ns.clone(), ops, ..Default::default() }).await.unwrap().into_inner();

@@ -31,7 +31,7 @@ async fn read_your_writes_at_the_writing_edge() {
         assert_eq!(seen(&r).0, Some(v), "read right after an acknowledged put");
         assert!(r.version >= w.version);
     }
-    a.delete(&ns, "k").await.unwrap();
+    a.delete(&ns, "k", None).await.unwrap();
     assert_eq!(seen(&a.get(&ns, "k", Some(LONG_TTL)).await.unwrap()).0, None, "read right after a delete");
 }
 

@@ -119,7 +119,7 @@ mod tests {
     #[test]
     fn a_written_value_holds_its_metadata_as_the_store_keeps_it() {
         let put = pb::Put { value: "v".into(), metadata_json: Some("{ \"a\" : [1, 2] }".into()), ..Default::default() };
-        let op = pb::WriteOp { key: "k".into(), op: Some(pb::write_op::Op::Put(put)) };
+        let op = pb::WriteOp { key: "k".into(), op: Some(pb::write_op::Op::Put(put)), if_version: None };
         let result = pb::OpResult { key: "k".into(), version: 3, error: None, expiration: Some(99) };
         let v = written_value(&op, &result).expect("a put");
         assert_eq!((v.metadata_json.as_deref(), v.expiration), (Some("{\"a\":[1,2]}"), Some(99)));

@@ -144,10 +144,19 @@ impl StateMachine {
                     let outcome = if self.namespace(&w.namespace)?.is_none() {
                         WriteOutcome::Failed(KvError::NamespaceNotFound)
                     } else {
+                        let mut decided = w.decided;
                         for op in w.ops {
-                            changes.push(self.apply_op(wb, index, &w.namespace, op, w.trace)?);
+                            let now_secs = (now_ms / 1000) as i64;
+                            changes.extend(self.apply_op(
+                                wb,
+                                (index, now_secs),
+                                &w.namespace,
+                                op,
+                                w.trace,
+                                &mut decided,
+                            )?);
                         }
-                        WriteOutcome::Applied { version: index, decided: w.decided }
+                        WriteOutcome::Applied { version: index, decided }
                     };
                     self.record(wb, w.request.as_ref(), now_ms, &Recorded::Write(outcome.clone()))?;
                     outcomes.push(outcome);
@@ -286,19 +295,31 @@ impl StateMachine {
         Ok(())
     }
 
+    /// Applies one op at `index`, its change for the feed; none when its condition failed
+    /// (recorded in `decided`, by the item's position).
     fn apply_op(
         &self,
         wb: &mut WriteBatch,
-        index: u64,
+        (index, now_secs): (u64, i64),
         ns: &NamespaceId,
         op: Op,
         trace: Option<TraceContext>,
-    ) -> anyhow::Result<ChangeRecord> {
+        decided: &mut Decided,
+    ) -> anyhow::Result<Option<ChangeRecord>> {
         let ek = entry_key(ns, op.key.as_bytes());
-        if let Some(old) = self.entry(&ek)? {
-            if let Some(exp) = old.expiration {
-                wb.delete_cf(self.cf(CF_EXPIRY), expiry_key(exp, ns, op.key.as_bytes()));
+        let old = self.entry(&ek)?;
+        let mut kind = op.kind;
+        while let OpKind::Conditional { if_version, item, then } = kind {
+            let live = old.as_ref().filter(|m| !m.tombstone && !kv_common::time::is_expired(m.expiration, now_secs));
+            let current = live.map_or(0, |m| m.version);
+            if current != if_version {
+                decided.fail(item, KvError::PreconditionFailed { current });
+                return Ok(None);
             }
+            kind = *then;
+        }
+        if let Some(exp) = old.and_then(|m| m.expiration) {
+            wb.delete_cf(self.cf(CF_EXPIRY), expiry_key(exp, ns, op.key.as_bytes()));
         }
         let mut change = ChangeRecord {
             namespace: *ns,
@@ -309,7 +330,7 @@ impl StateMachine {
             expiration: None,
             trace,
         };
-        match op.kind {
+        match kind {
             OpKind::Put { value, metadata, expiration } => {
                 let meta = EntryMeta { version: index, expiration, metadata: metadata.clone(), tombstone: false };
                 self.put_entry(wb, &ek, &meta)?;
@@ -324,14 +345,15 @@ impl StateMachine {
                     change.value = Some(value);
                 }
             }
-            OpKind::Delete => {
+            // Conditions were unwrapped above.
+            OpKind::Delete | OpKind::Conditional { .. } => {
                 let meta = EntryMeta { version: index, expiration: None, metadata: None, tombstone: true };
                 self.put_entry(wb, &ek, &meta)?;
                 wb.put_cf(self.cf(CF_TOMBSTONES), sweep_index_key(index, ns, op.key.as_bytes()), []);
                 wb.delete_cf(self.cf(CF_VALUES), &ek);
             }
         }
-        Ok(change)
+        Ok(Some(change))
     }
 
     /// Walks a sweep index (`expiry` or `tombstones`) in order while its numbers are below

@@ -59,7 +59,7 @@ pub async fn delete(
     Gateway::may_write(&who, &target.ns)?;
     let read = body(&gw, &headers, b).await?;
     let keys: Vec<String> = json(&read.bytes)?;
-    let req = api::DeleteBulkRequest { namespace_id: target.ns, keys };
+    let req = api::DeleteBulkRequest { namespace_id: target.ns, keys, if_versions: Default::default() };
     Ok(report(gw.api.delete_bulk(gw.request(&headers, req)).await?.get_ref(), Vec::new()))
 }
 

@@ -5,7 +5,7 @@
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use kv_common::error::{http_status_of, ERROR_CODE_TRAILER};
+use kv_common::error::{current_version_of, http_status_of, ERROR_CODE_TRAILER};
 use kv_common::KvError;
 use serde::Serialize;
 use serde_json::json;
@@ -22,16 +22,28 @@ pub struct RestError {
     status: StatusCode,
     code: u32,
     message: String,
+    /// For a failed condition (412): the key's version then, as the `ETag` of the answer.
+    current_version: Option<u64>,
 }
 
 impl RestError {
     /// A path no route serves (or naming an account that is not ours).
     pub fn no_route() -> RestError {
-        RestError { status: StatusCode::NOT_FOUND, code: 7003, message: "No route for that URI".into() }
+        RestError {
+            status: StatusCode::NOT_FOUND,
+            code: 7003,
+            message: "No route for that URI".into(),
+            current_version: None,
+        }
     }
 
     pub fn method_not_allowed() -> RestError {
-        RestError { status: StatusCode::METHOD_NOT_ALLOWED, code: 7001, message: "Method not allowed".into() }
+        RestError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            code: 7001,
+            message: "Method not allowed".into(),
+            current_version: None,
+        }
     }
 }
 
@@ -63,7 +75,7 @@ impl From<Status> for RestError {
             (None, _) => GENERIC_ERROR_CODE,
         };
         let status = StatusCode::from_u16(http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        RestError { status, code, message: s.message().to_owned() }
+        RestError { status, code, message: s.message().to_owned(), current_version: current_version_of(&s) }
     }
 }
 
@@ -85,6 +97,9 @@ impl IntoResponse for RestError {
         if self.status == StatusCode::TOO_MANY_REQUESTS {
             // One write per key per second: a client that honours Retry-After waits just enough.
             resp.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        if let Some(v) = self.current_version {
+            resp.headers_mut().insert(header::ETAG, etag(v));
         }
         resp
     }
@@ -119,11 +134,18 @@ fn envelope<R: Serialize, I: Serialize>(body: Success<R, I>) -> Response {
     }
 }
 
-/// Adds the version a write produced (`kv-version`), which a client may ask a later read to
+/// Adds the version a write produced (`kv-version`, and as the `ETag`), which a client may ask a later read to
 /// reach; Cloudflare's API has no such field, so it travels as a header.
 pub fn with_version(mut resp: Response, version: u64) -> Response {
     resp.headers_mut().insert("kv-version", axum::http::HeaderValue::from(version));
+    resp.headers_mut().insert(axum::http::header::ETAG, etag(version));
     resp
+}
+
+/// A version as an ETag, which `If-Match` takes back (compare-and-set).
+pub fn etag(version: u64) -> axum::http::HeaderValue {
+    axum::http::HeaderValue::from_str(&format!("\"{version}\""))
+        .unwrap_or(axum::http::HeaderValue::from_static("\"0\""))
 }
 
 /// Embeds stored JSON text (metadata, a `json` value) in an answer as it is.

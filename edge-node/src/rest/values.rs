@@ -4,8 +4,12 @@
 //! a `value` part (often a file part) and a `metadata` part (JSON text, pretty or not:
 //! it is stored compactly and its size counted so), or flattened `metadata[a][b]` (or
 //! `metadata.a.b`) fields, as some SDK versions send. The value's bytes are stored verbatim.
+//!
+//! A value read gives the key's version as its `ETag`; a write or delete with `If-Match:
+//! "<version>"` takes effect only at that version, and a write with `If-None-Match: *` only
+//! while the key is absent (HTTP's conditional requests, decided by compare-and-set).
 
-use super::envelope::{ok, raw_json, with_version, RestError};
+use super::envelope::{etag, ok, raw_json, with_version, RestError};
 use super::target::{Query, Target};
 use super::Gateway;
 use axum::body::Body;
@@ -55,8 +59,34 @@ async fn read(
     Ok(got)
 }
 
+/// The compare-and-set condition of a write: `If-Match` with one version ETag (as a read
+/// or write returned it, quoted or not), or `If-None-Match: *` for "only while absent".
+fn condition(headers: &HeaderMap) -> Result<(Option<u64>, bool), RestError> {
+    let text = |name: header::HeaderName| -> Result<Option<String>, RestError> {
+        headers
+            .get(&name)
+            .map(|v| v.to_str().map(|s| s.trim().to_owned()))
+            .transpose()
+            .map_err(|_| KvError::InvalidRequest(format!("{name} is not text")).into())
+    };
+    let if_version = match text(header::IF_MATCH)? {
+        None => None,
+        Some(tag) => Some(tag.trim_matches('"').parse::<u64>().map_err(|_| {
+            KvError::InvalidRequest(format!("If-Match must be one version ETag such as \"42\", not {tag:?}"))
+        })?),
+    };
+    let if_absent = match text(header::IF_NONE_MATCH)? {
+        None => false,
+        Some(tag) if tag == "*" => true,
+        Some(tag) => {
+            return Err(KvError::InvalidRequest(format!("If-None-Match on a write must be *, not {tag:?}")).into())
+        }
+    };
+    Ok((if_version, if_absent))
+}
+
 /// Headers that tell how fresh an answer is (SPEC.md section 4: every answer knows).
-fn freshness(got: &api::GetResponse) -> [(&'static str, HeaderValue); 4] {
+fn freshness(got: &api::GetResponse) -> [(&'static str, HeaderValue); 5] {
     let status = api::CacheStatus::try_from(got.cache_status).unwrap_or_default().as_str_name();
     let status = status.trim_start_matches("CACHE_STATUS_");
     let served_by = api::ServedBy::try_from(got.served_by).unwrap_or_default().as_str_name();
@@ -67,6 +97,7 @@ fn freshness(got: &api::GetResponse) -> [(&'static str, HeaderValue); 4] {
         ("kv-served-by", text(served_by)),
         ("kv-version", HeaderValue::from(got.version)),
         ("kv-age-ms", HeaderValue::from(got.age_ms)),
+        ("etag", etag(got.version)),
     ]
 }
 
@@ -216,6 +247,7 @@ pub async fn put(
         up.metadata = up.flat_metadata.take().map(|m| m.to_string());
     }
     let value = up.value.ok_or_else(|| KvError::InvalidRequest("the multipart body has no value part".into()))?;
+    let (if_version, if_absent) = condition(&headers)?;
     let req = api::PutRequest {
         namespace_id: target.ns,
         key,
@@ -223,13 +255,19 @@ pub async fn put(
         expiration: expiration.or(integer("expiration", up.expiration.as_deref())?),
         expiration_ttl: expiration_ttl.or(integer("expiration_ttl", up.expiration_ttl.as_deref())?),
         metadata_json: up.metadata,
+        if_version,
+        if_absent,
     };
     let done = gw.api.put(gw.request(&headers, req)).await?.into_inner();
     Ok(with_version(ok(json!({})), done.version))
 }
 
 pub async fn delete(State(gw): State<Gateway>, target: Target, headers: HeaderMap) -> Result<Response, RestError> {
-    let req = api::DeleteRequest { namespace_id: target.ns, key: target.key? };
+    let (if_version, if_absent) = condition(&headers)?;
+    if if_absent {
+        return Err(KvError::InvalidRequest("a delete takes If-Match, not If-None-Match".into()).into());
+    }
+    let req = api::DeleteRequest { namespace_id: target.ns, key: target.key?, if_version };
     let done = gw.api.delete(gw.request(&headers, req)).await?.into_inner();
     Ok(with_version(ok(json!({})), done.version))
 }

@@ -190,7 +190,7 @@ impl Client {
             }
             68..=72 => {
                 let write = KeyWrite { key: self.key(rng), value: None, expiration_ttl: None };
-                let req = api::DeleteRequest { namespace_id: ns, key: write.key.clone() };
+                let req = api::DeleteRequest { namespace_id: ns, key: write.key.clone(), if_version: None };
                 let result = match kv.delete(timed(req)).await {
                     Ok(r) => WriteResult::Done(vec![ItemDone {
                         version: r.into_inner().version,
@@ -216,7 +216,7 @@ impl Client {
                     .collect();
                 let answer = if deletes {
                     let keys = items.iter().map(|(k, _)| k.clone()).collect();
-                    kv.delete_bulk(timed(api::DeleteBulkRequest { namespace_id: ns, keys })).await
+                    kv.delete_bulk(timed(api::DeleteBulkRequest { namespace_id: ns, keys, ..Default::default() })).await
                 } else {
                     let items = items
                         .iter()

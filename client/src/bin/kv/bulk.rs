@@ -157,7 +157,11 @@ pub async fn run(client: &Endpoint, cmd: Cmd, output: Output) -> Done {
                 let n = run.len() as u64;
                 tally.add(
                     client
-                        .delete_bulk(api::DeleteBulkRequest { namespace_id: namespace_id.clone(), keys: run })
+                        .delete_bulk(api::DeleteBulkRequest {
+                            namespace_id: namespace_id.clone(),
+                            keys: run,
+                            ..Default::default()
+                        })
                         .await?,
                 );
                 bar.inc(n);

@@ -26,6 +26,13 @@ pub enum Cmd {
         /// JSON metadata stored with the key.
         #[arg(long)]
         metadata: Option<String>,
+        /// Write only if the key's current version is this one (compare-and-set); otherwise
+        /// nothing changes and the command fails, naming the current version.
+        #[arg(long)]
+        if_version: Option<u64>,
+        /// Write only if the key is absent.
+        #[arg(long, conflicts_with = "if_version")]
+        if_absent: bool,
     },
     /// Prints a value (raw bytes unless `--output json`); a missing key exits with 1 (with
     /// `--output json`, after printing `"found": false`).
@@ -50,6 +57,9 @@ pub enum Cmd {
         key: String,
         #[arg(long, short = 'n', env = "KV_NAMESPACE_ID")]
         namespace_id: String,
+        /// Delete only if the key's current version is this one (compare-and-set).
+        #[arg(long)]
+        if_version: Option<u64>,
     },
 }
 
@@ -62,7 +72,7 @@ pub fn metadata_json(text: Option<&str>) -> serde_json::Value {
 
 pub async fn run(client: &Endpoint, cmd: Cmd, output: Output) -> Done {
     match cmd {
-        Cmd::Put { key, value, namespace_id, path, ttl, expiration, metadata } => {
+        Cmd::Put { key, value, namespace_id, path, ttl, expiration, metadata, if_version, if_absent } => {
             let value = match (value, path) {
                 (Some(v), None) => v.into_bytes(),
                 (None, Some(p)) => std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?,
@@ -75,6 +85,8 @@ pub async fn run(client: &Endpoint, cmd: Cmd, output: Output) -> Done {
                 expiration,
                 expiration_ttl: ttl,
                 metadata_json: metadata,
+                if_version,
+                if_absent,
             };
             let r = client.put(req).await?;
             let json = json!({"key": key, "version": r.version, "expiration": r.expiration});
@@ -121,8 +133,8 @@ pub async fn run(client: &Endpoint, cmd: Cmd, output: Output) -> Done {
                 keys.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join("\n")
             });
         }
-        Cmd::Delete { key, namespace_id } => {
-            let r = client.delete(&namespace_id, &key).await?;
+        Cmd::Delete { key, namespace_id, if_version } => {
+            let r = client.delete(&namespace_id, &key, if_version).await?;
             say(output, json!({"key": key, "version": r.version}), || format!("deleted {key:?}"));
         }
     }
