@@ -163,8 +163,13 @@ async fn cluster_reads(b: &mut Bench) -> anyhow::Result<()> {
                 Ok(move |call: u64| {
                     let mut c = c.clone();
                     let key = key_of(i, call, keys);
-                    let req =
-                        api::GetRequest { namespace_id: ns.clone(), key, cache_ttl: Some(300), with_metadata: false };
+                    let req = api::GetRequest {
+                        namespace_id: ns.clone(),
+                        key,
+                        cache_ttl: Some(300),
+                        with_metadata: false,
+                        ..Default::default()
+                    };
                     async move {
                         let r = c.get(req).await.map_err(failed)?.into_inner();
                         if !r.found {

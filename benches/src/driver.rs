@@ -232,6 +232,7 @@ impl Driver {
             key: self.keys.name(n),
             cache_ttl: self.plan.cache_ttl,
             with_metadata: false,
+            ..Default::default()
         };
         let r = self.client.get(req).await?.into_inner();
         if !r.found {

@@ -56,7 +56,13 @@ async fn main() -> anyhow::Result<()> {
         clients.push(move |_: u64| {
             let mut raw = raw.clone();
             let key = keys[rand::thread_rng().gen_range(0..keys.len())].clone();
-            let req = api::GetRequest { namespace_id: ns.clone(), key, cache_ttl: None, with_metadata: false };
+            let req = api::GetRequest {
+                namespace_id: ns.clone(),
+                key,
+                cache_ttl: None,
+                with_metadata: false,
+                ..Default::default()
+            };
             async move {
                 let r = raw.get(req).await.map_err(|s| s.to_string())?.into_inner();
                 if r.value.len() != value_bytes {

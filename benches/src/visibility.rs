@@ -275,6 +275,7 @@ impl EdgeReader {
                 key: self.names[key].clone(),
                 cache_ttl: self.cache_ttl,
                 with_metadata: false,
+                ..Default::default()
             };
             let (reads, in_flight, edge) = (self.reads.clone(), in_flight.clone(), self.edge);
             calls.push(tokio::spawn(async move {

@@ -121,26 +121,37 @@ impl Prober {
         }
     }
 
-    /// One read index, applied locally: the index every earlier acknowledged write is at or below.
     async fn probe(&self) -> Result<u64, String> {
-        let index = match crate::peers::leader(&self.raft, self.id) {
-            Leader::Me => {
-                let (read, _) = self.raft.get_read_log_id().await.map_err(|e| e.to_string())?;
-                read.map_or(0, |l| l.index)
-            }
-            Leader::Other { id, addr } => {
-                let ch = self.peers.channel(id, &addr).map_err(|e| e.to_string())?;
-                let reply = RaftTransportClient::new(node_channel(ch))
-                    .read_index(ReadIndexRequest {})
-                    .await
-                    .map_err(|s| format!("leader {id}: {}", s.message()))?;
-                reply.into_inner().index
-            }
-            Leader::Unknown => return Err("no leader known".into()),
-        };
-        self.reader.wait_applied(index, self.timeout).await.map_err(|e| e.to_string())?;
-        Ok(index)
+        read_index(self.id, &self.raft, &self.peers, &self.reader, self.timeout).await
     }
+}
+
+/// One read index, applied locally: the index every write acknowledged before this call
+/// began is at or below.
+pub async fn read_index(
+    id: NodeId,
+    raft: &Raft,
+    peers: &Peers,
+    reader: &Reader,
+    timeout: Duration,
+) -> Result<u64, String> {
+    let index = match crate::peers::leader(raft, id) {
+        Leader::Me => {
+            let (read, _) = raft.get_read_log_id().await.map_err(|e| e.to_string())?;
+            read.map_or(0, |l| l.index)
+        }
+        Leader::Other { id, addr } => {
+            let ch = peers.channel(id, &addr).map_err(|e| e.to_string())?;
+            let reply = RaftTransportClient::new(node_channel(ch))
+                .read_index(ReadIndexRequest {})
+                .await
+                .map_err(|s| format!("leader {id}: {}", s.message()))?;
+            reply.into_inner().index
+        }
+        Leader::Unknown => return Err("no leader known".into()),
+    };
+    reader.wait_applied(index, timeout).await.map_err(|e| e.to_string())?;
+    Ok(index)
 }
 
 #[cfg(test)]

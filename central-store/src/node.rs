@@ -2,7 +2,7 @@
 
 use crate::batcher::Batcher;
 use crate::config::Config;
-use crate::freshness::Freshness;
+use crate::freshness::{Freshness, Proof};
 use crate::in_flight::InFlight;
 use crate::metrics::Metrics;
 use crate::peers::{self, Leader, Peers};
@@ -11,6 +11,7 @@ use crate::storage::reader::Reader;
 use crate::storage::{reseal::Resealer, seal::Sealer};
 use crate::types::{NodeId, Raft};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The handles of one running central node.
 pub struct Node {
@@ -39,5 +40,13 @@ impl Node {
 
     pub fn is_leader(&self) -> bool {
         self.leader() == Leader::Me
+    }
+
+    /// A proof begun now, for a linearizable read: obtained on demand rather than waiting
+    /// for the prober's next round.
+    pub async fn prove_now(&self, budget: Duration) -> Result<Proof, String> {
+        let as_of = Instant::now();
+        let index = crate::freshness::read_index(self.id, &self.raft, &self.peers, &self.reader, budget).await?;
+        Ok(Proof { index, as_of })
     }
 }

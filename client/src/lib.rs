@@ -98,8 +98,19 @@ impl Client {
     }
 
     pub async fn get(&self, namespace_id: &str, key: &str, cache_ttl: Option<i64>) -> Result<api::GetResponse, Status> {
-        let req =
-            api::GetRequest { namespace_id: namespace_id.into(), key: key.into(), cache_ttl, with_metadata: true };
+        let req = api::GetRequest {
+            namespace_id: namespace_id.into(),
+            key: key.into(),
+            cache_ttl,
+            with_metadata: true,
+            ..Default::default()
+        };
+        self.read(req).await
+    }
+
+    /// A read with every option: a STRONG (linearizable) one, or a session read at least as
+    /// new as a version a write returned (`min_version`).
+    pub async fn read(&self, req: api::GetRequest) -> Result<api::GetResponse, Status> {
         call!(self, get, req)
     }
 

@@ -237,6 +237,14 @@ impl RestClient {
         Ok(api::WriteResponse { version, expiration: None })
     }
 
+    /// `get`, for a read Workers KV's REST API can express: strong and session reads need gRPC.
+    pub async fn read(&self, req: api::GetRequest) -> Result<api::GetResponse, Status> {
+        if req.consistency != api::Consistency::Eventual as i32 || req.min_version > 0 {
+            return Err(Status::unimplemented("strong and session reads need the gRPC API"));
+        }
+        self.get(&req.namespace_id, &req.key, req.cache_ttl).await
+    }
+
     /// A value and its metadata; absent keys are `found: false`, as over gRPC.
     pub async fn get(&self, namespace_id: &str, key: &str, cache_ttl: Option<i64>) -> Result<api::GetResponse, Status> {
         let query: Vec<(&str, i64)> = cache_ttl.map(|t| ("cache_ttl", t)).into_iter().collect();

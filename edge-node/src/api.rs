@@ -1,7 +1,7 @@
 //! The client API (kv.client.v1.Kv): every input is checked against the contract here,
 //! before anything goes upstream; then the edge's read and write paths do the work.
 
-use crate::edge::{new_request_id, Edge};
+use crate::edge::{new_request_id, Edge, Want};
 use bytes::{Bytes, BytesMut};
 use kv_common::auth::{self, Access, Need, Principal};
 use kv_common::namespace::{namespace_page_size, validate_title, NAMESPACE_PAGE};
@@ -74,11 +74,22 @@ impl KvApi {
         self.check(self.0.cache_ttl(asked))
     }
 
+    /// A read's consistency and session token.
+    fn want(&self, consistency: i32, min_version: u64) -> TierResult<Want> {
+        let strong = match api::Consistency::try_from(consistency) {
+            Ok(api::Consistency::Eventual) => false,
+            Ok(api::Consistency::Strong) => true,
+            Err(_) => return Err(self.refuse("consistency must be EVENTUAL or STRONG").into()),
+        };
+        Ok(Want { strong, min_version })
+    }
+
     async fn read(&self, who: &Principal, req: &api::GetRequest) -> TierResult<Served> {
         let ns = self.namespace_for(who, &req.namespace_id, Access::Read)?;
         self.check(validate::key(&req.key, &self.0.config.limits))?;
         let ttl = self.cache_ttl(req.cache_ttl)?;
-        let mut out = self.0.read(&ns, std::slice::from_ref(&req.key), ttl).await;
+        let want = self.want(req.consistency, req.min_version)?;
+        let mut out = self.0.read(&ns, std::slice::from_ref(&req.key), ttl, want).await;
         out.pop().unwrap_or_else(|| Err(tonic::Status::internal("no answer").into()))
     }
 
@@ -370,7 +381,8 @@ impl Kv for KvApi {
             self.check(validate::key(k, limits))?;
         }
         let ttl = self.cache_ttl(req.cache_ttl)?;
-        let answers = self.0.read(&ns, &req.keys, ttl).await;
+        let want = self.want(req.consistency, req.min_version)?;
+        let answers = self.0.read(&ns, &req.keys, ttl, want).await;
         let now = time::central_now_secs();
         let mut total = 0usize;
         let mut values = Vec::with_capacity(answers.len());

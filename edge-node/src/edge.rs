@@ -25,6 +25,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// How fresh a client asked a read to be, beyond its cacheTtl.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Want {
+    /// Linearizable: read at the central store under a read index taken after the read began.
+    pub strong: bool,
+    /// A session token: the answer reflects at least this version.
+    pub min_version: u64,
+}
+
 /// When an edge copy is fresh, and how long it lives.
 pub struct EdgePolicy {
     max_stale: Duration,
@@ -166,6 +175,7 @@ impl Edge {
             max_age: fresh_within.min(cache_ttl / 2).max(Duration::from_millis(1)),
             cache_ttl: Some(cache_ttl),
             track: self.tracking(cache_ttl),
+            ..ReadSpec::default()
         }
     }
 
@@ -183,12 +193,29 @@ impl Edge {
         ns: &NamespaceId,
         keys: &[String],
         cache_ttl: Duration,
+        want: Want,
     ) -> Vec<TierResult<Served>> {
         if let Err(e) = self.until_ready().await {
             return keys.iter().map(|_| Err(e.clone())).collect();
         }
         let ns = ns.to_string();
-        let spec = self.spec(cache_ttl);
+        let mut spec = self.spec(cache_ttl);
+        if want.strong || want.min_version > spec.min_version {
+            // Linearizable, or a session token newer than anything seen here: no held copy
+            // or flight can answer it (see `Tier::read_through`).
+            spec.linearizable = want.strong;
+            spec.min_version = spec.min_version.max(want.min_version);
+            let out = self.tier.read_through(&ns, keys, &spec).await;
+            if out.iter().any(Result::is_ok) {
+                // Some node had applied the token, so it is a committed version.
+                self.observe(want.min_version);
+            }
+            for s in out.iter().flatten() {
+                self.observe(s.copy.version);
+            }
+            return out;
+        }
+        spec.at_least = want.min_version;
         if self.config.mode == Mode::Ttl {
             for k in keys {
                 self.promote_refreshed(&(ns.clone(), k.clone()), &spec);

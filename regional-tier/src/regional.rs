@@ -112,7 +112,7 @@ impl Regional {
             0 => Duration::from_millis(self.config.max_feed_age_ms),
             n => Duration::from_millis(u64::from(n)),
         };
-        ReadSpec { min_version, max_age, cache_ttl: None, track: None }
+        ReadSpec { min_version, max_age, ..ReadSpec::default() }
     }
 
     /// Registers an edge's interest in keys it is about to read or write.
@@ -130,8 +130,15 @@ impl Regional {
             // The edge has seen a newer version than the feed has applied: give the feed a moment.
             self.feed.reaches(spec.min_version, Duration::from_millis(self.config.catch_up_wait_ms)).await;
         }
+        // Still ahead of the feed: read centrally without a flight, which would hold up every
+        // reader of the keys if no write ever reached that version (see `Tier::read_through`).
+        let results = if spec.min_version > self.feed.applied() {
+            self.tier.read_through(&ns.to_string(), keys, spec).await
+        } else {
+            self.tier.read(&ns.to_string(), keys, spec).await
+        };
         let mut served = Vec::with_capacity(keys.len());
-        for r in self.tier.read(&ns.to_string(), keys, spec).await {
+        for r in results {
             served.push(r?);
         }
         let oldest = served.iter().map(|s| s.as_of).min().unwrap_or_else(Instant::now);

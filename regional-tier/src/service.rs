@@ -22,6 +22,10 @@ impl CentralStore for RegionalStore {
         let req = req.into_inner();
         let keys = std::slice::from_ref(&req.key);
         let ns = self.0.check_read(&req.namespace_id, keys)?;
+        if req.linearizable {
+            // No copy here can be proved current as of the read's arrival: central answers.
+            return Ok(Response::new(self.0.tier.upstream().get(req).await?));
+        }
         self.0.track(&req.namespace_id, keys, req.track.as_ref());
         let a = self.0.read(&ns, keys, &self.0.spec(req.min_version, req.max_age_ms)).await?;
         let s = a.served.first().ok_or_else(|| Status::internal("no answer"))?;
@@ -39,6 +43,9 @@ impl CentralStore for RegionalStore {
         let req = req.into_inner();
         validate::bulk_get_count(req.keys.len(), &self.0.config.limits).map_err(TierError::from)?;
         let ns = self.0.check_read(&req.namespace_id, &req.keys)?;
+        if req.linearizable {
+            return Ok(Response::new(self.0.tier.upstream().batch_get(req).await?));
+        }
         self.0.track(&req.namespace_id, &req.keys, req.track.as_ref());
         let a = self.0.read(&ns, &req.keys, &self.0.spec(req.min_version, req.max_age_ms)).await?;
         let results = req

@@ -133,8 +133,13 @@ impl Target {
     async fn get(&self, ns: &str, key: &str) -> Result<Option<Got>, Status> {
         match self {
             Target::Edge(c, _) => {
-                let req =
-                    api::GetRequest { namespace_id: ns.into(), key: key.into(), cache_ttl: None, with_metadata: true };
+                let req = api::GetRequest {
+                    namespace_id: ns.into(),
+                    key: key.into(),
+                    cache_ttl: None,
+                    with_metadata: true,
+                    ..Default::default()
+                };
                 let r = c.clone().get(req).await?.into_inner();
                 Ok(r.found.then(|| Got {
                     value: r.value.to_vec(),

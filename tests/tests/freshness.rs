@@ -201,6 +201,7 @@ async fn one_deadline_covers_every_tier_and_leaves_room_to_fail_over() {
         key: "k".into(),
         cache_ttl: Some(300),
         with_metadata: false,
+        ..Default::default()
     });
     req.set_timeout(Duration::from_secs(6));
     let started = Instant::now();

@@ -160,5 +160,11 @@ async fn a_draining_edge_answers_the_calls_it_took_and_takes_no_new_ones() {
 }
 
 fn get(ns: &str) -> api::GetRequest {
-    api::GetRequest { namespace_id: ns.into(), key: "in-flight".into(), cache_ttl: None, with_metadata: false }
+    api::GetRequest {
+        namespace_id: ns.into(),
+        key: "in-flight".into(),
+        cache_ttl: None,
+        with_metadata: false,
+        ..Default::default()
+    }
 }

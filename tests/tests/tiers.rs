@@ -356,7 +356,7 @@ async fn bad_input_at_the_edge_gets_its_exact_error_and_nothing_goes_upstream() 
         namespace_id: ns.clone(),
         key: key.into(),
         cache_ttl,
-        with_metadata: false,
+        ..Default::default()
     };
     expect_error(
         raw.get(get("k", Some(0))).await,
@@ -464,7 +464,8 @@ async fn large_values_stream_in_at_one_edge_and_out_at_another() {
     let w = a.put_stream(put_stream(&ns, "blob", &value, 1 << 20)).await.unwrap().into_inner();
     assert!(w.version > 0);
 
-    let read = api::GetRequest { namespace_id: ns.clone(), key: "blob".into(), cache_ttl: None, with_metadata: true };
+    let read =
+        api::GetRequest { namespace_id: ns.clone(), key: "blob".into(), with_metadata: true, ..Default::default() };
     let mut parts = b.get_stream(read).await.unwrap().into_inner();
     let Some(Ok(api::GetStreamChunk { part: Some(Part::Header(h)) })) = parts.next().await else {
         panic!("a GetStream starts with its header");

@@ -114,6 +114,7 @@ async fn an_edges_pushes_follow_its_reads_to_another_regional_endpoint() {
         key: "k".into(),
         cache_ttl: Some(LONG_TTL),
         with_metadata: false,
+        ..Default::default()
     });
     req.set_timeout(Duration::from_secs(4));
     let r = a.raw().get(req).await.expect("answered by the standby").into_inner();

@@ -53,6 +53,11 @@ pub struct ReadSpec {
     pub cache_ttl: Option<Duration>,
     /// Asks the regional tier to push the keys' changes to this edge.
     pub track: Option<pb::Tracking>,
+    /// A held copy answers only if its version is at least this (a session read's token;
+    /// 0 = any). A fetch reflects it through `min_version`.
+    pub at_least: u64,
+    /// Ask for a linearizable answer (see `read_through`).
+    pub linearizable: bool,
 }
 
 /// One key's answer from the tier above.
@@ -229,7 +234,9 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
         let mut missing = Vec::new();
         for (i, k) in keys.iter().enumerate() {
             match self.cache.get(&(ns.to_owned(), k.clone())) {
-                Some(c) if !c.is_expired(now_secs) && self.policy.fresh(&c, spec, epoch) => {
+                Some(c)
+                    if !c.is_expired(now_secs) && c.version >= spec.at_least && self.policy.fresh(&c, spec, epoch) =>
+                {
                     self.metrics.hit(&c);
                     out.push(Some(Ok(self.served(c, Source::Hit, false))));
                 }
@@ -252,6 +259,32 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
             .collect()
     }
 
+    /// Reads `keys` straight from upstream, for reads no held copy or earlier flight can
+    /// answer: linearizable ones (every flight began before the read) and session reads
+    /// ahead of anything this tier has seen (a flight at a version no write reached yet would
+    /// hold up every reader of the key until its deadline). It joins and blocks no flight;
+    /// what lands is kept as this tier's own write is (replacing older copies, noted by
+    /// flights under way), so later reads here never go back behind it. Upstream failures
+    /// are the answer: no held copy stands in.
+    pub async fn read_through(&self, ns: &str, keys: &[String], spec: &ReadSpec) -> Vec<TierResult<Served>> {
+        self.metrics.upstream_fetches.inc();
+        let answers = match self.upstream.read(ns, keys.to_vec(), spec).await {
+            Ok(a) => a,
+            Err(e) => return keys.iter().map(|_| Err(e.clone().into())).collect(),
+        };
+        let epoch = self.epoch();
+        let (fresh_for, hold_extra) = self.policy.lifetimes(spec);
+        keys.iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let a = answers.get(i).ok_or_else(|| Status::internal("upstream left a key unanswered"))?;
+                self.write_through((ns.to_owned(), key.clone()), a.value.clone(), a.version, a.as_of, spec);
+                let copy = Copy::new(a.value.clone(), a.version, a.as_of, fresh_for, hold_extra, epoch);
+                self.classify(ns, key, Ok(Arc::new(copy.filled_from(a.served_by))), spec)
+            })
+            .collect()
+    }
+
     fn served(&self, copy: Arc<Copy>, source: Source, fetched: bool) -> Served {
         let as_of = self.policy.as_of(&copy);
         Served { copy, source, as_of, fetched }
@@ -268,7 +301,7 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
             }
             Ok(_) => Err(KvError::Unavailable("no upstream could give an answer fresh enough; retry".into()).into()),
             Err(e) if e.is_unreachable() => match self.cache.get(&(ns.to_owned(), key.to_owned())) {
-                Some(c) if self.policy.stale_ok(&c, spec) => {
+                Some(c) if c.version >= spec.at_least && self.policy.stale_ok(&c, spec) => {
                     self.metrics.stale_serves.inc();
                     Ok(self.served(c, Source::Stale, false))
                 }

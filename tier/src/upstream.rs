@@ -158,6 +158,8 @@ macro_rules! pass_up {
 }
 
 pass_up! {
+    fn get(pb::GetRequest) -> pb::GetResponse;
+    fn batch_get(pb::BatchGetRequest) -> pb::BatchGetResponse;
     fn write(pb::WriteRequest) -> pb::WriteResponse;
     fn list(pb::ListRequest) -> pb::ListResponse;
     fn create_namespace(pb::CreateNamespaceRequest) -> pb::Namespace;
@@ -185,6 +187,7 @@ impl Fetch for Upstream {
                 min_version: spec.min_version,
                 track: spec.track.clone(),
                 max_age_ms: max_age_ms(spec),
+                linearizable: spec.linearizable,
             };
             let r = self
                 .call(|mut c, t| {
@@ -209,6 +212,7 @@ impl Fetch for Upstream {
             min_version: spec.min_version,
             track: spec.track.clone(),
             max_age_ms: max_age_ms(spec),
+            linearizable: spec.linearizable,
         };
         let n = req.keys.len();
         let r = self

@@ -33,11 +33,18 @@ impl StoreService {
     /// proof of freshness at most `max_age_ms` old (0: the configured default). Both waits are
     /// bounded by the call's deadline; a replica that cannot prove itself says UNAVAILABLE,
     /// so the caller asks another.
-    async fn fresh(&self, min_version: u64, max_age_ms: u32) -> StoreResult<Proof> {
+    async fn fresh(&self, min_version: u64, max_age_ms: u32, linearizable: bool) -> StoreResult<Proof> {
         let f = &self.node.config.freshness;
         let budget = call::remaining_or(Duration::from_millis(f.wait_ms));
         if min_version > 0 {
             self.node.reader.wait_applied(min_version, budget).await?;
+        }
+        if linearizable {
+            return self.node.prove_now(call::remaining_or(budget)).await.map_err(|why| {
+                self.node.metrics.stale_refusals.inc();
+                KvError::Unavailable(format!("this replica cannot prove it is current ({why}); ask another node"))
+                    .into()
+            });
         }
         let max_age = match max_age_ms {
             0 => Duration::from_millis(f.default_max_age_ms),
@@ -114,7 +121,7 @@ impl CentralStore for StoreService {
         let req = req.into_inner();
         let ns = NamespaceId::parse(&req.namespace_id)?;
         validate::key(&req.key, &self.node.config.limits)?;
-        let proof = self.fresh(req.min_version, req.max_age_ms).await?;
+        let proof = self.fresh(req.min_version, req.max_age_ms, req.linearizable).await?;
         self.node.metrics.reads.with_label_values(&["get"]).inc();
         let r = self.node.reader.get(&ns, &req.key, time::now_secs())?;
         Ok(Response::new(pb::GetResponse {
@@ -135,7 +142,7 @@ impl CentralStore for StoreService {
         for k in &req.keys {
             validate::key(k, limits)?;
         }
-        let proof = self.fresh(req.min_version, req.max_age_ms).await?;
+        let proof = self.fresh(req.min_version, req.max_age_ms, req.linearizable).await?;
         self.node.metrics.reads.with_label_values(&["batch_get"]).inc();
         let (entries, read_version) = self.node.reader.get_many(&ns, &req.keys, time::now_secs())?;
         let total: usize = entries.iter().flatten().map(|e| e.value.len()).sum();
@@ -165,7 +172,7 @@ impl CentralStore for StoreService {
         let asked = (req.limit != 0).then_some(i64::from(req.limit));
         let limit = validate::list_limit(asked, &self.node.config.limits)?;
         validate::prefix(&req.prefix, &self.node.config.limits)?;
-        let proof = self.fresh(req.min_version, req.max_age_ms).await?;
+        let proof = self.fresh(req.min_version, req.max_age_ms, false).await?;
         self.node.metrics.reads.with_label_values(&["list"]).inc();
         let cursor = (!req.cursor.is_empty()).then_some(req.cursor.as_str());
         let page = self.node.reader.list(&ns, &req.prefix, limit, cursor, time::now_secs())?;
@@ -213,7 +220,7 @@ impl CentralStore for StoreService {
         req: Request<pb::ListNamespacesRequest>,
     ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
         let req = req.into_inner();
-        self.fresh(0, 0).await?;
+        self.fresh(0, 0, false).await?;
         let per_page = kv_common::namespace::namespace_page_size(req.per_page) as usize;
         let page = req.page.max(1) as usize;
         let mut all = self.node.reader.namespaces()?;
@@ -237,7 +244,7 @@ impl CentralStore for StoreService {
 
     async fn get_namespace(&self, req: Request<pb::NamespaceRef>) -> Result<Response<pb::Namespace>, Status> {
         let id = NamespaceId::parse(&req.into_inner().namespace_id)?;
-        self.fresh(0, 0).await?;
+        self.fresh(0, 0, false).await?;
         Ok(Response::new(to_namespace(self.node.reader.namespace(&id)?, 0)))
     }
 
@@ -310,7 +317,7 @@ impl CentralStore for StoreService {
     }
 
     async fn list_tokens(&self, _: Request<pb::ListTokensRequest>) -> Result<Response<pb::ListTokensResponse>, Status> {
-        self.fresh(0, 0).await?;
+        self.fresh(0, 0, false).await?;
         let tokens = self.node.reader.tokens()?.iter().map(|t| to_token(t, 0)).collect();
         Ok(Response::new(pb::ListTokensResponse { tokens }))
     }
@@ -337,7 +344,7 @@ impl CentralStore for StoreService {
         let arrived = std::time::Instant::now();
         let req = req.into_inner();
         auth::validate_id(&req.token_id)?;
-        let mut proof = self.fresh(0, req.max_age_ms).await?;
+        let mut proof = self.fresh(0, req.max_age_ms, false).await?;
         let mut found = self.node.reader.token(&req.token_id)?;
         if found.is_none() {
             // "No such token" is read linearizably, so a token is found by every edge as soon

@@ -97,6 +97,7 @@ pub async fn get(
         r#type: kind as i32,
         with_metadata: q.with_metadata,
         cache_ttl: q.cache_ttl,
+        ..Default::default()
     };
     let out = gw.api.get_bulk(gw.request(&headers, req)).await?.into_inner();
     let mut values = Vec::with_capacity(out.values.len());

@@ -51,7 +51,8 @@ async fn read(
     with_metadata: bool,
 ) -> Result<api::GetResponse, RestError> {
     let cache_ttl = integer("cache_ttl", q.cache_ttl.as_deref())?;
-    let req = api::GetRequest { namespace_id: target.ns, key: target.key?, cache_ttl, with_metadata };
+    let req =
+        api::GetRequest { namespace_id: target.ns, key: target.key?, cache_ttl, with_metadata, ..Default::default() };
     let got = gw.api.get(gw.request(headers, req)).await?.into_inner();
     if !got.found {
         return Err(KvError::KeyNotFound.into());

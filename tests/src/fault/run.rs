@@ -179,8 +179,13 @@ async fn final_reads(
         let key = key_name(k);
         let start = rec.now();
         let start_wall_ms = kv_common::time::now_ms();
-        let req =
-            api::GetRequest { namespace_id: ns.into(), key: key.clone(), cache_ttl: Some(300), with_metadata: false };
+        let req = api::GetRequest {
+            namespace_id: ns.into(),
+            key: key.clone(),
+            cache_ttl: Some(300),
+            with_metadata: false,
+            ..Default::default()
+        };
         let result = kv
             .get(req)
             .await

@@ -126,6 +126,7 @@ impl Client {
                     key: key.clone(),
                     cache_ttl: Some(cache_ttl),
                     with_metadata: false,
+                    ..Default::default()
                 };
                 let result = kv
                     .get(timed(req))
@@ -146,6 +147,7 @@ impl Client {
                     r#type: api::ValueType::Text as i32,
                     with_metadata: false,
                     cache_ttl: Some(cache_ttl),
+                    ..Default::default()
                 };
                 let result = kv
                     .get_bulk(timed(req))

@@ -32,7 +32,7 @@ forward! {
     fn rename_namespace(namespace_id: &str, title: &str) -> api::Namespace;
     fn delete_namespace(namespace_id: &str) -> ();
     fn put(req: api::PutRequest) -> api::WriteResponse;
-    fn get(namespace_id: &str, key: &str, cache_ttl: Option<i64>) -> api::GetResponse;
+    fn read(req: api::GetRequest) -> api::GetResponse;
     fn delete(namespace_id: &str, key: &str, if_version: Option<u64>) -> api::WriteResponse;
     fn list(req: api::ListRequest) -> api::ListResponse;
     fn put_bulk(req: api::PutBulkRequest) -> api::BulkWriteResponse;

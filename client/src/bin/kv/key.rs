@@ -43,6 +43,12 @@ pub enum Cmd {
         /// Seconds the edge may cache the answer (at least 30).
         #[arg(long)]
         cache_ttl: Option<i64>,
+        /// A linearizable read: skips every cache and sees every write acknowledged before it.
+        #[arg(long)]
+        strong: bool,
+        /// A session read: at least as new as this version (one a write printed), at any edge.
+        #[arg(long)]
+        min_version: Option<u64>,
     },
     /// Lists keys, following the cursor to the end unless `--limit` is given.
     List {
@@ -92,8 +98,17 @@ pub async fn run(client: &Endpoint, cmd: Cmd, output: Output) -> Done {
             let json = json!({"key": key, "version": r.version, "expiration": r.expiration});
             say(output, json, || format!("wrote {key:?} (version {})", r.version));
         }
-        Cmd::Get { key, namespace_id, cache_ttl } => {
-            let r = client.get(&namespace_id, &key, cache_ttl).await?;
+        Cmd::Get { key, namespace_id, cache_ttl, strong, min_version } => {
+            let consistency = if strong { api::Consistency::Strong } else { api::Consistency::Eventual };
+            let req = api::GetRequest {
+                namespace_id,
+                key: key.clone(),
+                cache_ttl,
+                with_metadata: true,
+                consistency: consistency as i32,
+                min_version: min_version.unwrap_or(0),
+            };
+            let r = client.read(req).await?;
             if output == Output::Json {
                 let status = api::CacheStatus::try_from(r.cache_status)
                     .map_or("UNKNOWN", |s| s.as_str_name().trim_start_matches("CACHE_STATUS_"));
