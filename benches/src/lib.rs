@@ -109,7 +109,7 @@ pub async fn load(client: &Client, ns: &str, items: Vec<(String, Vec<u8>)>) -> a
             .take(10_000)
             .map(|(key, value)| api::BulkPutItem { key, value: value.into(), ..Default::default() })
             .collect();
-        let req = api::PutBulkRequest { namespace_id: ns.into(), items: batch };
+        let req = api::PutBulkRequest { namespace_id: ns.into(), items: batch, ..Default::default() };
         let r = client.put_bulk(req).await?;
         anyhow::ensure!(r.unsuccessful_keys.is_empty(), "bulk load failed for {:?}", r.unsuccessful_keys);
     }

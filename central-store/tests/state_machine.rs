@@ -406,3 +406,21 @@ async fn a_condition_is_decided_against_the_key_as_applied_expired_and_deleted_k
     let keys: Vec<&str> = sets.iter().flat_map(|(_, set)| set.iter().map(|c| c.key.as_str())).collect();
     assert_eq!(keys, vec!["gone", "old"]);
 }
+
+#[tokio::test]
+async fn conditions_on_one_key_in_one_entry_are_decided_in_order() {
+    let mut s = new_sm().await;
+    let writes = vec![
+        write(NS, vec![conditional("k", 0, 0, put_kind(b"first", None))]),
+        write(NS, vec![conditional("k", 0, 0, put_kind(b"second", None))]),
+    ];
+    let (at, r) = s.apply(Command::Write { now_ms: NOW_MS, writes }).await;
+    let CommandResult::Writes(outcomes) = r else { panic!("{r:?}") };
+    let failed = |o: &WriteOutcome| match o {
+        WriteOutcome::Applied { decided, .. } => decided.errors.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(failed(&outcomes[0]).is_empty(), "the first create wins");
+    assert_eq!(failed(&outcomes[1]), vec![(0, kv_common::KvError::PreconditionFailed { current: at })]);
+    assert_eq!(s.reader.get(&NS, "k", NOW).unwrap().entry.map(|e| e.value).as_deref(), Some(&b"first"[..]));
+}

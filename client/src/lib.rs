@@ -33,6 +33,13 @@ macro_rules! call {
     }};
 }
 
+/// Names a write for its retries, unless the caller did.
+fn name(request_id: &mut String) {
+    if request_id.is_empty() {
+        *request_id = format!("{:032x}", rand::random::<u128>());
+    }
+}
+
 /// The generated client, sending a bearer token with every call.
 pub type RawClient = KvClient<InterceptedService<Channel, Bearer>>;
 
@@ -114,12 +121,16 @@ impl Client {
         call!(self, get, req)
     }
 
-    pub async fn put(&self, req: api::PutRequest) -> Result<api::WriteResponse, Status> {
+    /// A put; retried on 429 and UNAVAILABLE under one request id, so it is applied once and
+    /// a retry of a compare-and-set that won is answered as won.
+    pub async fn put(&self, mut req: api::PutRequest) -> Result<api::WriteResponse, Status> {
+        name(&mut req.request_id);
         call!(self, put, req)
     }
 
     /// Up to 10,000 puts in one write; items that fail are listed in the answer, the rest land.
-    pub async fn put_bulk(&self, req: api::PutBulkRequest) -> Result<api::BulkWriteResponse, Status> {
+    pub async fn put_bulk(&self, mut req: api::PutBulkRequest) -> Result<api::BulkWriteResponse, Status> {
+        name(&mut req.request_id);
         call!(self, put_bulk, req)
     }
 
@@ -130,7 +141,9 @@ impl Client {
         key: &str,
         if_version: Option<u64>,
     ) -> Result<api::WriteResponse, Status> {
-        let req = api::DeleteRequest { namespace_id: namespace_id.into(), key: key.into(), if_version };
+        let mut req =
+            api::DeleteRequest { namespace_id: namespace_id.into(), key: key.into(), if_version, ..Default::default() };
+        name(&mut req.request_id);
         call!(self, delete, req)
     }
 
@@ -144,7 +157,8 @@ impl Client {
     }
 
     /// Up to 10,000 deletes in one write; items that fail are listed in the answer.
-    pub async fn delete_bulk(&self, req: api::DeleteBulkRequest) -> Result<api::BulkWriteResponse, Status> {
+    pub async fn delete_bulk(&self, mut req: api::DeleteBulkRequest) -> Result<api::BulkWriteResponse, Status> {
+        name(&mut req.request_id);
         call!(self, delete_bulk, req)
     }
 

@@ -57,7 +57,7 @@ pub async fn failure(resp: Response) -> Status {
     let current = resp
         .headers()
         .get(reqwest::header::ETAG)
-        .and_then(|v| v.to_str().ok()?.trim_matches('"').parse::<u64>().ok())
+        .and_then(|v| kv_common::validate::etag_version(v.to_str().ok()?).ok())
         .filter(|_| http == 412);
     let body = match resp.text().await {
         Ok(b) => b,

@@ -202,6 +202,35 @@ pub fn last_wins<'a>(keys: impl IntoIterator<Item = &'a str>) -> Vec<usize> {
     keys.iter().map(|k| last[k]).collect()
 }
 
+/// The version an entity tag names (`"42"`, as reads and writes give it): strong tags of
+/// one version only, since a weak tag (`W/"42"`) never matches `If-Match`.
+pub fn etag_version(tag: &str) -> KvResult<u64> {
+    let bad = |why: &str| KvError::InvalidRequest(format!("{why}, not {tag:?}"));
+    let tag = tag.trim();
+    if tag.starts_with("W/") {
+        return Err(bad("a weak ETag never matches If-Match"));
+    }
+    let inner = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(tag);
+    if inner.is_empty() || !inner.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("If-Match takes one version ETag such as \"42\""));
+    }
+    inner.parse().map_err(|_| bad("the version is too large"))
+}
+
+/// Longest request id a client may give, in bytes (the edge scopes it to the caller's token).
+pub const MAX_CLIENT_REQUEST_ID_BYTES: usize = 64;
+
+/// Checks a client's name for its write: at most `MAX_CLIENT_REQUEST_ID_BYTES`.
+pub fn client_request_id(id: &str) -> KvResult<()> {
+    if id.len() > MAX_CLIENT_REQUEST_ID_BYTES {
+        return Err(KvError::InvalidRequest(format!(
+            "request_id is {} bytes, more than {MAX_CLIENT_REQUEST_ID_BYTES}",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Longest request id accepted, in bytes.
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
 

@@ -111,9 +111,20 @@ impl KvApi {
         Ok(pb::WriteOp { key, op: Some(pb::write_op::Op::Delete(pb::Delete {})), if_version })
     }
 
+    /// The store's name for a client's write: the client's name for it (the same across its
+    /// retries) under its token's id, so no two callers' names meet; empty when the client
+    /// gave none (the edge names it).
+    fn request_id(&self, who: &Principal, client: &str) -> TierResult<String> {
+        if client.is_empty() {
+            return Ok(String::new());
+        }
+        self.check(validate::client_request_id(client))?;
+        Ok(format!("{}/{client}", who.token_id))
+    }
+
     /// Writes one op; its own failure becomes the call's error.
-    async fn write_one(&self, ns: &NamespaceId, op: pb::WriteOp) -> TierResult<api::WriteResponse> {
-        let resp = self.0.write(write_request(ns, vec![op])).await?;
+    async fn write_one(&self, ns: &NamespaceId, op: pb::WriteOp, request_id: String) -> TierResult<api::WriteResponse> {
+        let resp = self.0.write(write_request(ns, vec![op], request_id)).await?;
         let r = resp.results.into_iter().next().ok_or_else(|| Status::internal("upstream returned no result"))?;
         match r.error {
             Some(e) => Err(op_status(&e).into()),
@@ -126,6 +137,7 @@ impl KvApi {
         &self,
         ns: &NamespaceId,
         items: Vec<(String, Result<pb::WriteOp, KvError>)>,
+        request_id: String,
     ) -> TierResult<api::BulkWriteResponse> {
         let mut out = api::BulkWriteResponse::default();
         let mut ops = Vec::new();
@@ -134,29 +146,20 @@ impl KvApi {
                 Ok(op) => ops.push(op),
                 Err(e) => {
                     self.0.metrics.rejected.inc();
-                    out.errors.push(api::KeyError {
-                        key,
-                        http_status: u32::from(e.http_status()),
-                        message: e.to_string(),
-                        current_version: 0,
-                    });
+                    let current = e.current_version().unwrap_or(0);
+                    out.errors.push(key_error(key, u32::from(e.http_status()), e.to_string(), current));
                 }
             }
         }
         if !ops.is_empty() {
-            let resp = self.0.write(write_request(ns, ops)).await?;
+            let resp = self.0.write(write_request(ns, ops, request_id)).await?;
             for r in resp.results {
                 match r.error {
                     None => {
                         out.successful_key_count += 1;
                         out.version = out.version.max(r.version);
                     }
-                    Some(e) => out.errors.push(api::KeyError {
-                        key: r.key,
-                        http_status: e.http_status,
-                        message: e.message,
-                        current_version: e.current_version,
-                    }),
+                    Some(e) => out.errors.push(key_error(r.key, e.http_status, e.message, e.current_version)),
                 }
             }
         }
@@ -165,9 +168,13 @@ impl KvApi {
     }
 }
 
-/// A write of `ops` in `ns`; the edge names it with a request id before sending it.
-fn write_request(ns: &NamespaceId, ops: Vec<pb::WriteOp>) -> pb::WriteRequest {
-    pb::WriteRequest { namespace_id: ns.to_string(), ops, request_id: String::new(), track: None }
+/// A write of `ops` in `ns`, named `request_id` (when empty, the edge names it).
+fn write_request(ns: &NamespaceId, ops: Vec<pb::WriteOp>, request_id: String) -> pb::WriteRequest {
+    pb::WriteRequest { namespace_id: ns.to_string(), ops, request_id, track: None }
+}
+
+fn key_error(key: String, http_status: u32, message: String, current_version: u64) -> api::KeyError {
+    api::KeyError { key, http_status, message, current_version }
 }
 
 /// The status a failed write item stands for, with the same code, message and trailers.
@@ -445,6 +452,7 @@ impl Kv for KvApi {
         let who = self.who(req.metadata()).await?;
         let req = req.into_inner();
         let ns = self.namespace_for(&who, &req.namespace_id, Access::Write)?;
+        let id = self.request_id(&who, &req.request_id)?;
         let options = PutOptions {
             expiration: req.expiration,
             expiration_ttl: req.expiration_ttl,
@@ -453,7 +461,7 @@ impl Kv for KvApi {
             if_absent: req.if_absent,
         };
         let op = self.check(self.put_op(req.key, req.value, options))?;
-        Ok(Response::new(self.write_one(&ns, op).await?))
+        Ok(Response::new(self.write_one(&ns, op, id).await?))
     }
 
     async fn put_stream(
@@ -468,6 +476,7 @@ impl Kv for KvApi {
             _ => return Err(self.refuse("PutStream must start with a header")),
         };
         let ns = self.namespace_for(&who, &header.namespace_id, Access::Write)?;
+        let id = self.request_id(&who, &header.request_id)?;
         let limits = &self.0.config.limits;
         let options = || PutOptions {
             expiration: header.expiration,
@@ -489,15 +498,16 @@ impl Kv for KvApi {
             }
         }
         let op = self.check(self.put_op(header.key.clone(), value.freeze(), options()))?;
-        Ok(Response::new(self.write_one(&ns, op).await?))
+        Ok(Response::new(self.write_one(&ns, op, id).await?))
     }
 
     async fn delete(&self, req: Request<api::DeleteRequest>) -> Result<Response<api::WriteResponse>, Status> {
         let who = self.who(req.metadata()).await?;
         let req = req.into_inner();
         let ns = self.namespace_for(&who, &req.namespace_id, Access::Write)?;
+        let id = self.request_id(&who, &req.request_id)?;
         let op = self.check(self.delete_op(req.key, req.if_version))?;
-        Ok(Response::new(self.write_one(&ns, op).await?))
+        Ok(Response::new(self.write_one(&ns, op, id).await?))
     }
 
     async fn list(&self, req: Request<api::ListRequest>) -> Result<Response<api::ListResponse>, Status> {
@@ -530,6 +540,7 @@ impl Kv for KvApi {
         let who = self.who(req.metadata()).await?;
         let req = req.into_inner();
         let ns = self.namespace_for(&who, &req.namespace_id, Access::Write)?;
+        let id = self.request_id(&who, &req.request_id)?;
         let bytes = req
             .items
             .iter()
@@ -550,7 +561,7 @@ impl Kv for KvApi {
                 (i.key.clone(), self.put_op(i.key, i.value, options))
             })
             .collect();
-        Ok(Response::new(self.bulk(&ns, items).await?))
+        Ok(Response::new(self.bulk(&ns, items, id).await?))
     }
 
     async fn delete_bulk(
@@ -560,6 +571,7 @@ impl Kv for KvApi {
         let who = self.who(req.metadata()).await?;
         let req = req.into_inner();
         let ns = self.namespace_for(&who, &req.namespace_id, Access::Write)?;
+        let id = self.request_id(&who, &req.request_id)?;
         let bytes = req.keys.iter().map(String::len).sum();
         self.check(validate::bulk_write(req.keys.len(), bytes, &self.0.config.limits))?;
         let listed: std::collections::HashSet<&String> = req.keys.iter().collect();
@@ -574,7 +586,7 @@ impl Kv for KvApi {
                 (k, op)
             })
             .collect();
-        Ok(Response::new(self.bulk(&ns, items).await?))
+        Ok(Response::new(self.bulk(&ns, items, id).await?))
     }
 
     async fn create_token(&self, req: Request<api::CreateTokenRequest>) -> Result<Response<api::CreatedToken>, Status> {

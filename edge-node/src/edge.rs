@@ -286,10 +286,21 @@ impl Edge {
         self.metrics.writes.inc_by(written as u64);
         let spec = self.spec(secs(self.config.limits.default_cache_ttl_secs));
         self.observe(self.tier.write_through_response(&req, &resp, sent, &spec));
-        // A copy refreshed ahead of time before this write must never be promoted over it.
         for (op, r) in req.ops.iter().zip(&resp.results) {
-            if r.error.is_none() && r.version > 0 {
-                self.refreshed.remove_older((req.namespace_id.clone(), op.key.clone()), r.version + 1);
+            let key = (req.namespace_id.clone(), op.key.clone());
+            match &r.error {
+                // A copy refreshed ahead of time before this write must never be promoted over it.
+                None if r.version > 0 => {
+                    self.refreshed.remove_older(key, r.version + 1);
+                }
+                // A failed condition told the key's current version: a copy held here is no
+                // newer, so it goes (the next read fetches), and no later read goes behind it.
+                Some(e) if e.http_status == 412 => {
+                    self.observe(e.current_version);
+                    self.refreshed.remove_older(key.clone(), u64::MAX);
+                    self.tier.forget(key, u64::MAX);
+                }
+                _ => {}
             }
         }
         Ok(resp)

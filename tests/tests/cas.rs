@@ -90,6 +90,7 @@ async fn a_bulk_write_decides_each_items_condition_alone() {
         .put_bulk(api::PutBulkRequest {
             namespace_id: ns.clone(),
             items: vec![item("k1", "1", None, false), item("k2", "1", None, false)],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -100,7 +101,8 @@ async fn a_bulk_write_decides_each_items_condition_alone() {
         item("k3", "2", None, true),
         item("k4", "2", None, false),
     ];
-    let second = a.put_bulk(api::PutBulkRequest { namespace_id: ns.clone(), items }).await.unwrap();
+    let second =
+        a.put_bulk(api::PutBulkRequest { namespace_id: ns.clone(), items, ..Default::default() }).await.unwrap();
     let r = &second;
     assert_eq!((r.successful_key_count, r.unsuccessful_keys.clone()), (3, vec!["k2".to_string()]), "{r:?}");
     assert_eq!((r.errors[0].http_status, r.errors[0].current_version), (412, v), "{r:?}");
@@ -111,7 +113,7 @@ async fn a_bulk_write_decides_each_items_condition_alone() {
     // A conditional key named twice in one request: every item naming it fails, alone.
     let items =
         vec![item("k1", "3", Some(second.version), false), item("k1", "4", None, false), item("k5", "x", None, false)];
-    let r = a.put_bulk(api::PutBulkRequest { namespace_id: ns.clone(), items }).await.unwrap();
+    let r = a.put_bulk(api::PutBulkRequest { namespace_id: ns.clone(), items, ..Default::default() }).await.unwrap();
     assert_eq!((r.successful_key_count, r.unsuccessful_keys.len()), (1, 2), "{r:?}");
     assert!(r.errors.iter().all(|e| e.http_status == 400 && e.message.contains("only once")), "{r:?}");
     // Conditional deletes in bulk: k1 at a version it never had, k3 at its own.
@@ -119,6 +121,7 @@ async fn a_bulk_write_decides_each_items_condition_alone() {
         namespace_id: ns.clone(),
         keys: vec!["k1".into(), "k3".into()],
         if_versions: [("k1".to_string(), 1), ("k3".to_string(), second.version)].into_iter().collect(),
+        ..Default::default()
     };
     let d = a.delete_bulk(del).await.unwrap();
     assert_eq!((d.successful_key_count, d.unsuccessful_keys.clone()), (1, vec!["k1".to_string()]), "{d:?}");
@@ -127,7 +130,32 @@ async fn a_bulk_write_decides_each_items_condition_alone() {
         namespace_id: ns.clone(),
         keys: vec!["k1".into()],
         if_versions: [("k9".to_string(), 1)].into_iter().collect(),
+        ..Default::default()
     };
     let refused = a.delete_bulk(stray).await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_conditional_write_is_answered_with_its_first_outcome_and_a_failure_refreshes_the_edge() {
+    let t = racing_tiers().await;
+    let ns = t.namespace().await.unwrap();
+    let (a, b) = (t.edge(kv_tests::tiers::A_PUSH).await.unwrap(), t.edge(kv_tests::tiers::B_TTL).await.unwrap());
+    // The same request (a client retrying after a lost answer), through two edges: one create.
+    let create = api::PutRequest { if_absent: true, request_id: "create-once".into(), ..put(&ns, "k", "v1") };
+    let first = a.raw().put(create.clone()).await.unwrap().into_inner();
+    let again = b.raw().put(create).await.expect("a retry is answered as the first attempt was").into_inner();
+    assert_eq!(again.version, first.version);
+    // A request id longer than the contract's 64 bytes is refused.
+    let long = api::PutRequest { request_id: "x".repeat(65), ..put(&ns, "other", "v") };
+    assert_eq!(a.raw().put(long).await.unwrap_err().code(), Code::InvalidArgument);
+
+    // b (mode ttl) holds v1; a writes v2; b's update at v1 fails naming v2, and b's next
+    // read is at least v2 instead of its held copy.
+    kv_tests::tiers::until_value(&b, &ns, "k", 300, Some("v1"), Duration::from_secs(20)).await.unwrap();
+    let v2 = a.put(put(&ns, "k", "v2")).await.unwrap().version;
+    let stale = b.put(api::PutRequest { if_version: Some(first.version), ..put(&ns, "k", "late") }).await;
+    assert_eq!(current_version_of(&stale.unwrap_err()), Some(v2));
+    let read = b.get(&ns, "k", Some(300)).await.unwrap();
+    assert!(read.version >= v2, "b read {} after being told {v2}", read.version);
 }

@@ -89,6 +89,7 @@ impl Target {
                     metadata_json: o.metadata,
                     if_version: o.if_version,
                     if_absent: o.if_absent,
+                    ..Default::default()
                 };
                 Ok(c.clone().put(req).await?.into_inner().version)
             }
@@ -181,7 +182,12 @@ impl Target {
         match self {
             Target::Edge(c, _) => Ok(c
                 .clone()
-                .delete(api::DeleteRequest { namespace_id: ns.into(), key: key.into(), if_version })
+                .delete(api::DeleteRequest {
+                    namespace_id: ns.into(),
+                    key: key.into(),
+                    if_version,
+                    ..Default::default()
+                })
                 .await?
                 .into_inner()
                 .version),
@@ -273,7 +279,7 @@ impl Target {
                     .collect();
                 let r = c
                     .clone()
-                    .put_bulk(api::PutBulkRequest { namespace_id: ns.into(), items: items_req })
+                    .put_bulk(api::PutBulkRequest { namespace_id: ns.into(), items: items_req, ..Default::default() })
                     .await?
                     .into_inner();
                 Ok(items
@@ -661,7 +667,10 @@ fn cases() -> Vec<(&'static str, Case)> {
             failed_condition(t.put(ns, "never", b"x", at(v2)).await, 0)?;
             if !matches!(t, Target::Store(..)) {
                 let both = Opts { if_version: Some(1), if_absent: true, ..Default::default() };
-                let message = "Invalid request: if_version and if_absent exclude each other";
+                let message = match t {
+                    Target::Rest(_) => "Invalid request: If-Match and If-None-Match exclude each other",
+                    _ => "Invalid request: if_version and if_absent exclude each other",
+                };
                 refused(t.put(ns, "both", b"x", both).await, INVALID, 400, message)?;
             }
             Ok(())

@@ -388,7 +388,11 @@ async fn bad_input_at_the_edge_gets_its_exact_error_and_nothing_goes_upstream() 
         api::BulkPutItem { key: "ok".into(), value: "v".into(), ..Default::default() },
         api::BulkPutItem { key: "".into(), ..Default::default() },
     ];
-    let r = raw.put_bulk(api::PutBulkRequest { namespace_id: ns.clone(), items }).await.unwrap().into_inner();
+    let r = raw
+        .put_bulk(api::PutBulkRequest { namespace_id: ns.clone(), items, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((r.successful_key_count, r.unsuccessful_keys), (1, vec![String::new()]));
     assert_eq!(r.errors[0].message, "Key names must not be empty");
 

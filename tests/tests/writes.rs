@@ -24,7 +24,7 @@ async fn the_last_item_naming_a_key_in_a_bulk_write_wins_at_every_tier() {
         .iter()
         .map(|v| api::BulkPutItem { key: "k".into(), value: v.to_string().into(), ..Default::default() })
         .collect();
-    let r = a.put_bulk(api::PutBulkRequest { namespace_id: ns.clone(), items }).await.unwrap();
+    let r = a.put_bulk(api::PutBulkRequest { namespace_id: ns.clone(), items, ..Default::default() }).await.unwrap();
     assert_eq!((r.successful_key_count, r.unsuccessful_keys.len()), (2, 0));
     assert_eq!(seen(&a.get(&ns, "k", Some(LONG_TTL)).await.unwrap()).0.as_deref(), Some("second"));
     let pushed = until_value(&b, &ns, "k", LONG_TTL, Some("second"), WAIT).await.unwrap();

@@ -57,7 +57,7 @@ pub async fn load(at: &Connected, keyspace: &Keyspace, parallel: usize) -> anyho
                     ..Default::default()
                 })
                 .collect();
-            let req = api::PutBulkRequest { namespace_id: at.namespace.clone(), items };
+            let req = api::PutBulkRequest { namespace_id: at.namespace.clone(), items, ..Default::default() };
             let client = &client;
             calls.push(async move {
                 let mut r = client.put_bulk(req.clone()).await;

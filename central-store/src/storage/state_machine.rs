@@ -17,6 +17,7 @@ use kv_common::{KvError, NamespaceId};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use rocksdb::{IteratorMode, WriteBatch, DB};
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -136,6 +137,9 @@ impl StateMachine {
             Command::Write { writes, now_ms } => {
                 let mut outcomes = Vec::with_capacity(writes.len());
                 let mut changes = Vec::new();
+                // Entries as this log entry has written them so far: a later op of the same
+                // entry decides its condition against them, not against the state before.
+                let mut written = HashMap::new();
                 for w in writes {
                     if let Some(Recorded::Write(first)) = self.recorded(w.request.as_ref())? {
                         outcomes.push(first);
@@ -153,7 +157,7 @@ impl StateMachine {
                                 &w.namespace,
                                 op,
                                 w.trace,
-                                &mut decided,
+                                (&mut decided, &mut written),
                             )?);
                         }
                         WriteOutcome::Applied { version: index, decided }
@@ -304,19 +308,30 @@ impl StateMachine {
         ns: &NamespaceId,
         op: Op,
         trace: Option<TraceContext>,
-        decided: &mut Decided,
+        (decided, written): (&mut Decided, &mut HashMap<Vec<u8>, EntryMeta>),
     ) -> anyhow::Result<Option<ChangeRecord>> {
         let ek = entry_key(ns, op.key.as_bytes());
-        let old = self.entry(&ek)?;
-        let mut kind = op.kind;
-        while let OpKind::Conditional { if_version, item, then } = kind {
-            let live = old.as_ref().filter(|m| !m.tombstone && !kv_common::time::is_expired(m.expiration, now_secs));
-            let current = live.map_or(0, |m| m.version);
-            if current != if_version {
-                decided.fail(item, KvError::PreconditionFailed { current });
-                return Ok(None);
+        let old = match written.get(&ek) {
+            Some(m) => Some(m.clone()),
+            None => self.entry(&ek)?,
+        };
+        let (kind, item) = match op.kind {
+            OpKind::Conditional { if_version, item, then } => {
+                let live =
+                    old.as_ref().filter(|m| !m.tombstone && !kv_common::time::is_expired(m.expiration, now_secs));
+                let current = live.map_or(0, |m| m.version);
+                if current != if_version {
+                    decided.fail(item, KvError::PreconditionFailed { current });
+                    return Ok(None);
+                }
+                (*then, Some(item))
             }
-            kind = *then;
+            kind => (kind, None),
+        };
+        if let (OpKind::Conditional { .. }, Some(item)) = (&kind, item) {
+            // The leader never nests conditions; refused alike on every replica all the same.
+            decided.fail(item, KvError::InvalidRequest("a condition inside a condition".into()));
+            return Ok(None);
         }
         if let Some(exp) = old.and_then(|m| m.expiration) {
             wb.delete_cf(self.cf(CF_EXPIRY), expiry_key(exp, ns, op.key.as_bytes()));
@@ -334,6 +349,7 @@ impl StateMachine {
             OpKind::Put { value, metadata, expiration } => {
                 let meta = EntryMeta { version: index, expiration, metadata: metadata.clone(), tombstone: false };
                 self.put_entry(wb, &ek, &meta)?;
+                written.insert(ek.clone(), meta);
                 if let Some(exp) = expiration {
                     wb.put_cf(self.cf(CF_EXPIRY), expiry_key(exp, ns, op.key.as_bytes()), []);
                 }
@@ -345,10 +361,11 @@ impl StateMachine {
                     change.value = Some(value);
                 }
             }
-            // Conditions were unwrapped above.
+            // A nested condition was refused above.
             OpKind::Delete | OpKind::Conditional { .. } => {
                 let meta = EntryMeta { version: index, expiration: None, metadata: None, tombstone: true };
                 self.put_entry(wb, &ek, &meta)?;
+                written.insert(ek.clone(), meta);
                 wb.put_cf(self.cf(CF_TOMBSTONES), sweep_index_key(index, ns, op.key.as_bytes()), []);
                 wb.delete_cf(self.cf(CF_VALUES), &ek);
             }

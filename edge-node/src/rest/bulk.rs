@@ -27,6 +27,18 @@ async fn body(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<Read, Res
     gw.body(headers, body, body_limit(gw), |bytes| KvError::BulkWriteTooLarge { bytes, max }).await
 }
 
+/// Refuses a conditional bulk request: Workers KV's bulk format has no place for a condition
+/// per item, and writing unconditionally what was asked conditionally would be worse.
+fn unconditional(headers: &HeaderMap) -> Result<(), RestError> {
+    if headers.contains_key(axum::http::header::IF_MATCH) || headers.contains_key(axum::http::header::IF_NONE_MATCH) {
+        return Err(KvError::InvalidRequest(
+            "bulk writes take no If-Match or If-None-Match: use gRPC's per-item conditions".into(),
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// What a bulk write or delete reports; `refused` are keys of items refused here already.
 fn report(r: &api::BulkWriteResponse, refused: Vec<String>) -> Response {
     let mut unsuccessful = refused;
@@ -43,9 +55,10 @@ pub async fn put(
     b: Body,
 ) -> Result<Response, RestError> {
     Gateway::may_write(&who, &target.ns)?;
+    unconditional(&headers)?;
     let read = body(&gw, &headers, b).await?;
     let (put, refused) = kv_common::bulk::put_items(json(&read.bytes)?);
-    let req = api::PutBulkRequest { namespace_id: target.ns, items: put };
+    let req = api::PutBulkRequest { namespace_id: target.ns, items: put, ..Default::default() };
     Ok(report(gw.api.put_bulk(gw.request(&headers, req)).await?.get_ref(), refused))
 }
 
@@ -57,9 +70,10 @@ pub async fn delete(
     b: Body,
 ) -> Result<Response, RestError> {
     Gateway::may_write(&who, &target.ns)?;
+    unconditional(&headers)?;
     let read = body(&gw, &headers, b).await?;
     let keys: Vec<String> = json(&read.bytes)?;
-    let req = api::DeleteBulkRequest { namespace_id: target.ns, keys, if_versions: Default::default() };
+    let req = api::DeleteBulkRequest { namespace_id: target.ns, keys, ..Default::default() };
     Ok(report(gw.api.delete_bulk(gw.request(&headers, req)).await?.get_ref(), Vec::new()))
 }
 

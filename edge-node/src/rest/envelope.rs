@@ -134,11 +134,10 @@ fn envelope<R: Serialize, I: Serialize>(body: Success<R, I>) -> Response {
     }
 }
 
-/// Adds the version a write produced (`kv-version`, and as the `ETag`), which a client may ask a later read to
+/// Adds the version a write produced (`kv-version`), which a client may ask a later read to
 /// reach; Cloudflare's API has no such field, so it travels as a header.
 pub fn with_version(mut resp: Response, version: u64) -> Response {
     resp.headers_mut().insert("kv-version", axum::http::HeaderValue::from(version));
-    resp.headers_mut().insert(axum::http::header::ETAG, etag(version));
     resp
 }
 

@@ -70,12 +70,7 @@ fn condition(headers: &HeaderMap) -> Result<(Option<u64>, bool), RestError> {
             .transpose()
             .map_err(|_| KvError::InvalidRequest(format!("{name} is not text")).into())
     };
-    let if_version = match text(header::IF_MATCH)? {
-        None => None,
-        Some(tag) => Some(tag.trim_matches('"').parse::<u64>().map_err(|_| {
-            KvError::InvalidRequest(format!("If-Match must be one version ETag such as \"42\", not {tag:?}"))
-        })?),
-    };
+    let if_version = text(header::IF_MATCH)?.map(|tag| validate::etag_version(&tag)).transpose()?;
     let if_absent = match text(header::IF_NONE_MATCH)? {
         None => false,
         Some(tag) if tag == "*" => true,
@@ -83,6 +78,9 @@ fn condition(headers: &HeaderMap) -> Result<(Option<u64>, bool), RestError> {
             return Err(KvError::InvalidRequest(format!("If-None-Match on a write must be *, not {tag:?}")).into())
         }
     };
+    if if_version.is_some() && if_absent {
+        return Err(KvError::InvalidRequest("If-Match and If-None-Match exclude each other".into()).into());
+    }
     Ok((if_version, if_absent))
 }
 
@@ -258,9 +256,14 @@ pub async fn put(
         metadata_json: up.metadata,
         if_version,
         if_absent,
+        ..Default::default()
     };
     let done = gw.api.put(gw.request(&headers, req)).await?.into_inner();
-    Ok(with_version(ok(json!({})), done.version))
+    // The value's version, which If-Match takes back. A delete's answer has none: a
+    // tombstone's version is no condition any write can meet.
+    let mut resp = with_version(ok(json!({})), done.version);
+    resp.headers_mut().insert(header::ETAG, etag(done.version));
+    Ok(resp)
 }
 
 pub async fn delete(State(gw): State<Gateway>, target: Target, headers: HeaderMap) -> Result<Response, RestError> {
@@ -268,7 +271,7 @@ pub async fn delete(State(gw): State<Gateway>, target: Target, headers: HeaderMa
     if if_absent {
         return Err(KvError::InvalidRequest("a delete takes If-Match, not If-None-Match".into()).into());
     }
-    let req = api::DeleteRequest { namespace_id: target.ns, key: target.key?, if_version };
+    let req = api::DeleteRequest { namespace_id: target.ns, key: target.key?, if_version, ..Default::default() };
     let done = gw.api.delete(gw.request(&headers, req)).await?.into_inner();
     Ok(with_version(ok(json!({})), done.version))
 }

@@ -192,7 +192,12 @@ impl Client {
             }
             68..=72 => {
                 let write = KeyWrite { key: self.key(rng), value: None, expiration_ttl: None };
-                let req = api::DeleteRequest { namespace_id: ns, key: write.key.clone(), if_version: None };
+                let req = api::DeleteRequest {
+                    namespace_id: ns,
+                    key: write.key.clone(),
+                    if_version: None,
+                    ..Default::default()
+                };
                 let result = match kv.delete(timed(req)).await {
                     Ok(r) => WriteResult::Done(vec![ItemDone {
                         version: r.into_inner().version,
@@ -228,7 +233,7 @@ impl Client {
                             ..Default::default()
                         })
                         .collect();
-                    kv.put_bulk(timed(api::PutBulkRequest { namespace_id: ns, items })).await
+                    kv.put_bulk(timed(api::PutBulkRequest { namespace_id: ns, items, ..Default::default() })).await
                 };
                 let result = match answer {
                     Ok(r) => WriteResult::Done(bulk_items(&writes, r.into_inner())),

@@ -142,7 +142,7 @@ pub async fn run(client: &Endpoint, cmd: Cmd, output: Output) -> Done {
                 |i: &api::BulkPutItem| i.key.len() + i.value.len() + i.metadata_json.as_ref().map_or(0, String::len);
             for run in batches(puts, size, limits.max_bulk_write_items, limits.max_bulk_write_bytes) {
                 let n = run.len() as u64;
-                let req = api::PutBulkRequest { namespace_id: namespace_id.clone(), items: run };
+                let req = api::PutBulkRequest { namespace_id: namespace_id.clone(), items: run, ..Default::default() };
                 tally.add(client.put_bulk(req).await?);
                 bar.inc(n);
             }

@@ -93,6 +93,7 @@ pub async fn run(client: &Endpoint, cmd: Cmd, output: Output) -> Done {
                 metadata_json: metadata,
                 if_version,
                 if_absent,
+                ..Default::default()
             };
             let r = client.put(req).await?;
             let json = json!({"key": key, "version": r.version, "expiration": r.expiration});
