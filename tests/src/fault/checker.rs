@@ -18,9 +18,16 @@
 //! - `not_converged`: after the faults healed, a push-mode edge still served (with a long
 //!   cacheTtl) another version than the central store holds;
 //! - `stale_without_fault`: an answer was STALE although no fault could keep its edge from
-//!   the central store around that time.
+//!   the central store around that time;
+//! - `strong_read`: a STRONG read returned an older version of a key than a write
+//!   acknowledged before the read began (linearizable reads), or answered STALE;
+//! - `session_read`: a session read returned an older version of a key than an acknowledged
+//!   write of it at or below the read's token;
+//! - `compare_and_set`: a conditional write succeeded although the key's version just before
+//!   it in commit order was not the one its condition named (another write came between), or
+//!   a write conditional on absence succeeded right after a put that was still live.
 
-use super::history::{Call, KeyRead, Op, Recorded, Scope, WriteResult};
+use super::history::{Call, KeyRead, Op, ReadMode, Recorded, Scope, WriteResult};
 use std::collections::HashMap;
 
 /// One way the history breaks SPEC section 4.
@@ -64,6 +71,9 @@ struct Write {
     end: u64,
     state: State,
     expiration: Option<i64>,
+    /// Asked to expire (its stored expiration is known only when acknowledged).
+    expiring: bool,
+    if_version: Option<u64>,
 }
 
 /// One key as one read returned it.
@@ -75,6 +85,7 @@ struct Read {
     end: u64,
     start_wall_ms: u64,
     cache_ttl_ms: u64,
+    mode: ReadMode,
     got: KeyRead,
 }
 
@@ -95,7 +106,7 @@ fn writes_of(ops: &[Op]) -> Vec<Write> {
                     Some(_) => (State::Refused, None),
                     None => (State::Unknown, None),
                 },
-                WriteResult::Refused(_) => (State::Refused, None),
+                WriteResult::Refused(_) | WriteResult::ConditionFailed { .. } => (State::Refused, None),
                 WriteResult::Unknown(_) => (State::Unknown, None),
             };
             out.push(Write {
@@ -107,6 +118,8 @@ fn writes_of(ops: &[Op]) -> Vec<Write> {
                 end: op.end,
                 state,
                 expiration,
+                expiring: w.expiration_ttl.is_some(),
+                if_version: w.if_version,
             });
         }
     }
@@ -116,7 +129,7 @@ fn writes_of(ops: &[Op]) -> Vec<Write> {
 fn reads_of(ops: &[Op]) -> Vec<Read> {
     let mut out = Vec::new();
     for op in ops {
-        let Call::Read { cache_ttl_secs, result: Ok(results), .. } = &op.call else { continue };
+        let Call::Read { cache_ttl_secs, mode, result: Ok(results), .. } = &op.call else { continue };
         for got in results {
             out.push(Read {
                 op: op.id,
@@ -125,6 +138,7 @@ fn reads_of(ops: &[Op]) -> Vec<Read> {
                 end: op.end,
                 start_wall_ms: op.start_wall_ms,
                 cache_ttl_ms: u64::try_from(*cache_ttl_secs).unwrap_or(0) * 1000,
+                mode: *mode,
                 got: got.clone(),
             });
         }
@@ -292,6 +306,8 @@ pub fn check(rec: &Recorded, finals: &HashMap<String, Final>, final_reads: &[Op]
         }
     }
 
+    out.extend(check_stronger_reads(&reads, &acked));
+    out.extend(check_compare_and_set(&writes, &reads));
     out.extend(check_lists(&rec.ops, &writes));
 
     // Convergence after heal (push-mode edges, long cacheTtl).
@@ -340,6 +356,87 @@ pub fn check(rec: &Recorded, finals: &HashMap<String, Final>, final_reads: &[Op]
                 kind: "stale_without_fault",
                 detail: format!("{} at edge {} answered STALE with no fault near", r.got.key, r.edge),
                 ops: vec![r.op],
+            });
+        }
+    }
+    out
+}
+
+/// STRONG reads see every write acknowledged before they began; session reads every write
+/// of the key at or below their token.
+fn check_stronger_reads(reads: &[Read], acked: &HashMap<&str, Vec<&Write>>) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for r in reads {
+        let ws = acked.get(r.got.key.as_str()).map(Vec::as_slice).unwrap_or_default();
+        let (kind, floor) = match r.mode {
+            ReadMode::Eventual => continue,
+            ReadMode::Strong => ("strong_read", ws.iter().filter(|w| w.end < r.start).max_by_key(|w| version_of(w))),
+            ReadMode::Session(token) => (
+                "session_read",
+                ws.iter().filter(|w| version_of(w).is_some_and(|v| v <= token)).max_by_key(|w| version_of(w)),
+            ),
+        };
+        if r.mode == ReadMode::Strong && r.got.stale {
+            out.push(Violation {
+                kind,
+                detail: format!("{} at edge {}: a STRONG read answered STALE", r.got.key, r.edge),
+                ops: vec![r.op],
+            });
+        }
+        let Some(w) = floor else { continue };
+        let v = version_of(w).unwrap_or(0);
+        if r.got.version < v {
+            out.push(Violation {
+                kind,
+                detail: format!(
+                    "{} at edge {} ({:?}): read {}, older than {v}",
+                    r.got.key, r.edge, r.mode, r.got.version
+                ),
+                ops: vec![w.op, r.op],
+            });
+        }
+    }
+    out
+}
+
+/// A conditional write that succeeded at version V with condition C: in commit order, the
+/// key's state just before V is what C names. The versions known to have been committed are
+/// those of acknowledged writes and those reads returned with a value (which names its
+/// write, whether or not its writer heard back); one of them strictly between C and V means
+/// another write came between the condition and the commit. (A write with an unknown
+/// outcome that was committed unseen only hides a violation, except a delete, which could
+/// make a key absent unseen: absence conditions are not judged on a key with one.)
+fn check_compare_and_set(writes: &[Write], reads: &[Read]) -> Vec<Violation> {
+    let mut committed: HashMap<&str, Vec<(u64, usize, bool)>> = HashMap::new();
+    for w in writes {
+        if let Some(v) = version_of(w) {
+            committed.entry(w.key.as_str()).or_default().push((v, w.op, w.value.is_some() && !w.expiring));
+        }
+    }
+    let by_value: HashMap<&str, &Write> = writes.iter().filter_map(|w| w.value.as_deref().map(|v| (v, w))).collect();
+    for r in reads {
+        let Some(w) = r.got.value.as_deref().and_then(|v| by_value.get(v)) else { continue };
+        committed.entry(w.key.as_str()).or_default().push((r.got.version, w.op, !w.expiring));
+    }
+    let unseen_delete =
+        |key: &str| writes.iter().any(|w| w.key == key && w.value.is_none() && w.state == State::Unknown);
+    let mut out = Vec::new();
+    for w in writes {
+        let (Some(cond), Some(v)) = (w.if_version, version_of(w)) else { continue };
+        let known = committed.get(w.key.as_str()).map(Vec::as_slice).unwrap_or_default();
+        let before = known.iter().filter(|(k, _, _)| *k < v).max_by_key(|(k, _, _)| *k);
+        let broken = match (cond, before) {
+            (0, Some((_, _, live_put))) => *live_put && !unseen_delete(&w.key),
+            (0, None) => false,
+            (c, Some((k, _, _))) => *k != c,
+            (_, None) => false,
+        };
+        if broken {
+            let (k, by) = before.map_or((0, w.op), |(k, op, _)| (*k, *op));
+            out.push(Violation {
+                kind: "compare_and_set",
+                detail: format!("{}: a write conditional on version {cond} committed at {v}, just after {k}", w.key),
+                ops: vec![by, w.op],
             });
         }
     }
@@ -401,14 +498,20 @@ mod tests {
     }
 
     fn put(id: usize, edge: usize, at: u64, key: &str, value: &str, version: u64) -> Op {
-        let write = KeyWrite { key: key.into(), value: Some(value.into()), expiration_ttl: None };
+        let write = KeyWrite { key: key.into(), value: Some(value.into()), expiration_ttl: None, if_version: None };
         let done = ItemDone { version, expiration: None, refused: None };
         op(id, edge, at, at + 1000, Call::Write { writes: vec![write], result: WriteResult::Done(vec![done]) })
     }
 
     fn get(id: usize, edge: usize, at: u64, key: &str, value: Option<&str>, version: u64, stale: bool) -> Op {
         let got = KeyRead { key: key.into(), value: value.map(String::from), version, stale, age_ms: 0 };
-        op(id, edge, at, at + 1000, Call::Read { keys: vec![key.into()], cache_ttl_secs: 1, result: Ok(vec![got]) })
+        op(
+            id,
+            edge,
+            at,
+            at + 1000,
+            Call::Read { keys: vec![key.into()], cache_ttl_secs: 1, mode: ReadMode::Eventual, result: Ok(vec![got]) },
+        )
     }
 
     fn settings() -> Settings {
@@ -431,7 +534,7 @@ mod tests {
     }
 
     fn delete(id: usize, edge: usize, at: u64, key: &str, version: u64) -> Op {
-        let write = KeyWrite { key: key.into(), value: None, expiration_ttl: None };
+        let write = KeyWrite { key: key.into(), value: None, expiration_ttl: None, if_version: None };
         let done = ItemDone { version, expiration: None, refused: None };
         op(id, edge, at, at + 1000, Call::Write { writes: vec![write], result: WriteResult::Done(vec![done]) })
     }
@@ -443,10 +546,48 @@ mod tests {
         assert_eq!(kinds(ops, vec![], &[("k", 6, None)]), vec!["list_read_your_writes"]);
         // Unless an earlier put whose outcome is unknown (its caller got UNAVAILABLE) was
         // committed after the delete: it may take effect at any time after it began.
-        let unknown = KeyWrite { key: "k".into(), value: Some("b".into()), expiration_ttl: None };
+        let unknown = KeyWrite { key: "k".into(), value: Some("b".into()), expiration_ttl: None, if_version: None };
         let lost = Call::Write { writes: vec![unknown], result: WriteResult::Unknown("unavailable".into()) };
         let ops = vec![op(0, 0, 0, S / 2, lost), delete(1, 0, S, "k", 6), list(2, 0, 2 * S, &["k"])];
         assert!(kinds(ops, vec![], &[("k", 7, Some("b"))]).is_empty());
+    }
+
+    fn cas(id: usize, at: u64, key: &str, value: &str, if_version: u64, version: u64) -> Op {
+        let write =
+            KeyWrite { key: key.into(), value: Some(value.into()), expiration_ttl: None, if_version: Some(if_version) };
+        let done = ItemDone { version, expiration: None, refused: None };
+        op(id, 0, at, at + 1000, Call::Write { writes: vec![write], result: WriteResult::Done(vec![done]) })
+    }
+
+    fn read_in(mode: ReadMode, id: usize, edge: usize, at: u64, value: Option<&str>, version: u64) -> Op {
+        let got = KeyRead { key: "k".into(), value: value.map(String::from), version, stale: false, age_ms: 0 };
+        op(
+            id,
+            edge,
+            at,
+            at + 1000,
+            Call::Read { keys: vec!["k".into()], cache_ttl_secs: 300, mode, result: Ok(vec![got]) },
+        )
+    }
+
+    #[test]
+    fn stronger_reads_and_conditions_are_judged_by_commit_order() {
+        // A write at version 5 conditional on 3 committed just after 4: broken.
+        let ops = vec![put(0, 1, 0, "k", "a", 3), put(1, 1, S, "k", "b", 4), cas(2, 2 * S, "k", "c", 3, 5)];
+        assert_eq!(kinds(ops, vec![], &[("k", 5, Some("c"))]), vec!["compare_and_set"]);
+        // Conditional on 4, right after it: fine; a create right after a live put is not.
+        let ops = vec![put(0, 1, 0, "k", "a", 4), cas(1, S, "k", "c", 4, 5), cas(2, 2 * S, "k", "d", 0, 6)];
+        assert_eq!(kinds(ops, vec![], &[("k", 6, Some("d"))]), vec!["compare_and_set"]);
+        // A STRONG read older than a write acknowledged before it began, at another edge.
+        let ops = vec![put(0, 1, 0, "k", "a", 4), read_in(ReadMode::Strong, 1, 2, 2 * S, None, 3)];
+        assert_eq!(kinds(ops, vec![], &[("k", 4, Some("a"))]), vec!["strong_read"]);
+        // A session read older than the token's write; one newer than the write is fine.
+        let ops = vec![
+            put(0, 1, 0, "k", "a", 4),
+            read_in(ReadMode::Session(4), 1, 2, 2 * S, None, 3),
+            read_in(ReadMode::Session(3), 2, 2, 3 * S, None, 3),
+        ];
+        assert_eq!(kinds(ops, vec![], &[("k", 4, Some("a"))]), vec!["session_read"]);
     }
 
     #[test]

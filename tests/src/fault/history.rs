@@ -28,6 +28,19 @@ pub struct KeyWrite {
     /// `None`: a delete.
     pub value: Option<String>,
     pub expiration_ttl: Option<i64>,
+    /// Compare-and-set: only at this version (0: only while absent).
+    pub if_version: Option<u64>,
+}
+
+/// How fresh a read asked to be.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub enum ReadMode {
+    /// KV's: cached within cacheTtl.
+    Eventual,
+    /// Linearizable.
+    Strong,
+    /// At least as new as this version (the client's own last write), at another edge.
+    Session(u64),
 }
 
 /// One item's outcome in an acknowledged write.
@@ -46,6 +59,7 @@ pub enum Call {
     Read {
         keys: Vec<String>,
         cache_ttl_secs: i64,
+        mode: ReadMode,
         result: Result<Vec<KeyRead>, String>,
     },
     Write {
@@ -66,6 +80,8 @@ pub enum WriteResult {
     Done(Vec<ItemDone>),
     /// Refused as a whole by the contract (nothing was applied).
     Refused(String),
+    /// Its condition did not hold: nothing was applied; the key was at `current`.
+    ConditionFailed { current: u64 },
     /// No answer, or "unavailable": it may or may not have been applied.
     Unknown(String),
 }

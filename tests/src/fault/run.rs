@@ -4,7 +4,7 @@
 //! settle, read the final state, and check the history.
 
 use super::checker::{check, Final, Settings, Violation};
-use super::history::{Call, KeyRead, Op, Recorded, Recorder};
+use super::history::{Call, KeyRead, Op, ReadMode, Recorded, Recorder};
 use super::nemesis::Nemesis;
 use super::workload::{key_name, recorded, Client};
 use crate::tiers::{test_topology, TEST_LIMITS};
@@ -85,6 +85,12 @@ pub async fn run(plan: Plan, root: &Path) -> anyhow::Result<Outcome> {
                 keys: plan.keys,
                 seed: plan.seed.wrapping_mul(1_000_003).wrapping_add(id as u64),
                 token: cluster.admin_token.clone(),
+                // Session reads go to an edge of the other region.
+                far: edges
+                    .iter()
+                    .enumerate()
+                    .find(|(f, _)| edge_region[*f] != edge_region[e])
+                    .map_or((e, *addr), |(f, (a, _))| (f, *a)),
             };
             clients.push(tokio::spawn(client.run(rec.clone(), until)));
         }
@@ -200,7 +206,7 @@ async fn final_reads(
                 }]
             })
             .map_err(|s| s.message().to_owned());
-        let call = Call::Read { keys: vec![key], cache_ttl_secs: 300, result };
+        let call = Call::Read { keys: vec![key], cache_ttl_secs: 300, mode: ReadMode::Eventual, result };
         rec.op(Op { id: 0, client: usize::MAX, edge, start, end: rec.now(), start_wall_ms, call });
     }
     Ok(())

@@ -1,13 +1,16 @@
 //! The clients of a fault-suite run: each is bound to one edge and, from its own seeded
-//! random stream, calls get, bulk get, put (some with an expiration), delete, bulk put and
-//! delete, and list on a small set of shared keys, with random cacheTtls. Every value
-//! written is unique, so any value read names the one write that made it.
+//! random stream, calls get, bulk get, put (some with an expiration, some conditional on
+//! the version the client last read), delete, bulk put and delete, and list on a small set
+//! of shared keys, with random cacheTtls; some gets are STRONG, and some are session reads
+//! at another edge with the version of the client's last write. Every value written is
+//! unique, so any value read names the one write that made it.
 
-use super::history::{Call, ItemDone, KeyRead, KeyWrite, Op, Recorder, WriteResult};
+use super::history::{Call, ItemDone, KeyRead, KeyWrite, Op, ReadMode, Recorder, WriteResult};
 use kv_client::api;
 use kv_client::RawClient;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -30,6 +33,19 @@ pub struct Client {
     pub seed: u64,
     /// The bearer token every call sends.
     pub token: String,
+    /// Another edge (its index and address), where session reads go.
+    pub far: (usize, SocketAddr),
+}
+
+/// What a client remembers between its calls.
+#[derive(Default)]
+struct Memory {
+    /// Values written so far (each unique).
+    seq: u64,
+    /// The version each key had when this client last read it at its edge (0: absent).
+    seen: HashMap<String, u64>,
+    /// The newest version of this client's own acknowledged writes: its session token.
+    token: u64,
 }
 
 /// The keys a run uses.
@@ -58,7 +74,9 @@ fn refused(s: &Status) -> bool {
 
 fn write_failure(s: Status) -> WriteResult {
     let why = format!("{:?}: {}", s.code(), s.message());
-    if refused(&s) {
+    if let Some(current) = kv_common::error::current_version_of(&s) {
+        WriteResult::ConditionFailed { current }
+    } else if refused(&s) {
         WriteResult::Refused(why)
     } else {
         WriteResult::Unknown(why)
@@ -91,13 +109,18 @@ impl Client {
     pub async fn run(self, rec: Recorder, until: Instant) {
         let mut rng = StdRng::seed_from_u64(self.seed);
         let Ok(mut kv) = kv_client::raw_client(channel(self.endpoint), Some(&self.token)) else { return };
-        let mut seq = 0u64;
+        let Ok(mut far) = kv_client::raw_client(channel(self.far.1), Some(&self.token)) else { return };
+        let mut mem = Memory::default();
         while Instant::now() < until {
             let next = Instant::now() + PACE;
             let start = rec.now();
             let start_wall_ms = kv_common::time::now_ms();
-            let call = self.one(&mut rng, &mut kv, &mut seq).await;
-            rec.op(Op { id: 0, client: self.id, edge: self.edge, start, end: rec.now(), start_wall_ms, call });
+            let (call, edge) = if rng.gen_bool(0.04) && mem.token > 0 {
+                (self.session_read(&mut rng, &mut far, mem.token).await, self.far.0)
+            } else {
+                (self.one(&mut rng, &mut kv, &mut mem).await, self.edge)
+            };
+            rec.op(Op { id: 0, client: self.id, edge, start, end: rec.now(), start_wall_ms, call });
             tokio::time::sleep_until(next.into()).await;
         }
     }
@@ -114,29 +137,68 @@ impl Client {
         format!("c{}-{}{}", self.id, seq, "x".repeat(large))
     }
 
-    async fn one(&self, rng: &mut StdRng, kv: &mut RawClient, seq: &mut u64) -> Call {
+    /// One get of `key` in `mode`, through `kv`.
+    async fn get(&self, kv: &mut RawClient, key: String, cache_ttl: i64, mode: ReadMode) -> Call {
+        let (consistency, min_version) = match mode {
+            ReadMode::Eventual => (api::Consistency::Eventual, 0),
+            ReadMode::Strong => (api::Consistency::Strong, 0),
+            ReadMode::Session(token) => (api::Consistency::Eventual, token),
+        };
+        let req = api::GetRequest {
+            namespace_id: self.namespace.clone(),
+            key: key.clone(),
+            cache_ttl: Some(cache_ttl),
+            consistency: consistency as i32,
+            min_version,
+            ..Default::default()
+        };
+        let result = kv
+            .get(timed(req))
+            .await
+            .map(|r| {
+                let r = r.into_inner();
+                vec![read_of(key.clone(), r.found, &r.value, r.version, r.cache_status, r.age_ms)]
+            })
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()));
+        Call::Read { keys: vec![key], cache_ttl_secs: cache_ttl, mode, result }
+    }
+
+    /// A read at another edge, at least as new as this client's last write.
+    async fn session_read(&self, rng: &mut StdRng, far: &mut RawClient, token: u64) -> Call {
+        let cache_ttl = CACHE_TTLS[rng.gen_range(0..CACHE_TTLS.len())];
+        let key = self.key(rng);
+        self.get(far, key, cache_ttl, ReadMode::Session(token)).await
+    }
+
+    async fn one(&self, rng: &mut StdRng, kv: &mut RawClient, mem: &mut Memory) -> Call {
+        let call = self.call(rng, kv, mem).await;
+        match &call {
+            Call::Read { mode: ReadMode::Eventual, result: Ok(got), .. } => {
+                for r in got {
+                    mem.seen.insert(r.key.clone(), if r.value.is_some() { r.version } else { 0 });
+                }
+            }
+            Call::Write { result: WriteResult::Done(items), .. } => {
+                mem.token = items.iter().map(|i| i.version).fold(mem.token, u64::max);
+            }
+            _ => {}
+        }
+        call
+    }
+
+    async fn call(&self, rng: &mut StdRng, kv: &mut RawClient, mem: &mut Memory) -> Call {
+        let seq = &mut mem.seq;
         let ns = self.namespace.clone();
         let roll = rng.gen_range(0..100);
         let cache_ttl = CACHE_TTLS[rng.gen_range(0..CACHE_TTLS.len())];
         match roll {
-            0..=39 => {
+            0..=35 => {
                 let key = self.key(rng);
-                let req = api::GetRequest {
-                    namespace_id: ns,
-                    key: key.clone(),
-                    cache_ttl: Some(cache_ttl),
-                    with_metadata: false,
-                    ..Default::default()
-                };
-                let result = kv
-                    .get(timed(req))
-                    .await
-                    .map(|r| {
-                        let r = r.into_inner();
-                        vec![read_of(key.clone(), r.found, &r.value, r.version, r.cache_status, r.age_ms)]
-                    })
-                    .map_err(|s| format!("{:?}: {}", s.code(), s.message()));
-                Call::Read { keys: vec![key], cache_ttl_secs: cache_ttl, result }
+                self.get(kv, key, cache_ttl, ReadMode::Eventual).await
+            }
+            36..=39 => {
+                let key = self.key(rng);
+                self.get(kv, key, cache_ttl, ReadMode::Strong).await
             }
             40..=49 => {
                 let n = rng.gen_range(2..=4);
@@ -160,21 +222,25 @@ impl Client {
                             .collect()
                     })
                     .map_err(|s| format!("{:?}: {}", s.code(), s.message()));
-                Call::Read { keys, cache_ttl_secs: cache_ttl, result }
+                Call::Read { keys, cache_ttl_secs: cache_ttl, mode: ReadMode::Eventual, result }
             }
             50..=67 => {
                 let key = self.key(rng);
                 let value = self.value(rng, seq);
+                // A third of the puts are conditional on the version this client last read.
+                let if_version = rng.gen_bool(0.35).then(|| mem.seen.get(&key).copied().unwrap_or(0));
                 let write = KeyWrite {
                     key: key.clone(),
                     value: Some(recorded(&value)),
                     expiration_ttl: rng.gen_bool(0.15).then(|| rng.gen_range(2..=4)),
+                    if_version,
                 };
                 let req = api::PutRequest {
                     namespace_id: ns,
                     key,
                     value: value.into(),
                     expiration_ttl: write.expiration_ttl,
+                    if_version,
                     ..Default::default()
                 };
                 let result = match kv.put(timed(req)).await {
@@ -191,7 +257,7 @@ impl Client {
                 Call::Write { writes: vec![write], result }
             }
             68..=72 => {
-                let write = KeyWrite { key: self.key(rng), value: None, expiration_ttl: None };
+                let write = KeyWrite { key: self.key(rng), value: None, expiration_ttl: None, if_version: None };
                 let req = api::DeleteRequest {
                     namespace_id: ns,
                     key: write.key.clone(),
@@ -219,6 +285,7 @@ impl Client {
                         key: key.clone(),
                         value: value.as_deref().map(recorded),
                         expiration_ttl: None,
+                        if_version: None,
                     })
                     .collect();
                 let answer = if deletes {
