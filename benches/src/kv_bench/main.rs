@@ -5,6 +5,7 @@
 //!     --ca data/local-cluster/tls/ca.pem --workload b --keys 100000 --load --seconds 30
 //! kv-bench run --local --workload c          # starts the default local topology itself
 //! kv-bench visibility --local --ttl-edges eu-west-2,ap-south-2 --cache-ttl 30 --seconds 90
+//! kv-bench modes --cluster data/local-cluster   # eventual, session and STRONG reads; CAS contention
 //! ```
 //!
 //! `run` groups results by endpoint, operation and outcome (a read's cache status, `absent`,
@@ -15,6 +16,7 @@
 //! `guarantees` and `summary` records).
 
 mod load;
+mod modes;
 mod output;
 mod run;
 mod target;
@@ -39,6 +41,9 @@ enum Command {
     /// write is seen at each edge (t-visibility), how stale stale reads are, and every
     /// read-your-writes or monotonic-read violation seen.
     Visibility(visibility::Visibility),
+    /// What STRONG and session reads cost against eventual ones at each edge, and how
+    /// compare-and-set writers contending on one key fare.
+    Modes(modes::Modes),
 }
 
 #[tokio::main]
@@ -52,5 +57,6 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => run::run(args).await,
         Command::Visibility(args) => visibility::visibility(args).await,
+        Command::Modes(args) => modes::modes(args).await,
     }
 }
