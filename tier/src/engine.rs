@@ -280,7 +280,13 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
                 let a = answers.get(i).ok_or_else(|| Status::internal("upstream left a key unanswered"))?;
                 self.write_through((ns.to_owned(), key.clone()), a.value.clone(), a.version, a.as_of, spec);
                 let copy = Copy::new(a.value.clone(), a.version, a.as_of, fresh_for, hold_extra, epoch);
-                self.classify(ns, key, Ok(Arc::new(copy.filled_from(a.served_by))), spec)
+                let copy = Arc::new(copy.filled_from(a.served_by));
+                if spec.linearizable {
+                    // Proved current after the read began, however long the proof took: fresh
+                    // by the only measure a linearizable read has.
+                    return Ok(self.served(copy, Source::Miss, true));
+                }
+                self.classify(ns, key, Ok(copy), spec)
             })
             .collect()
     }
@@ -622,6 +628,33 @@ mod tests {
         let got = reader.await.unwrap();
         assert_eq!((text(&got[0]).as_deref(), got[0].copy.version), (Some("new"), 10));
         assert_eq!(t.cache.get(&key("k")).unwrap().version, 10, "the change is what is kept");
+    }
+
+    #[tokio::test]
+    async fn a_read_through_joins_no_flight_and_keeps_what_it_read() {
+        let (t, mut calls) = tier();
+        // A fetch of k is under way; a linearizable read neither joins nor waits for it.
+        let reader = tokio::spawn({
+            let t = t.clone();
+            async move { read(&t, &["k"]).await }
+        });
+        let held = calls.recv().await.unwrap();
+        let spec = ReadSpec { linearizable: true, ..Default::default() };
+        let strong = tokio::spawn({
+            let t = t.clone();
+            async move { t.read_through("ns", &["k".to_string()], &spec).await }
+        });
+        let call = calls.recv().await.unwrap();
+        assert!(call.spec.linearizable, "asked upstream as linearizable");
+        // Its proof took long (a leader was away): still fresh, as of after the read began.
+        let slow = Instant::now().checked_sub(Duration::from_secs(600)).unwrap();
+        call.reply.send(Ok(vec![Answer { as_of: slow, ..answer(val("now"), 9) }])).unwrap();
+        let got = strong.await.unwrap().pop().unwrap().unwrap();
+        assert_eq!((got.source, got.copy.version), (Source::Miss, 9));
+        // The held fetch lands older: the read-through's copy wins, as a write's would.
+        held.reply.send(Ok(vec![answer(val("old"), 5)])).unwrap();
+        assert_eq!(reader.await.unwrap()[0].copy.version, 9);
+        assert_eq!(t.cache.get(&key("k")).unwrap().version, 9);
     }
 
     #[tokio::test]
