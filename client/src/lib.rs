@@ -151,6 +151,12 @@ impl Client {
         call!(self, list, req)
     }
 
+    /// A stream of the changes of a namespace's keys (see `WatchRequest`); not retried:
+    /// after a break, watch again from the last version received.
+    pub async fn watch(&self, req: api::WatchRequest) -> Result<tonic::Streaming<api::WatchEvent>, Status> {
+        Ok(self.raw().watch(req).await?.into_inner())
+    }
+
     /// Up to 100 keys in one read.
     pub async fn get_bulk(&self, req: api::GetBulkRequest) -> Result<api::GetBulkResponse, Status> {
         call!(self, get_bulk, req)

@@ -421,6 +421,23 @@ impl Kv for KvApi {
         Ok(Response::new(api::GetBulkResponse { values, cache_status: overall as i32 }))
     }
 
+    type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<api::WatchEvent, Status>>;
+
+    async fn watch(&self, req: Request<api::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let who = self.who(req.metadata()).await?;
+        let req = req.into_inner();
+        let ns = self.namespace_for(&who, &req.namespace_id, Access::Read)?;
+        for k in &req.keys {
+            self.check(validate::key(k, &self.0.config.limits))?;
+        }
+        self.check(validate::prefix(&req.prefix, &self.0.config.limits))?;
+        // An unknown namespace is NOT_FOUND, as for a read, rather than a stream of nothing.
+        let r = pb::NamespaceRef { namespace_id: ns.to_string(), request_id: String::new() };
+        self.0.tier.upstream().get_namespace(r).await?;
+        let req = api::WatchRequest { namespace_id: ns.to_string(), ..req };
+        Ok(Response::new(self.0.watches.watch(&self.0, req)))
+    }
+
     type GetStreamStream = GetStreamOut;
 
     async fn get_stream(&self, req: Request<api::GetRequest>) -> Result<Response<GetStreamOut>, Status> {

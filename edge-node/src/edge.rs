@@ -85,6 +85,8 @@ pub struct Edge {
     ready: watch::Sender<bool>,
     /// Who calls come from (see `tokens`).
     pub tokens: Tokens,
+    /// The watch streams' namespace feeds.
+    pub watches: crate::watch::Hub,
 }
 
 impl Edge {
@@ -115,6 +117,7 @@ impl Edge {
             observed: AtomicU64::new(0),
             subscribed: AtomicBool::new(false),
             ready: watch::Sender::new(false),
+            watches: crate::watch::Hub::default(),
             config,
         }))
     }

@@ -16,3 +16,4 @@ pub mod node;
 pub mod pushes;
 pub mod rest;
 pub mod tokens;
+pub mod watch;

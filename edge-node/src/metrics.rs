@@ -1,7 +1,7 @@
 //! Prometheus metrics of an edge node.
 
 use kv_tier::metrics::{CacheMetrics, Registrar};
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntGauge};
 
 /// Every metric an edge node exports.
 pub struct Metrics {
@@ -15,6 +15,8 @@ pub struct Metrics {
     pub writes: IntCounter,
     pub rejected: IntCounter,
     pub unauthorized: IntCounter,
+    pub watch_feeds: IntGauge,
+    pub watchers: IntGauge,
 }
 
 impl Metrics {
@@ -34,6 +36,8 @@ impl Metrics {
                 "kv_edge_unauthorized_total",
                 "Calls refused for their token: missing, invalid, revoked (401) or short of rights (403)",
             ),
+            watch_feeds: r.gauge("kv_edge_watch_feeds", "Upstream change feeds open, one per namespace watched"),
+            watchers: r.gauge("kv_edge_watchers", "Watch streams being served"),
             registrar: r,
         }
     }

@@ -137,10 +137,13 @@ impl CentralStore for RegionalStore {
         Ok(Response::new(r))
     }
 
-    type WatchStream = ReceiverStream<Result<pb::WatchEvent, Status>>;
+    type WatchStream = tonic::Streaming<pb::WatchEvent>;
 
-    async fn watch(&self, _: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        Err(Status::unimplemented("a regional tier pushes changes through kv.tier.v1.Pushes; watch the central store"))
+    /// The central change feed, passed through: edges open one per namespace they serve
+    /// watchers of (however many watchers), and the central store keeps the history that
+    /// resuming by version needs.
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        Ok(Response::new(self.0.tier.upstream().watch(req.into_inner()).await?))
     }
 
     /// This tier's own proof while its feed is live; otherwise the central store's.

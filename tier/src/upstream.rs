@@ -128,6 +128,25 @@ impl Upstream {
         Err(last)
     }
 
+    /// The change feed from `req`'s position, from the first endpoint (from the preferred
+    /// one) that opens it. The stream has no deadline: it lives until either side ends it.
+    pub async fn watch(&self, req: pb::WatchRequest) -> Result<tonic::Streaming<pb::WatchEvent>, Status> {
+        let n = self.endpoints.len();
+        let mut last = Status::unavailable("no upstream endpoint opened the feed");
+        for i in 0..n {
+            let idx = (self.preferred() + i) % n;
+            let (addr, ch) = &self.endpoints[idx];
+            let opened = tokio::time::timeout(self.default_budget, store_client(ch.clone()).watch(req)).await;
+            match opened {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(s)) if !is_unreachable(&s) => return Err(s),
+                Ok(Err(s)) => last = Status::unavailable(format!("{addr}: {}", s.message())),
+                Err(_) => last = Status::unavailable(format!("{addr} did not open the feed in time")),
+            }
+        }
+        Err(last)
+    }
+
     /// A version every write acknowledged before the returned instant is at or below.
     pub async fn read_index(&self) -> Result<(u64, Instant), Status> {
         let (sent, sent_ms) = (Instant::now(), time::now_ms());

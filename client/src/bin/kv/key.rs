@@ -59,6 +59,19 @@ pub enum Cmd {
         #[arg(long)]
         limit: Option<i64>,
     },
+    /// Prints the changes of the keys named, of the keys under `--prefix`, or of every key,
+    /// as they are committed (one line each; JSON lines with `--output json`), until
+    /// interrupted. Exits 1 when told to resync (re-read, then watch from the version given).
+    Watch {
+        keys: Vec<String>,
+        #[arg(long, short = 'n', env = "KV_NAMESPACE_ID")]
+        namespace_id: String,
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Resume after this version (one a read, write or earlier watch printed).
+        #[arg(long)]
+        from_version: Option<u64>,
+    },
     Delete {
         key: String,
         #[arg(long, short = 'n', env = "KV_NAMESPACE_ID")]
@@ -148,6 +161,35 @@ pub async fn run(client: &Endpoint, cmd: Cmd, output: Output) -> Done {
             say(output, serde_json::Value::Array(rows), || {
                 keys.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join("\n")
             });
+        }
+        Cmd::Watch { keys, namespace_id, prefix, from_version } => {
+            let Endpoint::Grpc(c) = client else {
+                return Err(Fail::Input(anyhow::anyhow!("watch needs a gRPC endpoint (REST has no watch)")));
+            };
+            let req = api::WatchRequest { namespace_id, keys, prefix, from_version };
+            let mut events = c.watch(req).await?;
+            while let Some(e) = events.message().await? {
+                match e.event {
+                    Some(api::watch_event::Event::Change(c)) => {
+                        let put = c.kind == api::WatchKind::Put as i32;
+                        let value = String::from_utf8_lossy(&c.value).into_owned();
+                        let json = json!({"key": c.key, "kind": if put { "put" } else { "delete" },
+                            "version": c.version, "value": put.then_some(&value), "value_omitted": c.value_omitted});
+                        say(output, json, || match put {
+                            true => format!("{} put {:?} at {}", c.key, value, c.version),
+                            false => format!("{} deleted at {}", c.key, c.version),
+                        });
+                    }
+                    Some(api::watch_event::Event::Progress(v)) => {
+                        say(output, json!({"progress": v}), || format!("(caught up to {v})"));
+                    }
+                    Some(api::watch_event::Event::Resync(v)) => {
+                        let why = format!("resync: re-read, then watch again from version {v}");
+                        return Err(Fail::Refused(Box::new(tonic::Status::out_of_range(why))));
+                    }
+                    None => {}
+                }
+            }
         }
         Cmd::Delete { key, namespace_id, if_version } => {
             let r = client.delete(&namespace_id, &key, if_version).await?;
