@@ -29,7 +29,13 @@ pub async fn follow(edge: Arc<Edge>) {
         let at = *preferred.borrow_and_update();
         let (addr, channel) = upstream.endpoint(at);
         let request = SubscribeRequest { subscriber_id: edge.config.id.clone() };
-        match PushesClient::new(kv_common::client::node_channel(channel)).subscribe(request).await {
+        // Opening is bounded: a connection left half-open by a partition must not hold the
+        // subscription here for good.
+        let mut client = PushesClient::new(kv_common::client::node_channel(channel));
+        let opened = tokio::time::timeout(edge.default_budget(), client.subscribe(request))
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("the push stream did not open in time")));
+        match opened {
             Ok(stream) => {
                 tracing::info!(regional = addr, "subscribed to pushes");
                 let mut stream = stream.into_inner();

@@ -50,11 +50,15 @@ async fn follow_one(
         Some(v) => WatchRequest { from_version: v, from_now: false },
         None => WatchRequest { from_version: 0, from_now: true },
     };
-    let mut stream =
-        store_client(channel.clone()).watch(request).await.map_err(|e| e.message().to_owned())?.into_inner();
+    let switch_after = Duration::from_millis(config.feed_switch_after_ms);
+    // Opening is bounded too: a connection left half-open by a partition or a killed node
+    // could otherwise hold the feed here for good (seed 22008 of the fault suite).
+    let mut stream = match tokio::time::timeout(switch_after, store_client(channel.clone()).watch(request)).await {
+        Ok(opened) => opened.map_err(|e| e.message().to_owned())?.into_inner(),
+        Err(_) => return Err(format!("the feed did not open within {switch_after:?}")),
+    };
     regional.metrics.feed_reconnects.inc();
     let opened = Instant::now();
-    let switch_after = Duration::from_millis(config.feed_switch_after_ms);
     let mut probe = tokio::time::interval(Duration::from_millis(config.probe_interval_ms.max(10)));
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
