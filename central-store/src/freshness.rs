@@ -142,8 +142,10 @@ pub async fn read_index(
         }
         Leader::Other { id, addr } => {
             let ch = peers.channel(id, &addr).map_err(|e| e.to_string())?;
+            let mut req = tonic::Request::new(ReadIndexRequest {});
+            req.set_timeout(timeout);
             let reply = RaftTransportClient::new(node_channel(ch))
-                .read_index(ReadIndexRequest {})
+                .read_index(req)
                 .await
                 .map_err(|s| format!("leader {id}: {}", s.message()))?;
             reply.into_inner().index

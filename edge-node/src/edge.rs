@@ -207,14 +207,18 @@ impl Edge {
             // Linearizable, or a session token newer than anything seen here: no held copy
             // or flight can answer it (see `Tier::read_through`).
             spec.linearizable = want.strong;
+            spec.ahead = want.min_version > spec.min_version;
             spec.min_version = spec.min_version.max(want.min_version);
             let out = self.tier.read_through(&ns, keys, &spec).await;
             if out.iter().any(Result::is_ok) {
                 // Some node had applied the token, so it is a committed version.
                 self.observe(want.min_version);
             }
-            for s in out.iter().flatten() {
+            for (k, s) in keys.iter().zip(&out) {
+                let Ok(s) = s else { continue };
                 self.observe(s.copy.version);
+                // A copy refreshed ahead of time, older than this answer, must never be promoted.
+                self.refreshed.remove_older((ns.clone(), k.clone()), s.copy.version + 1);
             }
             return out;
         }

@@ -130,9 +130,10 @@ impl Regional {
             // The edge has seen a newer version than the feed has applied: give the feed a moment.
             self.feed.reaches(spec.min_version, Duration::from_millis(self.config.catch_up_wait_ms)).await;
         }
-        // Still ahead of the feed: read centrally without a flight, which would hold up every
-        // reader of the keys if no write ever reached that version (see `Tier::read_through`).
-        let results = if spec.min_version > self.feed.applied() {
+        // A session token still ahead of the feed: read centrally without a flight, which
+        // would hold up every reader of the keys if no write ever reached that version (see
+        // `Tier::read_through`). An edge's own floor is committed, and coalesces as usual.
+        let results = if spec.ahead && spec.min_version > self.feed.applied() {
             self.tier.read_through(&ns.to_string(), keys, spec).await
         } else {
             self.tier.read(&ns.to_string(), keys, spec).await

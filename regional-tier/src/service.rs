@@ -7,7 +7,7 @@ use kv_common::{validate, KvError};
 use kv_proto::store::v1::{self as pb, central_store_server::CentralStore};
 use kv_proto::tier::v1::{pushes_server::Pushes, PushEvent, SubscribeRequest};
 use kv_tier::wire::age_ms;
-use kv_tier::TierError;
+use kv_tier::{ReadSpec, TierError};
 use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -22,12 +22,14 @@ impl CentralStore for RegionalStore {
         let req = req.into_inner();
         let keys = std::slice::from_ref(&req.key);
         let ns = self.0.check_read(&req.namespace_id, keys)?;
+        // Interest first, so every change after the answer is pushed to the reading edge.
+        self.0.track(&req.namespace_id, keys, req.track.as_ref());
         if req.linearizable {
             // No copy here can be proved current as of the read's arrival: central answers.
             return Ok(Response::new(self.0.tier.upstream().get(req).await?));
         }
-        self.0.track(&req.namespace_id, keys, req.track.as_ref());
-        let a = self.0.read(&ns, keys, &self.0.spec(req.min_version, req.max_age_ms)).await?;
+        let spec = ReadSpec { ahead: req.ahead, ..self.0.spec(req.min_version, req.max_age_ms) };
+        let a = self.0.read(&ns, keys, &spec).await?;
         let s = a.served.first().ok_or_else(|| Status::internal("no answer"))?;
         Ok(Response::new(pb::GetResponse {
             entry: Answers::entry(s),
@@ -43,11 +45,12 @@ impl CentralStore for RegionalStore {
         let req = req.into_inner();
         validate::bulk_get_count(req.keys.len(), &self.0.config.limits).map_err(TierError::from)?;
         let ns = self.0.check_read(&req.namespace_id, &req.keys)?;
+        self.0.track(&req.namespace_id, &req.keys, req.track.as_ref());
         if req.linearizable {
             return Ok(Response::new(self.0.tier.upstream().batch_get(req).await?));
         }
-        self.0.track(&req.namespace_id, &req.keys, req.track.as_ref());
-        let a = self.0.read(&ns, &req.keys, &self.0.spec(req.min_version, req.max_age_ms)).await?;
+        let spec = ReadSpec { ahead: req.ahead, ..self.0.spec(req.min_version, req.max_age_ms) };
+        let a = self.0.read(&ns, &req.keys, &spec).await?;
         let results = req
             .keys
             .into_iter()

@@ -97,3 +97,16 @@ async fn a_token_no_write_reached_fails_alone() {
     // And the edge did not adopt it: reads still work.
     assert!(b.read(read(&ns, "k", Consistency::Eventual, 0)).await.unwrap().found);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strong_read_at_a_push_edge_leaves_a_copy_that_pushes_keep_fresh() {
+    let t = tiers().await;
+    let ns = t.namespace().await.unwrap();
+    let (a, b) = (t.edge(A_PUSH).await.unwrap(), t.edge(kv_tests::tiers::B_PUSH).await.unwrap());
+    // Never read at b before: the STRONG read's (absent) answer is kept with a long cacheTtl...
+    assert!(!b.read(read(&ns, "fresh", Consistency::Strong, 0)).await.unwrap().found);
+    a.put(put(&ns, "fresh", "v")).await.unwrap();
+    // ...and the write is pushed over it, not left unseen for the cacheTtl.
+    let got = until_value(&b, &ns, "fresh", LONG_TTL, Some("v"), Duration::from_secs(10)).await.unwrap();
+    assert_eq!(seen(&got).1, CacheStatus::Hit, "pushed, not fetched");
+}

@@ -58,6 +58,8 @@ pub struct ReadSpec {
     pub at_least: u64,
     /// Ask for a linearizable answer (see `read_through`).
     pub linearizable: bool,
+    /// `min_version` may be ahead of every committed write (a session token).
+    pub ahead: bool,
 }
 
 /// One key's answer from the tier above.
@@ -267,6 +269,7 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
     /// flights under way), so later reads here never go back behind it. Upstream failures
     /// are the answer: no held copy stands in.
     pub async fn read_through(&self, ns: &str, keys: &[String], spec: &ReadSpec) -> Vec<TierResult<Served>> {
+        self.metrics.misses.inc_by(keys.len() as u64);
         self.metrics.upstream_fetches.inc();
         let answers = match self.upstream.read(ns, keys.to_vec(), spec).await {
             Ok(a) => a,
@@ -278,6 +281,11 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
             .enumerate()
             .map(|(i, key)| {
                 let a = answers.get(i).ok_or_else(|| Status::internal("upstream left a key unanswered"))?;
+                if spec.linearizable && (a.stale || a.served_by != pb::Tier::Central) {
+                    // Only a central node proves an answer current after the read began (a
+                    // tier of an older build would answer from its cache).
+                    return Err(KvError::Unavailable("upstream gave no linearizable answer".into()).into());
+                }
                 self.write_through((ns.to_owned(), key.clone()), a.value.clone(), a.version, a.as_of, spec);
                 let copy = Copy::new(a.value.clone(), a.version, a.as_of, fresh_for, hold_extra, epoch);
                 let copy = Arc::new(copy.filled_from(a.served_by));

@@ -207,6 +207,7 @@ impl Fetch for Upstream {
                 track: spec.track.clone(),
                 max_age_ms: max_age_ms(spec),
                 linearizable: spec.linearizable,
+                ahead: spec.ahead,
             };
             let r = self
                 .call(|mut c, t| {
@@ -232,6 +233,7 @@ impl Fetch for Upstream {
             track: spec.track.clone(),
             max_age_ms: max_age_ms(spec),
             linearizable: spec.linearizable,
+            ahead: spec.ahead,
         };
         let n = req.keys.len();
         let r = self
