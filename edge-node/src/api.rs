@@ -435,7 +435,7 @@ impl Kv for KvApi {
         let r = pb::NamespaceRef { namespace_id: ns.to_string(), request_id: String::new() };
         self.0.tier.upstream().get_namespace(r).await?;
         let req = api::WatchRequest { namespace_id: ns.to_string(), ..req };
-        Ok(Response::new(self.0.watches.watch(&self.0, req)))
+        Ok(Response::new(self.0.watches.watch(req)))
     }
 
     type GetStreamStream = GetStreamOut;

@@ -15,6 +15,7 @@
 use crate::config::{Config, Mode};
 use crate::metrics::Metrics;
 use crate::tokens::Tokens;
+use crate::watch::{Hub, Opener};
 use kv_common::{validate, NamespaceId};
 use kv_proto::store::v1 as pb;
 use kv_tier::cache::VersionedCache;
@@ -86,7 +87,7 @@ pub struct Edge {
     /// Who calls come from (see `tokens`).
     pub tokens: Tokens,
     /// The watch streams' namespace feeds.
-    pub watches: crate::watch::Hub,
+    pub watches: Hub,
 }
 
 impl Edge {
@@ -104,6 +105,12 @@ impl Edge {
         };
         let metrics = Metrics::new();
         let tier = Tier::new(config.cache_bytes, upstream, policy, metrics.reads.clone());
+        let feeds_from = tier.clone();
+        let opener: Opener = Arc::new(move |req| {
+            let tier = feeds_from.clone();
+            Box::pin(async move { tier.upstream().watch(req).await })
+        });
+        let watches = Hub::new(opener, metrics.watch_feeds.clone(), metrics.watchers.clone());
         let tokens = Tokens::new(
             config.admin_token.require()?,
             Duration::from_millis(config.token_cache_ms),
@@ -117,7 +124,7 @@ impl Edge {
             observed: AtomicU64::new(0),
             subscribed: AtomicBool::new(false),
             ready: watch::Sender::new(false),
-            watches: crate::watch::Hub::default(),
+            watches,
             config,
         }))
     }

@@ -9,7 +9,7 @@
 //! asking for a version older than the window, or falling behind the fan-out, is told to
 //! resync rather than miss a change.
 
-use crate::edge::Edge;
+use futures::future::BoxFuture;
 use kv_proto::client::v1 as api;
 use kv_proto::store::v1 as pb;
 use prometheus::IntGauge;
@@ -81,15 +81,25 @@ impl Item {
     }
 }
 
+/// Opens the change feed upstream from a position (the edge's regional tier, in turn).
+pub type Opener =
+    Arc<dyn Fn(pb::WatchRequest) -> BoxFuture<'static, Result<tonic::Streaming<pb::WatchEvent>, Status>> + Send + Sync>;
+
 /// The feeds of one edge, by namespace.
-#[derive(Default)]
 pub struct Hub {
     feeds: Mutex<HashMap<String, Weak<Feed>>>,
+    open: Opener,
+    /// Feeds open, and watchers served.
+    gauges: (IntGauge, IntGauge),
 }
 
 impl Hub {
+    pub fn new(open: Opener, feeds: IntGauge, watchers: IntGauge) -> Hub {
+        Hub { feeds: Mutex::default(), open, gauges: (feeds, watchers) }
+    }
+
     /// The feed of `ns`, started at `from` (or now) when no watcher holds one.
-    fn feed(&self, edge: &Arc<Edge>, ns: &str, from: Option<u64>) -> Arc<Feed> {
+    fn feed(&self, ns: &str, from: Option<u64>) -> Arc<Feed> {
         let mut feeds = self.feeds.lock().unwrap_or_else(PoisonError::into_inner);
         feeds.retain(|_, f| f.strong_count() > 0);
         if let Some(f) = feeds.get(ns).and_then(Weak::upgrade) {
@@ -98,12 +108,12 @@ impl Hub {
         let (tx, _) = broadcast::channel(FAN_OUT);
         let start = from.unwrap_or(0);
         let window = Window { sets: VecDeque::new(), bytes: 0, floor: start, position: start, known: from.is_some() };
-        let (feed_tx, follower, name) = (tx.clone(), edge.clone(), ns.to_owned());
-        let open = edge.metrics.watch_feeds.clone();
+        let (feed_tx, opener, name) = (tx.clone(), self.open.clone(), ns.to_owned());
+        let open = self.gauges.0.clone();
         open.inc();
         let feed = Arc::new_cyclic(|me: &Weak<Feed>| {
             let me = me.clone();
-            let task = tokio::spawn(follow(follower, name, from, me, feed_tx)).abort_handle();
+            let task = tokio::spawn(follow(opener, name, from, me, feed_tx)).abort_handle();
             Feed { window: Mutex::new(window), tx, task, open }
         });
         feeds.insert(ns.to_owned(), Arc::downgrade(&feed));
@@ -111,10 +121,10 @@ impl Hub {
     }
 
     /// A watcher's stream of `req` (already authorized), in `ns`.
-    pub fn watch(&self, edge: &Arc<Edge>, req: api::WatchRequest) -> ReceiverStream<Result<api::WatchEvent, Status>> {
-        let feed = self.feed(edge, &req.namespace_id, req.from_version);
+    pub fn watch(&self, req: api::WatchRequest) -> ReceiverStream<Result<api::WatchEvent, Status>> {
+        let feed = self.feed(&req.namespace_id, req.from_version);
         let (out, rx) = mpsc::channel(TO_WATCHER);
-        let watchers = edge.metrics.watchers.clone();
+        let watchers = self.gauges.1.clone();
         tokio::spawn(async move {
             watchers.inc();
             serve(feed, req, out).await;
@@ -126,11 +136,11 @@ impl Hub {
 
 /// Follows the namespace's changes upstream until the feed is dropped, reopening after a
 /// break from the last version passed on.
-async fn follow(edge: Arc<Edge>, ns: String, from: Option<u64>, feed: Weak<Feed>, tx: broadcast::Sender<Arc<Item>>) {
+async fn follow(open: Opener, ns: String, from: Option<u64>, feed: Weak<Feed>, tx: broadcast::Sender<Arc<Item>>) {
     let mut position = from;
     loop {
         let req = pb::WatchRequest { from_version: position.unwrap_or(0), from_now: position.is_none() };
-        match edge.tier.upstream().watch(req).await {
+        match open(req).await {
             Ok(mut stream) => loop {
                 let event = match stream.message().await {
                     Ok(Some(pb::WatchEvent { event: Some(e) })) => e,
