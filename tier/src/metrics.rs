@@ -5,10 +5,31 @@ use crate::cache::VersionedCache;
 use crate::copy::Copy;
 use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
 
-/// Registers metrics under one registry and renders them as Prometheus text.
-#[derive(Default, Clone)]
+/// Registers metrics under one registry and renders them as Prometheus text, with the
+/// process's resident memory (what a benchmark divides by cache bytes or watchers).
+#[derive(Clone)]
 pub struct Registrar {
     registry: Registry,
+    resident: IntGauge,
+}
+
+impl Default for Registrar {
+    fn default() -> Self {
+        let registry = Registry::new();
+        let resident = IntGauge::new("process_resident_memory_bytes", "Resident memory of this process")
+            .expect("valid metric name");
+        registry.register(Box::new(resident.clone())).expect("metric names are unique");
+        Registrar { registry, resident }
+    }
+}
+
+/// Resident bytes of this process, from `/proc/self/statm` (Linux; 0 elsewhere).
+fn resident_bytes() -> i64 {
+    const PAGE: i64 = 4096;
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(1).and_then(|p| p.parse::<i64>().ok()));
+    pages.unwrap_or(0).saturating_mul(PAGE)
 }
 
 impl Registrar {
@@ -33,6 +54,7 @@ impl Registrar {
 
     /// The Prometheus text exposition of everything registered.
     pub fn render(&self) -> String {
+        self.resident.set(resident_bytes());
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()

@@ -6,6 +6,7 @@
 //! kv-bench run --local --workload c          # starts the default local topology itself
 //! kv-bench visibility --local --ttl-edges eu-west-2,ap-south-2 --cache-ttl 30 --seconds 90
 //! kv-bench modes --cluster data/local-cluster   # eventual, session and STRONG reads; CAS contention
+//! kv-bench watch --cluster data/local-cluster --watchers 1,1000   # watch fan-out at one edge
 //! ```
 //!
 //! `run` groups results by endpoint, operation and outcome (a read's cache status, `absent`,
@@ -15,6 +16,7 @@
 //! t-visibility curve of PBS) and counts broken read guarantees (`visibility`,
 //! `guarantees` and `summary` records).
 
+mod fanout;
 mod load;
 mod modes;
 mod output;
@@ -44,6 +46,9 @@ enum Command {
     /// What STRONG and session reads cost against eventual ones at each edge, and how
     /// compare-and-set writers contending on one key fare.
     Modes(modes::Modes),
+    /// Watch fan-out at one edge: delivery delay after each write's acknowledgement to
+    /// every watcher, and the edge's memory per watcher, for each watcher count.
+    Watch(fanout::Fanout),
 }
 
 #[tokio::main]
@@ -58,5 +63,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => run::run(args).await,
         Command::Visibility(args) => visibility::visibility(args).await,
         Command::Modes(args) => modes::modes(args).await,
+        Command::Watch(args) => fanout::fanout(args).await,
     }
 }

@@ -43,6 +43,8 @@ pub struct Target {
 pub struct Connected {
     /// (name, address) of each edge.
     pub endpoints: Vec<(String, String)>,
+    /// Each edge's HTTP address (metrics), where the benchmark knows it (`--cluster`, `--local`).
+    pub http: Vec<Option<std::net::SocketAddr>>,
     pub ca: Option<PathBuf>,
     pub token: Option<String>,
     pub namespace: String,
@@ -59,6 +61,17 @@ impl Connected {
         } else {
             "push"
         }
+    }
+
+    /// A metric of edge `i`, when its HTTP address is known.
+    pub async fn edge_metric(&self, i: usize, name: &str) -> Option<f64> {
+        let addr = self.http.get(i).copied().flatten()?;
+        let tls = match &self.ca {
+            Some(ca) => Some(kv_common::tls::tool_config(ca).ok()?),
+            None => None,
+        };
+        let (_, text) = kv_deploy::launch::http_get_with(tls.as_ref(), addr, "/metrics").await.ok()?;
+        text.lines().filter(|l| !l.starts_with('#')).find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
     }
 
     /// `n` connections to each endpoint, in the endpoints' order.
@@ -78,10 +91,12 @@ impl Connected {
 impl Target {
     pub async fn connect(&self) -> anyhow::Result<Connected> {
         let mut ttl_edges = self.ttl_edges.clone();
+        let mut http = Vec::new();
         let (endpoints, ca, token, local) = if let Some(dir) = &self.cluster {
             let reach = Reach::read(dir)?;
             anyhow::ensure!(!reach.edges.is_empty(), "the cluster under {} has no edges", dir.display());
             ttl_edges.extend(reach.edges.iter().filter(|e| e.mode == "ttl").map(|e| e.name.clone()));
+            http = reach.edges.iter().map(|e| Some(e.http)).collect();
             let edges = reach.edges.iter().map(|e| (e.name.clone(), e.grpc.to_string())).collect();
             let token = match &self.token {
                 Some(t) => t.clone(),
@@ -93,6 +108,7 @@ impl Target {
             let bench = BenchCluster::start(topology(None, &ttl)?).await?;
             let edges: Vec<(String, String)> =
                 bench.cluster.edges().map(|e| (e.node.name.clone(), e.node.grpc.to_string())).collect();
+            http = bench.cluster.edges().map(|e| Some(e.node.http)).collect();
             (edges, bench.cluster.ca_file(), Some(bench.cluster.admin_token.clone()), Some(bench))
         } else {
             anyhow::ensure!(!self.endpoints.is_empty(), "name at least one --endpoint (or use --local)");
@@ -111,7 +127,8 @@ impl Target {
             Some(id) => id.clone(),
             None => namespace_titled(&first, "kv-bench").await?,
         };
-        Ok(Connected { endpoints, ca, token, namespace, ttl_edges, _local: local })
+        http.resize(endpoints.len(), None);
+        Ok(Connected { endpoints, http, ca, token, namespace, ttl_edges, _local: local })
     }
 }
 
