@@ -138,7 +138,11 @@ impl Hub {
 /// break from the last version passed on.
 async fn follow(open: Opener, ns: String, from: Option<u64>, feed: Weak<Feed>, tx: broadcast::Sender<Arc<Item>>) {
     let mut position = from;
+    // Reopens at most once per tick, so a feed that keeps breaking does not spin.
+    let mut reopen = tokio::time::interval(REOPEN_AFTER);
+    reopen.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        reopen.tick().await;
         let req = pb::WatchRequest { from_version: position.unwrap_or(0), from_now: position.is_none() };
         match open(req).await {
             Ok(mut stream) => loop {
@@ -174,7 +178,6 @@ async fn follow(open: Opener, ns: String, from: Option<u64>, feed: Weak<Feed>, t
             },
             Err(e) => tracing::debug!(error = %e, ns, "cannot open the change feed yet"),
         }
-        tokio::time::sleep(REOPEN_AFTER).await;
     }
 }
 

@@ -429,14 +429,18 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Status>>,
 {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match write().await {
-            Err(s) if s.code() == Code::ResourceExhausted && std::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+    let decided = kv_tests::eventually(std::time::Duration::from_secs(10), "the write limit to let it in", || {
+        let attempt = write();
+        async move {
+            match attempt.await {
+                Err(s) if s.code() == Code::ResourceExhausted => None,
+                other => Some(other),
             }
-            other => return other,
         }
+    });
+    match decided.await {
+        Ok(outcome) => outcome,
+        Err(e) => Err(Status::resource_exhausted(e.to_string())),
     }
 }
 

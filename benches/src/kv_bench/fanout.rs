@@ -33,6 +33,9 @@ pub struct Fanout {
     output: Output,
 }
 
+/// How long a watcher waits for its next event before it counts as idle and ends.
+const IDLE: Duration = Duration::from_secs(30);
+
 /// What one watcher saw: each version's arrival, and how its stream ended early, if it did.
 type Arrivals = (Vec<(u64, Instant)>, Option<&'static str>);
 
@@ -46,7 +49,10 @@ pub async fn fanout(args: Fanout) -> anyhow::Result<()> {
         let (watchers, last_seen) = start_watchers(&at, &at.namespace, &prefix, n, args.per_connection).await?;
         let after = at.edge_metric(0, "process_resident_memory_bytes").await;
         let (mut acked, mut writes) = (HashMap::new(), Latency::default());
+        // One write per tick: the pace the per-key limit allows over 8 keys.
+        let mut pace = tokio::time::interval(Duration::from_millis(args.interval_ms.max(1)));
         for i in 0..args.writes {
+            pace.tick().await;
             let key = format!("{prefix}k{}", i % 8);
             let value = i.to_string().into_bytes().into();
             let put = api::PutRequest { namespace_id: at.namespace.clone(), key, value, ..Default::default() };
@@ -54,7 +60,6 @@ pub async fn fanout(args: Fanout) -> anyhow::Result<()> {
             let v = writer.put(put).await?.version;
             writes.record(sent.elapsed());
             acked.insert(v, sent);
-            tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
         }
         let newest = acked.keys().copied().max().unwrap_or(0);
         last_seen.send_replace(newest);
@@ -130,7 +135,9 @@ async fn start_watchers(
                     return (seen, None);
                 }
                 tokio::select! {
-                    m = stream.message() => match m {
+                    m = tokio::time::timeout(IDLE, stream.message()) => match m {
+                        Err(_) => return (seen, Some("idle 30 s")),
+                        Ok(m) => match m {
                         Ok(Some(api::WatchEvent { event: Some(Event::Change(c)) })) => seen.push((c.version, Instant::now())),
                         Ok(Some(api::WatchEvent { event: Some(Event::Progress(_)) })) => {
                             if let Some(r) = ready.take() {
@@ -141,9 +148,9 @@ async fn start_watchers(
                         Ok(Some(_)) => {}
                         Ok(None) => return (seen, Some("closed")),
                         Err(_) => return (seen, Some("error")),
+                        },
                     },
                     _ = last.changed() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(30)) => return (seen, Some("idle 30 s")),
                 }
             }
         }));
