@@ -75,6 +75,21 @@ pub struct Answer {
     pub served_by: pb::Tier,
 }
 
+impl Answer {
+    /// The answer to a fetch asked at `floor`: it reflects every change up to `floor`, so an
+    /// absent key is absent as of `floor` too, whatever older version the tier above stamped
+    /// it with (the version its negative copy was read at). Without this, a negative copy
+    /// held here at a newer version (a STRONG read's, stamped by the central read position)
+    /// outranked every later answer, and once its short life ran out the key could only be
+    /// served STALE (the fault suite, seeds 1, 23004, 26030).
+    fn reflecting(self, floor: u64) -> Answer {
+        match self.value {
+            None => Answer { version: self.version.max(floor), ..self },
+            Some(_) => self,
+        }
+    }
+}
+
 /// The tier above, as the engine sees it.
 pub trait Fetch: Send + Sync + 'static {
     /// Reads `keys` of namespace `ns` in one call; one answer per key, in order.
@@ -399,7 +414,7 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
                 let Some(flight) = st.flights.get_mut(&ck) else { continue };
                 let answer = match &answers {
                     Ok(a) => match a.get(i) {
-                        Some(a) => a.clone(),
+                        Some(a) => a.clone().reflecting(spec.min_version),
                         None => {
                             let f = st.flights.remove(&ck);
                             land(f, Err(Status::internal("upstream left a key unanswered").into()));
@@ -663,6 +678,27 @@ mod tests {
         held.reply.send(Ok(vec![answer(val("old"), 5)])).unwrap();
         assert_eq!(reader.await.unwrap()[0].copy.version, 9);
         assert_eq!(t.cache.get(&key("k")).unwrap().version, 9);
+    }
+
+    #[tokio::test]
+    async fn an_absent_answer_is_absent_as_of_the_version_its_fetch_asked_for() {
+        let (t, mut calls) = tier();
+        // A negative copy stamped at a newer version than the tier above will ever name
+        // (a STRONG read's), whose life has run out.
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(600)).unwrap();
+        t.write_through(key("k"), None, 10, long_ago, &ReadSpec::default());
+        let spec = ReadSpec { min_version: 10, ..Default::default() };
+        let reader = tokio::spawn({
+            let t = t.clone();
+            async move { t.read("ns", &["k".to_string()], &spec).await }
+        });
+        let call = calls.recv().await.unwrap();
+        assert_eq!(call.spec.min_version, 10);
+        // The tier above is current past 10 but names the version its own copy was read at.
+        call.reply.send(Ok(vec![answer(None, 4)])).unwrap();
+        let got = reader.await.unwrap().pop().unwrap().unwrap();
+        assert_eq!((got.source, got.copy.version), (Source::Miss, 10), "fresh, not the old copy served STALE");
+        assert!(t.cache.get(&key("k")).unwrap().as_of > long_ago, "the fresh answer is what is kept");
     }
 
     #[tokio::test]
