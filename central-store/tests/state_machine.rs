@@ -180,10 +180,15 @@ async fn sweep_removes_only_what_is_due_and_is_deterministic() {
         s.put("rewritten", b"v2", None).await;
     }
     let cmd = sweep((NOW as u64 + 61) * 1000, 10, 0);
-    let (_, ra) = a.apply(cmd.clone()).await;
+    let (va, ra) = a.apply(cmd.clone()).await;
     let (_, rb) = b.apply(cmd).await;
     assert!(matches!(ra, CommandResult::Swept { removed: 1 }), "{ra:?}");
     assert!(matches!(rb, CommandResult::Swept { removed: 1 }));
+    // The expiry is a change of the feed, at the sweep's version, so tiers and watchers see it.
+    let FeedRead::Changes(sets) = a.reader.changes_after(va - 1, 10).unwrap() else { panic!("resync") };
+    let got: Vec<(u64, &str, ChangeKind)> =
+        sets.iter().flat_map(|(v, cs)| cs.iter().map(move |c| (*v, c.key.as_str(), c.kind))).collect();
+    assert_eq!(got, vec![(va, "soon", ChangeKind::Expired)]);
     // Even a reader whose clock is behind no longer finds the swept entry.
     assert!(a.reader.get(&NS, "soon", NOW).unwrap().entry.is_none());
     assert!(a.reader.get(&NS, "later", NOW).unwrap().entry.is_some());

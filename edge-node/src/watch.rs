@@ -230,7 +230,11 @@ fn event(e: api::watch_event::Event) -> Result<api::WatchEvent, Status> {
 /// Sends one change set's changes a watcher wants; false once the watcher is gone.
 async fn send_set(out: &mpsc::Sender<Result<api::WatchEvent, Status>>, f: &Filter, v: u64, set: &[pb::Change]) -> bool {
     for c in set.iter().filter(|c| f.wants(&c.key)) {
-        let kind = if c.kind == pb::ChangeKind::Put as i32 { api::WatchKind::Put } else { api::WatchKind::Delete };
+        let kind = match pb::ChangeKind::try_from(c.kind) {
+            Ok(pb::ChangeKind::Put) => api::WatchKind::Put,
+            Ok(pb::ChangeKind::Expired) => api::WatchKind::Expired,
+            _ => api::WatchKind::Delete,
+        };
         let change = api::WatchChange {
             key: c.key.clone(),
             kind: kind as i32,

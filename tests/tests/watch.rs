@@ -11,7 +11,9 @@ use tonic::Streaming;
 
 async fn tiers() -> Tiers {
     let mut topology = two_regions(5);
-    topology.central.config = "[limits]\nkey_write_interval_ms = 0\n".into();
+    // No per-key write limit, expirations of a second, and a sweep five times a second.
+    topology.central.config =
+        "sweep_interval_ms = 200\n[limits]\nkey_write_interval_ms = 0\nmin_expiration_ttl_secs = 1\n".into();
     Tiers::start_topology(&topology).await.unwrap()
 }
 
@@ -27,10 +29,16 @@ async fn next(s: &mut Streaming<api::WatchEvent>) -> Event {
 
 /// The next `n` changes (skipping progress), as (key, put?, version).
 async fn changes(s: &mut Streaming<api::WatchEvent>, n: usize) -> Vec<(String, bool, u64)> {
+    let kinds = kinds(s, n).await;
+    kinds.into_iter().map(|(k, kind, v)| (k, kind == WatchKind::Put, v)).collect()
+}
+
+/// The next `n` changes (skipping progress), as (key, kind, version).
+async fn kinds(s: &mut Streaming<api::WatchEvent>, n: usize) -> Vec<(String, WatchKind, u64)> {
     let mut out = Vec::new();
     while out.len() < n {
         match next(s).await {
-            Event::Change(c) => out.push((c.key, c.kind == WatchKind::Put as i32, c.version)),
+            Event::Change(c) => out.push((c.key.clone(), c.kind(), c.version)),
             Event::Progress(_) => {}
             Event::Resync(v) => panic!("resync at {v} after {out:?}"),
         }
@@ -89,6 +97,25 @@ async fn watchers_resume_from_a_version_and_share_one_feed_per_namespace() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiration_reaches_watchers_as_a_change_of_kind_expired() {
+    let t = tiers().await;
+    let ns = t.namespace().await.unwrap();
+    let (a, b) = (t.edge(A_PUSH).await.unwrap(), t.edge(B_PUSH).await.unwrap());
+    let mut w = b.watch(watch(&ns, "brief", None)).await.unwrap();
+    let put = a.put(api::PutRequest { expiration_ttl: Some(1), ..put(&ns, "brief", "v") }).await.unwrap();
+    let expires = put.expiration.expect("a put with expiration_ttl reports its expiration");
+    let got = kinds(&mut w, 2).await;
+    assert_eq!(got[0], ("brief".into(), WatchKind::Put, put.version));
+    let (key, kind, version) = &got[1];
+    assert_eq!((key.as_str(), *kind), ("brief", WatchKind::Expired));
+    assert!(*version > put.version);
+    assert!(kv_common::time::now_secs() >= expires, "reported only once the expiration has passed");
+    // Every tier dropped its copy with the change: the key reads absent at that version.
+    let r = b.get(&ns, "brief", Some(300)).await.unwrap();
+    assert!(!r.found && r.version >= *version, "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,7 +49,7 @@ pub fn effect_of(c: &pb::Change) -> Effect {
             key(),
             Some(Value { bytes: detach(&c.value), metadata_json: c.metadata_json.clone(), expiration: c.expiration }),
         ),
-        Ok(pb::ChangeKind::Delete) => Effect::Set(key(), None),
+        Ok(pb::ChangeKind::Delete | pb::ChangeKind::Expired) => Effect::Set(key(), None),
         Ok(pb::ChangeKind::NamespaceDeleted) => Effect::DropNamespace(c.namespace_id.clone()),
         _ => Effect::Ignore,
     }

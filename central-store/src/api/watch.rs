@@ -116,6 +116,7 @@ fn to_change(c: ChangeRecord) -> pb::Change {
         ChangeKind::Put => pb::ChangeKind::Put,
         ChangeKind::Delete => pb::ChangeKind::Delete,
         ChangeKind::NamespaceDeleted => pb::ChangeKind::NamespaceDeleted,
+        ChangeKind::Expired => pb::ChangeKind::Expired,
     };
     pb::Change {
         namespace_id: c.namespace.to_string(),

@@ -127,6 +127,9 @@ pub enum ChangeKind {
     Put,
     Delete,
     NamespaceDeleted,
+    /// The sweep removed the key because its expiration had passed (added last, so records
+    /// written before it still decode).
+    Expired,
 }
 
 pub fn index_key(index: u64) -> [u8; 8] {
@@ -157,6 +160,12 @@ pub fn sweep_index_key(at: u64, ns: &NamespaceId, key: &[u8]) -> Vec<u8> {
 /// The expiry index position of an entry.
 pub fn expiry_key(expiration: i64, ns: &NamespaceId, key: &[u8]) -> Vec<u8> {
     sweep_index_key(expiration.max(0) as u64, ns, key)
+}
+
+/// Splits an entry key back into its namespace and key.
+pub fn split_entry_key(ek: &[u8]) -> Option<(NamespaceId, String)> {
+    let ns = NamespaceId(ek.get(..16)?.try_into().ok()?);
+    Some((ns, String::from_utf8(ek.get(16..)?.to_vec()).ok()?))
 }
 
 /// Splits a sweep index key back into (number, entry key).

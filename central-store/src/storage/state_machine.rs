@@ -197,8 +197,27 @@ impl StateMachine {
                 let tombs = self
                     .sweep_index(wb, CF_TOMBSTONES, tombstones_before, budget, |m, t| m.tombstone && m.version == t)?;
                 self.sweep_requests(wb, requests_before_ms, budget)?;
-                self.metrics.swept.inc_by(expired + tombs);
-                CommandResult::Swept { removed: expired + tombs }
+                // An expiry is a change like any other: the feed carries it to the tiers and
+                // to watchers (a change of kind `expired`, at the sweep's version).
+                let changes: Vec<ChangeRecord> = expired
+                    .iter()
+                    .filter_map(|ek| split_entry_key(ek))
+                    .map(|(namespace, key)| ChangeRecord {
+                        namespace,
+                        key,
+                        kind: ChangeKind::Expired,
+                        value: None,
+                        metadata: None,
+                        expiration: None,
+                        trace: None,
+                    })
+                    .collect();
+                if !changes.is_empty() {
+                    self.put_changes(wb, index, &changes)?;
+                }
+                let removed = (expired.len() + tombs.len()) as u64;
+                self.metrics.swept.inc_by(removed);
+                CommandResult::Swept { removed }
             }
         })
     }
@@ -376,6 +395,7 @@ impl StateMachine {
     /// Walks a sweep index (`expiry` or `tombstones`) in order while its numbers are below
     /// `before`, at most `budget` index entries, dropping each index entry and removing the
     /// entry it names if `still_due` (the entry may have been rewritten since it was indexed).
+    /// Returns the entry keys removed.
     fn sweep_index(
         &self,
         wb: &mut WriteBatch,
@@ -383,8 +403,8 @@ impl StateMachine {
         before: u64,
         budget: u32,
         still_due: impl Fn(&EntryMeta, u64) -> bool,
-    ) -> anyhow::Result<u64> {
-        let mut removed = 0;
+    ) -> anyhow::Result<Vec<Vec<u8>>> {
+        let mut removed = Vec::new();
         for item in self.db.iterator_cf(self.cf(index_cf), IteratorMode::Start).take(budget as usize) {
             let (k, _) = item?;
             let Some((at, ek)) = split_sweep_index_key(&k) else { continue };
@@ -396,7 +416,7 @@ impl StateMachine {
                 if still_due(&meta, at) {
                     wb.delete_cf(self.cf(CF_ENTRIES), ek);
                     wb.delete_cf(self.cf(CF_VALUES), ek);
-                    removed += 1;
+                    removed.push(ek.to_vec());
                 }
             }
         }

@@ -171,13 +171,20 @@ pub async fn run(client: &Endpoint, cmd: Cmd, output: Output) -> Done {
             while let Some(e) = events.message().await? {
                 match e.event {
                     Some(api::watch_event::Event::Change(c)) => {
-                        let put = c.kind == api::WatchKind::Put as i32;
+                        let kind = c.kind();
+                        let put = kind == api::WatchKind::Put;
                         let value = String::from_utf8_lossy(&c.value).into_owned();
-                        let json = json!({"key": c.key, "kind": if put { "put" } else { "delete" },
-                            "version": c.version, "value": put.then_some(&value), "value_omitted": c.value_omitted});
-                        say(output, json, || match put {
-                            true => format!("{} put {:?} at {}", c.key, value, c.version),
-                            false => format!("{} deleted at {}", c.key, c.version),
+                        let name = match kind {
+                            api::WatchKind::Put => "put",
+                            api::WatchKind::Expired => "expired",
+                            _ => "delete",
+                        };
+                        let json = json!({"key": c.key, "kind": name, "version": c.version,
+                            "value": put.then_some(&value), "value_omitted": c.value_omitted});
+                        say(output, json, || match kind {
+                            api::WatchKind::Put => format!("{} put {:?} at {}", c.key, value, c.version),
+                            api::WatchKind::Expired => format!("{} expired at {}", c.key, c.version),
+                            _ => format!("{} deleted at {}", c.key, c.version),
                         });
                     }
                     Some(api::watch_event::Event::Progress(v)) => {
