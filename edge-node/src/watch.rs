@@ -309,7 +309,9 @@ async fn serve(feed: Arc<Feed>, req: api::WatchRequest, out: mpsc::Sender<Result
                 }
                 last = *v;
             }
-            Item::Progress(v) if *v > last => {
+            // Passed on when it names the position already reached too: it is the heartbeat
+            // that tells a watcher its stream is live and the last set it got is complete.
+            Item::Progress(v) if *v >= last => {
                 last = *v;
                 if out.send(event(api::watch_event::Event::Progress(last))).await.is_err() {
                     return;

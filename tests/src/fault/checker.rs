@@ -27,8 +27,8 @@
 //!   it in commit order was not the one its condition named (another write came between), or
 //!   a write conditional on absence succeeded right after a put that was still live.
 
-use super::history::{Call, KeyRead, Op, ReadMode, Recorded, Scope, WriteResult};
-use std::collections::HashMap;
+use super::history::{Call, KeyRead, Op, ReadMode, Recorded, Scope, Segment, WatchLog, Watched, WriteResult};
+use std::collections::{HashMap, HashSet};
 
 /// One way the history breaks SPEC section 4.
 #[derive(Debug, Clone)]
@@ -309,6 +309,7 @@ pub fn check(rec: &Recorded, finals: &HashMap<String, Final>, final_reads: &[Op]
     out.extend(check_stronger_reads(&reads, &acked));
     out.extend(check_compare_and_set(&writes, &reads));
     out.extend(check_lists(&rec.ops, &writes));
+    out.extend(check_watches(&rec.watches, &rec.ops, &writes));
 
     // Convergence after heal (push-mode edges, long cacheTtl).
     for op in final_reads {
@@ -443,6 +444,122 @@ fn check_compare_and_set(writes: &[Write], reads: &[Read]) -> Vec<Violation> {
     out
 }
 
+/// Watches (issue 13): every stream delivers changes in version order, invents none, and
+/// from the version it began at to the version it reached misses no acknowledged write of the
+/// namespace; and each watcher, over its streams, reached the newest acknowledged write by the
+/// end (after the heal), so a watch outlives every fault.
+fn check_watches(watches: &[WatchLog], ops: &[Op], writes: &[Write]) -> Vec<Violation> {
+    // What any write item asked for, superseded items of a bulk write included.
+    let (mut asked, mut deletes, mut expiring) = (HashMap::new(), HashSet::new(), HashSet::new());
+    for op in ops {
+        let Call::Write { writes, .. } = &op.call else { continue };
+        for w in writes {
+            match &w.value {
+                Some(v) => drop(asked.insert(v.as_str(), w.key.as_str())),
+                None => drop(deletes.insert(w.key.as_str())),
+            }
+            if w.expiration_ttl.is_some() {
+                expiring.insert(w.key.as_str());
+            }
+        }
+    }
+    let acked: Vec<(&Write, u64)> = writes.iter().filter_map(|w| version_of(w).map(|v| (w, v))).collect();
+    let acked_value: HashMap<&str, (&Write, u64)> =
+        acked.iter().filter_map(|(w, v)| w.value.as_deref().map(|val| (val, (*w, *v)))).collect();
+    let newest = acked.iter().map(|(_, v)| *v).max().unwrap_or(0);
+    let mut out = Vec::new();
+    for log in watches {
+        let mut reached_at_all = 0;
+        for (n, seg) in log.segments.iter().enumerate() {
+            let at = format!("watcher at edge {}, stream {n}", log.edge);
+            let mut last = 0;
+            for (_, e) in &seg.events {
+                let (v, broken) = match e {
+                    Watched::Change { version, .. } => (*version, *version < last),
+                    Watched::Progress(p) => (*p, *p < last),
+                    Watched::Resync(_) => break,
+                };
+                if broken {
+                    out.push(Violation { kind: "watch_order", detail: format!("{at}: {v} after {last}"), ops: vec![] });
+                }
+                last = last.max(v);
+            }
+            for (_, e) in &seg.events {
+                let Watched::Change { key, kind, version, value } = e else { continue };
+                let (invented, by) = match (kind.as_str(), value) {
+                    ("WATCH_KIND_PUT", Some(value)) => match acked_value.get(value.as_str()) {
+                        Some((w, v)) => (w.key != *key || v != version, vec![w.op]),
+                        None => (asked.get(value.as_str()) != Some(&key.as_str()), vec![]),
+                    },
+                    ("WATCH_KIND_PUT", None) => (false, vec![]),
+                    ("WATCH_KIND_EXPIRED", _) => (!expiring.contains(key.as_str()), vec![]),
+                    _ => (!deletes.contains(key.as_str()), vec![]),
+                };
+                if invented {
+                    out.push(Violation {
+                        kind: "watch_invented",
+                        detail: format!("{at}: {key} {kind} {value:?} at {version}, which no write made"),
+                        ops: by,
+                    });
+                }
+            }
+            let Some((from, reached)) = span(seg) else { continue };
+            reached_at_all = reached_at_all.max(reached);
+            for (w, v) in acked.iter().filter(|(_, v)| *v > from && *v <= reached) {
+                let delivered = seg
+                    .events
+                    .iter()
+                    .any(|(_, e)| matches!(e, Watched::Change { key, version, .. } if *key == w.key && *version == *v));
+                if !delivered {
+                    out.push(Violation {
+                        kind: "watch_missed",
+                        detail: format!("{at}: from {from} to {reached}, {} at {v} never came", w.key),
+                        ops: vec![w.op],
+                    });
+                }
+            }
+        }
+        if reached_at_all < newest {
+            out.push(Violation {
+                kind: "watch_behind",
+                detail: format!("watcher at edge {}: reached {reached_at_all}, the newest write is {newest}", log.edge),
+                ops: vec![],
+            });
+        }
+    }
+    out
+}
+
+/// The versions a watch stream covers: from where it began (the version it resumed from,
+/// or the position its first Progress named) to the newest version all of whose changes
+/// arrived (a Progress, or a change followed by a newer one). `None` if it never began.
+fn span(seg: &Segment) -> Option<(u64, u64)> {
+    let events: Vec<&Watched> =
+        seg.events.iter().map(|(_, e)| e).take_while(|e| !matches!(e, Watched::Resync(_))).collect();
+    let from = match seg.from {
+        Some(v) => v,
+        None => match events.first() {
+            Some(Watched::Progress(p)) => *p,
+            _ => return None,
+        },
+    };
+    let mut reached = from;
+    let mut newest_change = None;
+    for e in events {
+        match e {
+            Watched::Progress(p) => reached = reached.max(*p),
+            Watched::Change { version, .. } => {
+                if let Some(prev) = newest_change.filter(|p| p < version) {
+                    reached = reached.max(prev);
+                }
+                newest_change = Some(*version);
+            }
+            Watched::Resync(_) => {}
+        }
+    }
+    Some((from, reached))
+}
+
 /// Lists reflect writes made at the same edge, when nothing else could have changed the key.
 fn check_lists(ops: &[Op], writes: &[Write]) -> Vec<Violation> {
     let mut out = Vec::new();
@@ -520,8 +637,10 @@ mod tests {
 
     fn kinds(ops: Vec<Op>, faults: Vec<Fault>, finals: &[(&str, u64, Option<&str>)]) -> Vec<&'static str> {
         let finals = finals.iter().map(|(k, v, val)| (k.to_string(), (*v, val.map(String::from)))).collect();
-        let mut k: Vec<_> =
-            check(&Recorded { ops, faults }, &finals, &[], &settings()).into_iter().map(|v| v.kind).collect();
+        let mut k: Vec<_> = check(&Recorded { ops, faults, watches: vec![] }, &finals, &[], &settings())
+            .into_iter()
+            .map(|v| v.kind)
+            .collect();
         k.sort();
         k
     }
@@ -629,5 +748,50 @@ mod tests {
             vec![put(0, 0, 0, "k", "a", 5), put(1, 0, 3 * S, "k", "b", 9), get(2, 2, 5 * S, "k", Some("a"), 5, true)];
         let fault = Fault { what: "cut".into(), scope: Scope::Region(1), start: 4 * S, end: 6 * S };
         assert!(kinds(ops, vec![fault], &[("k", 9, Some("b"))]).is_empty());
+    }
+
+    #[test]
+    fn a_watch_that_misses_invents_reorders_or_stalls_is_caught() {
+        let ops = vec![put(0, 0, 0, "k", "a", 5), put(1, 0, S, "j", "b", 6), put(2, 0, 2 * S, "k", "c", 8)];
+        let change = |key: &str, value: &str, version| {
+            let value = Some(value.to_string());
+            Watched::Change { key: key.into(), kind: "WATCH_KIND_PUT".into(), version, value }
+        };
+        let stream = |from, events: Vec<Watched>| Segment {
+            from,
+            opened: 0,
+            events: events.into_iter().map(|e| (0, e)).collect(),
+            ended: "stopped".into(),
+        };
+        let check_one = |segments| {
+            let rec = Recorded { ops: ops.clone(), faults: vec![], watches: vec![WatchLog { edge: 0, segments }] };
+            let finals = [("k".to_string(), (8, Some("c".to_string()))), ("j".to_string(), (6, Some("b".to_string())))];
+            let mut k: Vec<_> = check(&rec, &finals.into(), &[], &settings()).into_iter().map(|v| v.kind).collect();
+            k.sort();
+            k
+        };
+        // Everything, in order, resumed once after a break (a repeat across streams is fine).
+        let good = vec![
+            stream(None, vec![Watched::Progress(4), change("k", "a", 5), change("j", "b", 6)]),
+            stream(Some(5), vec![change("j", "b", 6), change("k", "c", 8), Watched::Progress(8)]),
+        ];
+        assert!(check_one(good).is_empty());
+        // j at 6 skipped although the stream got past it.
+        let missed = vec![stream(
+            None,
+            vec![Watched::Progress(4), change("k", "a", 5), change("k", "c", 8), Watched::Progress(9)],
+        )];
+        assert_eq!(check_one(missed), vec!["watch_missed"]);
+        // A value at a version its write did not get; then out of order; then never caught up.
+        let invented = vec![stream(Some(4), vec![change("k", "a", 6)])];
+        assert_eq!(check_one(invented), vec!["watch_behind", "watch_invented"]);
+        let reordered = vec![stream(
+            Some(4),
+            vec![change("j", "b", 6), change("k", "a", 5), change("k", "c", 8), Watched::Progress(8)],
+        )];
+        assert_eq!(check_one(reordered), vec!["watch_order"]);
+        // A Resync ends what a stream vouches for: what follows it counts for nothing.
+        let resynced = vec![stream(Some(4), vec![change("k", "a", 5), Watched::Resync(9), Watched::Progress(9)])];
+        assert_eq!(check_one(resynced), vec!["watch_behind"]);
     }
 }

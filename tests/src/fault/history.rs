@@ -98,6 +98,39 @@ pub struct Op {
     pub call: Call,
 }
 
+/// One event a watcher received.
+#[derive(Debug, Clone, Serialize)]
+pub enum Watched {
+    /// `kind` as the proto names it; `value` for puts whose value came inline.
+    Change {
+        key: String,
+        kind: String,
+        version: u64,
+        value: Option<String>,
+    },
+    Progress(u64),
+    Resync(u64),
+}
+
+/// One watch stream, from its opening to its end.
+#[derive(Debug, Clone, Serialize)]
+pub struct Segment {
+    /// The version it resumed from (`None`: from now).
+    pub from: Option<u64>,
+    pub opened: u64,
+    /// Each event with when it arrived.
+    pub events: Vec<(u64, Watched)>,
+    /// How it ended.
+    pub ended: String,
+}
+
+/// Every stream one watcher had, in order.
+#[derive(Debug, Clone, Serialize)]
+pub struct WatchLog {
+    pub edge: usize,
+    pub segments: Vec<Segment>,
+}
+
 /// Which edges a fault can keep from reaching the central store.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub enum Scope {
@@ -127,6 +160,7 @@ pub struct Recorder {
 pub struct Recorded {
     pub ops: Vec<Op>,
     pub faults: Vec<Fault>,
+    pub watches: Vec<WatchLog>,
 }
 
 impl Recorder {

@@ -6,4 +6,5 @@ pub mod checker;
 pub mod history;
 pub mod nemesis;
 pub mod run;
+pub mod watcher;
 pub mod workload;

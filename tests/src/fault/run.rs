@@ -6,6 +6,7 @@
 use super::checker::{check, Final, Settings, Violation};
 use super::history::{Call, KeyRead, Op, ReadMode, Recorded, Recorder};
 use super::nemesis::Nemesis;
+use super::watcher::Watcher;
 use super::workload::{key_name, recorded, Client};
 use crate::tiers::{test_topology, TEST_LIMITS};
 use anyhow::Context;
@@ -72,6 +73,17 @@ pub async fn run(plan: Plan, root: &Path) -> anyhow::Result<Outcome> {
     let namespace = first.create_namespace(&format!("fault-{}", plan.seed)).await?.id;
 
     let rec = Recorder::new();
+    // A watcher of the whole namespace at every edge, from before the first write to the end.
+    let (stop_watching, watching) = tokio::sync::watch::channel(false);
+    let watchers: Vec<_> = edges
+        .iter()
+        .enumerate()
+        .map(|(edge, (endpoint, _))| {
+            let w =
+                Watcher { edge, endpoint: *endpoint, namespace: namespace.clone(), token: cluster.admin_token.clone() };
+            tokio::spawn(w.run(rec.clone(), watching.clone()))
+        })
+        .collect();
     let until = Instant::now() + Duration::from_secs(plan.seconds);
     let mut clients = Vec::new();
     for (e, (addr, _)) in edges.iter().enumerate() {
@@ -107,7 +119,11 @@ pub async fn run(plan: Plan, root: &Path) -> anyhow::Result<Outcome> {
     cluster.wait_until_serving().await.context("the healed tiers")?;
     tokio::time::sleep_until((Instant::now() + SETTLE).into()).await;
 
-    let history = rec.take();
+    let _ = stop_watching.send(true);
+    let mut history = rec.take();
+    for w in watchers {
+        history.watches.push(w.await.context("a watcher task failed")?);
+    }
     let finals = final_state(&cluster, &namespace, plan.keys, &history).await?;
     let final_rec = Recorder::new();
     for (e, (addr, push)) in edges.iter().enumerate() {

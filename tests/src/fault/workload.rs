@@ -53,7 +53,7 @@ pub fn key_name(i: usize) -> String {
     format!("k{i}")
 }
 
-fn channel(addr: SocketAddr) -> Channel {
+pub fn channel(addr: SocketAddr) -> Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("a valid loopback address")
         .connect_timeout(Duration::from_secs(1))
