@@ -4,6 +4,7 @@
 
 pub mod checker;
 pub mod history;
+pub mod linearizable;
 pub mod nemesis;
 pub mod run;
 pub mod watcher;
