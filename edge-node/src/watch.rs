@@ -74,9 +74,12 @@ impl Feed {
 }
 
 impl Item {
-    fn version(&self) -> u64 {
+    /// Where a feed opened "from now" starts, when this is its first item: the feed holds
+    /// every change after it, and none before.
+    fn start(&self) -> u64 {
         match self {
-            Item::Set(v, _) | Item::Progress(v) | Item::Resync(v) => *v,
+            Item::Set(v, _) => v.saturating_sub(1),
+            Item::Progress(v) | Item::Resync(v) => *v,
         }
     }
 }
@@ -184,6 +187,12 @@ async fn follow(open: Opener, ns: String, from: Option<u64>, feed: Weak<Feed>, t
 /// Keeps `item` in the feed's window.
 fn record(feed: &Feed, item: &Item) {
     let mut w = feed.window();
+    if !w.known {
+        // Until now the window only knew it started at "now"; a watcher resuming from an
+        // older version must be told to resync, not given the changes from here on.
+        w.floor = item.start();
+        w.position = w.floor;
+    }
     match item {
         Item::Set(v, changes) => {
             let bytes: usize = changes.iter().map(|c| c.key.len() + c.value.len() + 64).sum();
@@ -255,24 +264,23 @@ async fn send_set(out: &mpsc::Sender<Result<api::WatchEvent, Status>>, f: &Filte
 async fn serve(feed: Arc<Feed>, req: api::WatchRequest, out: mpsc::Sender<Result<api::WatchEvent, Status>>) {
     let filter = Filter { keys: req.keys.into_iter().collect(), prefix: req.prefix };
     let mut live = feed.tx.subscribe();
-    let (replay, floor, position, known) = {
+    let (replay, mut floor, mut position, known) = {
         let w = feed.window();
         (w.sets.iter().map(|(v, s, _)| (*v, s.clone())).collect::<Vec<_>>(), w.floor, w.position, w.known)
     };
     let mut pending = None;
-    let mut last = match (req.from_version, known) {
-        (Some(v), _) => v,
-        (None, true) => position,
-        // A feed just opened "from now": its first event names where now is.
-        (None, false) => match live.recv().await {
+    if !known {
+        // A feed just opened "from now": its first event names where now is, and where
+        // the feed begins for a watcher resuming from a version.
+        match live.recv().await {
             Ok(item) => {
-                let now = item.version().saturating_sub(u64::from(matches!(*item, Item::Set(..))));
+                (floor, position) = (item.start(), item.start());
                 pending = Some(item);
-                now
             }
             Err(_) => return,
-        },
-    };
+        }
+    }
+    let mut last = req.from_version.unwrap_or(position);
     if last < floor {
         let _ = out.send(event(api::watch_event::Event::Resync(position))).await;
         return;

@@ -100,6 +100,23 @@ async fn watchers_resume_from_a_version_and_share_one_feed_per_namespace() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_before_a_feed_opened_from_now_is_told_to_resync() {
+    let t = tiers().await;
+    let ns = t.namespace().await.unwrap();
+    let (a, b) = (t.edge(A_PUSH).await.unwrap(), t.edge(B_PUSH).await.unwrap());
+    let v0 = a.put(put(&ns, "k0", "0")).await.unwrap().version;
+    a.put(put(&ns, "k1", "1")).await.unwrap();
+    // The edge's feed of the namespace opens "from now", after both writes.
+    let mut live = b.watch(watch(&ns, "", None)).await.unwrap();
+    let Event::Progress(now) = next(&mut live).await else { panic!("a watch from now starts with its position") };
+    assert!(now > v0);
+    // It holds nothing from before it opened, so the change after v0 is not something
+    // it can replay: the resuming watcher must hear Resync, not silence.
+    let mut resumed = b.watch(watch(&ns, "", Some(v0))).await.unwrap();
+    assert!(matches!(next(&mut resumed).await, Event::Resync(v) if v >= now), "a version before the feed began");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expiration_reaches_watchers_as_a_change_of_kind_expired() {
     let t = tiers().await;
     let ns = t.namespace().await.unwrap();
