@@ -61,7 +61,7 @@ impl Policy for EdgePolicy {
     /// cacheTtl. The copy may have been filled by a read with a longer one and be held for
     /// it; a reader with a short cacheTtl must still not get an answer older than its own
     /// bound allows.
-    fn stale_ok(&self, copy: &Copy, spec: &ReadSpec) -> bool {
+    fn stale_ok(&self, copy: &Copy, spec: &ReadSpec, _: u64) -> bool {
         let now = Instant::now();
         now < copy.hold_until && now < copy.as_of + self.cache_ttl(spec) + self.max_stale
     }
@@ -384,7 +384,7 @@ mod tests {
         let as_of = Instant::now() - Duration::from_secs(10);
         let copy = Copy::new(None, 7, as_of, Duration::from_secs(300), Duration::from_secs(5), 0);
         let reading = |secs| ReadSpec { cache_ttl: Some(Duration::from_secs(secs)), ..ReadSpec::default() };
-        assert!(policy.stale_ok(&copy, &reading(30)), "10 s old: within 30 + 5 s");
-        assert!(!policy.stale_ok(&copy, &reading(1)), "10 s old: past 1 + 5 s, whatever the copy is held for");
+        assert!(policy.stale_ok(&copy, &reading(30), 0), "10 s old: within 30 + 5 s");
+        assert!(!policy.stale_ok(&copy, &reading(1), 0), "10 s old: past 1 + 5 s, whatever the copy is held for");
     }
 }

@@ -32,34 +32,42 @@ impl RegionalPolicy {
         spec.max_age.min(self.max_feed_age)
     }
 
-    /// Whether the feed has reached `min_version`, or the copy is that new itself.
-    fn reaches(&self, copy: &Copy, min_version: u64) -> bool {
-        copy.version >= min_version || self.feed.applied() >= min_version
+    /// Whether the copy is `min_version` or newer itself, or the feed has reached it and
+    /// the copy is one the feed keeps up to date: of this `epoch`. A copy of an older epoch
+    /// (a flight that landed after the feed restarted) may have missed changes the feed
+    /// passed by while it was being fetched.
+    fn reaches(&self, copy: &Copy, min_version: u64, epoch: u64) -> bool {
+        copy.version >= min_version || (copy.epoch == epoch && self.feed.applied() >= min_version)
     }
 }
 
 impl Policy for RegionalPolicy {
     fn fresh(&self, copy: &Copy, spec: &ReadSpec, epoch: u64) -> bool {
         copy.epoch == epoch
-            && self.as_of(copy).elapsed() <= self.acceptable(spec)
-            && self.reaches(copy, spec.min_version)
+            && self.as_of(copy, epoch).elapsed() <= self.acceptable(spec)
+            && self.reaches(copy, spec.min_version, epoch)
     }
 
     fn young(&self, copy: &Copy, spec: &ReadSpec) -> bool {
         copy.as_of.elapsed() <= spec.max_age
     }
 
-    fn stale_ok(&self, copy: &Copy, spec: &ReadSpec) -> bool {
-        self.reaches(copy, spec.min_version)
+    fn stale_ok(&self, copy: &Copy, spec: &ReadSpec, epoch: u64) -> bool {
+        self.reaches(copy, spec.min_version, epoch)
     }
 
     fn lifetimes(&self, _: &ReadSpec) -> (Duration, Duration) {
         (self.entry_ttl, Duration::ZERO)
     }
 
-    /// Every held copy is kept up to date by the feed, so it is as fresh as the feed is.
-    fn as_of(&self, copy: &Copy) -> Instant {
-        self.feed.as_of().map_or(copy.as_of, |f| f.max(copy.as_of))
+    /// Every copy of this epoch is kept up to date by the feed, so it is as fresh as the
+    /// feed is; one of an older epoch is only as fresh as its own fetch made it (the feed's
+    /// proof, after a restart, says nothing of the changes it missed).
+    fn as_of(&self, copy: &Copy, epoch: u64) -> Instant {
+        match self.feed.as_of() {
+            Some(f) if copy.epoch == epoch => f.max(copy.as_of),
+            _ => copy.as_of,
+        }
     }
 }
 
@@ -239,8 +247,14 @@ mod tests {
         assert!(!p.fresh(&c, &spec(21), 0), "the reader has seen a version the feed has not reached");
         assert!(!p.fresh(&c, &spec(0), 1), "a copy of an older epoch");
         // Stale answers too must reach what the reader has seen.
-        assert!(p.stale_ok(&c, &spec(20)));
-        assert!(!p.stale_ok(&c, &spec(21)), "older than the reader's own write: no stale answer");
-        assert!(p.stale_ok(&copy(30, old), &spec(21)), "unless the copy itself is that new");
+        assert!(p.stale_ok(&c, &spec(20), 0));
+        assert!(!p.stale_ok(&c, &spec(21), 0), "older than the reader's own write: no stale answer");
+        assert!(p.stale_ok(&copy(30, old), &spec(21), 0), "unless the copy itself is that new");
+        // A copy of an older epoch missed what the feed passed by before it restarted: only
+        // its own version and its own fetch's instant count.
+        assert!(!p.stale_ok(&c, &spec(20), 1), "the feed has reached 20, but not for this copy");
+        assert!(p.stale_ok(&c, &spec(5), 1));
+        assert_eq!(p.as_of(&c, 1), old, "not lifted by the feed's proof");
+        assert!(p.as_of(&c, 0) > old, "a copy of this epoch is as fresh as the feed");
     }
 }

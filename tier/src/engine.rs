@@ -107,12 +107,13 @@ pub trait Policy: Send + Sync + 'static {
     fn fresh(&self, copy: &Copy, spec: &ReadSpec, epoch: u64) -> bool;
     /// Whether a copy just fetched for `spec` is young enough to answer it as fresh.
     fn young(&self, copy: &Copy, spec: &ReadSpec) -> bool;
-    /// Whether `copy` may answer `spec` when upstream cannot give a fresh answer.
-    fn stale_ok(&self, copy: &Copy, spec: &ReadSpec) -> bool;
+    /// Whether `copy` may answer `spec` when upstream cannot give a fresh answer, in the
+    /// tier's current `epoch`.
+    fn stale_ok(&self, copy: &Copy, spec: &ReadSpec, epoch: u64) -> bool;
     /// How long a copy filled for `spec` stays fresh, and then how much longer it is held.
     fn lifetimes(&self, spec: &ReadSpec) -> (Duration, Duration);
-    /// The instant an answer served from `copy` is fresh as of.
-    fn as_of(&self, copy: &Copy) -> Instant {
+    /// The instant an answer served from `copy` is fresh as of, in the tier's current `epoch`.
+    fn as_of(&self, copy: &Copy, _epoch: u64) -> Instant {
         copy.as_of
     }
 }
@@ -315,7 +316,7 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
     }
 
     fn served(&self, copy: Arc<Copy>, source: Source, fetched: bool) -> Served {
-        let as_of = self.policy.as_of(&copy);
+        let as_of = self.policy.as_of(&copy, self.epoch());
         Served { copy, source, as_of, fetched }
     }
 
@@ -324,13 +325,13 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
     fn classify(&self, ns: &str, key: &str, got: TierResult<Arc<Copy>>, spec: &ReadSpec) -> TierResult<Served> {
         match got {
             Ok(c) if self.policy.young(&c, spec) => Ok(self.served(c, Source::Miss, true)),
-            Ok(c) if self.policy.stale_ok(&c, spec) => {
+            Ok(c) if self.policy.stale_ok(&c, spec, self.epoch()) => {
                 self.metrics.stale_serves.inc();
                 Ok(self.served(c, Source::Stale, true))
             }
             Ok(_) => Err(KvError::Unavailable("no upstream could give an answer fresh enough; retry".into()).into()),
             Err(e) if e.is_unreachable() => match self.cache.get(&(ns.to_owned(), key.to_owned())) {
-                Some(c) if c.version >= spec.at_least && self.policy.stale_ok(&c, spec) => {
+                Some(c) if c.version >= spec.at_least && self.policy.stale_ok(&c, spec, self.epoch()) => {
                     self.metrics.stale_serves.inc();
                     Ok(self.served(c, Source::Stale, false))
                 }
@@ -602,7 +603,7 @@ mod tests {
         fn young(&self, c: &Copy, _: &ReadSpec) -> bool {
             c.fresh_for_read(Instant::now(), Duration::from_secs(60))
         }
-        fn stale_ok(&self, _: &Copy, _: &ReadSpec) -> bool {
+        fn stale_ok(&self, _: &Copy, _: &ReadSpec, _: u64) -> bool {
             true
         }
         fn lifetimes(&self, _: &ReadSpec) -> (Duration, Duration) {
