@@ -448,6 +448,19 @@ fn check_compare_and_set(writes: &[Write], reads: &[Read]) -> Vec<Violation> {
 
 /// Each key as a register (see `linearizable`): its writes, its STRONG reads and its failed
 /// conditions, placed by the versions they carry, must admit an order that respects real time.
+/// Whether `w`'s value may have expired by the end of read `r`: its expiration is unknown
+/// (never acknowledged), or had passed by then on the reading edge's estimate of the central
+/// clock, which runs up to `EXPIRY_SLACK_MS` ahead of the wall clock here.
+fn may_have_expired(w: &Write, r: &Read) -> bool {
+    const EXPIRY_SLACK_MS: u64 = 2000;
+    let read_end_ms = r.start_wall_ms + r.end.saturating_sub(r.start) / 1000;
+    match (w.expiring, w.expiration) {
+        (false, _) => false,
+        (true, None) => true,
+        (true, Some(exp)) => read_end_ms + EXPIRY_SLACK_MS >= u64::try_from(exp).unwrap_or(0) * 1000,
+    }
+}
+
 fn check_linearizable(ops: &[Op], writes: &[Write], reads: &[Read]) -> Vec<Violation> {
     // Versions of writes whose caller never heard back, known when their value was read.
     let mut read_at: HashMap<&str, u64> = HashMap::new();
@@ -480,9 +493,12 @@ fn check_linearizable(ops: &[Op], writes: &[Write], reads: &[Read]) -> Vec<Viola
                 // Absent as of its position: it saw the newest write at or below it, which
                 // must have left the key absent.
                 let known = keys.get(key).map(Vec::as_slice).unwrap_or_default();
-                let last = known.iter().filter(|(p, _)| p.version <= r.got.version).max_by_key(|(p, _)| p.version);
+                let last = known
+                    .iter()
+                    .filter(|(p, w)| w.is_some() && p.version <= r.got.version)
+                    .max_by_key(|(p, _)| p.version);
                 match last {
-                    Some((p, Some(w))) if w.value.is_some() && !w.expiring => {
+                    Some((p, Some(w))) if w.value.is_some() && !may_have_expired(w, r) => {
                         if !unseen_delete(key) {
                             out.push(Violation {
                                 kind: "not_linearizable",
@@ -899,5 +915,32 @@ mod tests {
             strong(3, 3, 20 * S, "a", 5),
         ];
         assert_eq!(kinds(ops, vec![], &[("k", 9, Some("b"))]), vec!["not_linearizable"]);
+    }
+
+    #[test]
+    fn an_absent_strong_read_is_judged_by_the_last_write_not_by_earlier_reads_of_it() {
+        // A STRONG read of the put at 5 is no write: the absent read at 12 still follows the put.
+        let ops = vec![
+            put(0, 0, 0, "k", "a", 5),
+            read_in(ReadMode::Strong, 1, 1, S, Some("a"), 5),
+            read_in(ReadMode::Strong, 2, 2, 2 * S, None, 12),
+        ];
+        assert!(kinds(ops, vec![], &[("k", 5, Some("a"))]).contains(&"not_linearizable"));
+        // A put that expires excuses an absent read only once its expiration has passed.
+        let expiring = |id, expiration| {
+            let w = KeyWrite { key: "k".into(), value: Some("a".into()), expiration_ttl: Some(60), if_version: None };
+            let done = ItemDone { version: 5, expiration: Some(expiration), refused: None };
+            op(id, 0, 0, 1000, Call::Write { writes: vec![w], result: WriteResult::Done(vec![done]) })
+        };
+        let absent_at = |wall_ms| {
+            let mut r = read_in(ReadMode::Strong, 1, 1, S, None, 12);
+            r.start_wall_ms = wall_ms;
+            r
+        };
+        let ops = vec![expiring(0, 100), absent_at(200_000)];
+        let k = kinds(ops, vec![], &[("k", 12, None)]);
+        assert!(!k.contains(&"not_linearizable"), "expired by then: {k:?}");
+        let ops = vec![expiring(0, 100), absent_at(10_000)];
+        assert!(kinds(ops, vec![], &[("k", 12, None)]).contains(&"not_linearizable"), "90 s before it expires");
     }
 }
