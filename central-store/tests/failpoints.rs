@@ -1,7 +1,8 @@
 //! Narrow race windows of the state machine, held open at the exact point by failpoints
-//! (TiKV's `fail` crate) rather than hoped for: the change feed against a trim, reads and
-//! snapshot builds against a snapshot install. Each test holds the failpoint registry
-//! (`FailScenario`), so they never see each other's failpoints.
+//! (TiKV's `fail` crate) rather than hoped for: the change feed against a trim, a read's
+//! absence against a delete, reads and snapshot builds against a snapshot install. Each
+//! test holds the failpoint registry (`FailScenario`), so they never see each other's
+//! failpoints.
 
 mod sm;
 
@@ -68,6 +69,23 @@ async fn a_trim_between_reading_the_floor_and_the_changes_cannot_skip_changes() 
             assert_eq!(versions.first(), Some(&(from + 1)), "the feed must go on exactly after {from}: {versions:?}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absence_is_dated_no_earlier_than_the_delete_the_read_saw() {
+    let _scenario = FailScenario::setup();
+    let mut s = new_sm().await;
+    let put = s.put("k", b"v", None).await;
+    let hold = Hold::at("read::before_snapshot");
+    let reader = s.reader.clone();
+    let read = tokio::task::spawn_blocking(move || reader.get(&NS, "k", NOW).unwrap());
+    hold.reached().await;
+    // The read has begun when the key is deleted; its snapshot is taken after.
+    let deleted = s.delete("k").await;
+    hold.release().await;
+    let r = read.await.unwrap();
+    assert!(r.entry.is_none(), "the snapshot was taken after the delete");
+    assert!(r.version >= deleted, "absent as of {}, before the delete at {deleted} (put at {put})", r.version);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

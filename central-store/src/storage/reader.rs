@@ -1,7 +1,7 @@
 //! The read path: gets, lists, namespaces and the change feed, served from this replica.
 //!
-//! Reads never go through Raft. Each read first notes the applied version, then reads a
-//! RocksDB snapshot, so "absent" can be stamped with a version no older than the truth.
+//! Reads never go through Raft. Each read takes a RocksDB snapshot and the applied version
+//! recorded in it, so "absent" is stamped with exactly the version it is true as of.
 //! Expired entries are hidden here at once; the replicated sweep removes them later.
 
 use super::cf;
@@ -196,8 +196,9 @@ impl Reader {
         now_secs: i64,
     ) -> StoreResult<(Vec<Option<StoredEntry>>, u64)> {
         self.consistent(|| {
-            let read_version = self.applied();
+            fail::fail_point!("read::before_snapshot");
             let snap = self.snapshot_of(ns)?;
+            let read_version = self.applied_in(&snap)?;
             let mut out = Vec::with_capacity(keys.len());
             let mut newest = read_version;
             for key in keys {
@@ -259,6 +260,18 @@ impl Reader {
             }
             Ok(page)
         })
+    }
+
+    /// The last log index applied in `snap`, written in the same batch as that entry's
+    /// changes: a key absent from the snapshot is absent as of exactly this version. (The
+    /// applied position noted before taking the snapshot could be older than a delete the
+    /// snapshot already holds, and the absence would be dated before its cause.)
+    fn applied_in(&self, snap: &SnapshotWithThreadMode<'_, DB>) -> StoreResult<u64> {
+        let applied: Option<crate::types::LogId> = match snap.get_cf(cf(&self.db, CF_SM_META), META_APPLIED)? {
+            Some(raw) => bincode::deserialize(&raw)?,
+            None => None,
+        };
+        Ok(applied.map_or(0, |l| l.index))
     }
 
     /// The entry at `ek` if it exists, is not a tombstone and has not expired.
