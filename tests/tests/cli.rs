@@ -1,6 +1,6 @@
 //! The `kv` command line against a real cluster, as a script would use it: wrangler's bulk
 //! file formats (a 25,000-item file, split into requests the contract allows), JSON output,
-//! exit codes a script can test, compare-and-set, over gRPC and over the REST API.
+//! exit codes a script can test, compare-and-set and watch, over gRPC and over the REST API.
 
 use kv_tests::tiers::{test_topology, Tiers};
 use serde_json::{json, Value};
@@ -178,4 +178,52 @@ async fn a_25000_item_bulk_file_round_trips_and_exit_codes_tell_what_happened() 
     assert_eq!(revoked.status.code(), Some(1), "revoked at the edge that revoked it at once");
     assert!(String::from_utf8_lossy(&revoked.stderr).contains("Authentication error"));
     assert_eq!(kv(e, &["token", "revoke", &id]).status.code(), Some(1), "revoking twice: no such token");
+}
+
+/// The next JSON line a running `kv` printed, within a bound a healthy cluster never nears.
+async fn next_line(lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>) -> Value {
+    let line = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line()).await;
+    let line = line.expect("a line in time").expect("stdout readable").expect("the watch goes on");
+    serde_json::from_str(&line).expect("a JSON line")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_key_watch_prints_each_change_as_a_line_and_exits_1_when_told_to_resync() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let t = Tiers::start_topology(&test_topology(
+        "[[regions]]\nname = \"a\"\ncentral_delay_ms = 2\nedges = [{ name = \"a-1\", delay_ms = 1 }]\n",
+    ))
+    .await
+    .unwrap();
+    let (e, token) = (t.cluster.edges().next().unwrap().node.grpc.to_string(), t.cluster.admin_token.clone());
+    let kv = |args: &[&str]| kv_as(&e, &token, args);
+    let ns = json_of(&kv(&["namespace", "create", "cli-watch"]))["id"].as_str().unwrap().to_owned();
+    let bin = kv_deploy::launch::bin_dir().expect("the binaries' directory").join("kv");
+    let mut watcher = tokio::process::Command::new(bin)
+        .args(["--endpoint", &e, "--output", "json", "key", "watch", "--prefix", "w/", "-n", &ns])
+        .env("KV_TOKEN", &token)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kv runs");
+    let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
+    let start = next_line(&mut lines).await["progress"].as_u64().expect("a watch from now first says where it is");
+    let put = json_of(&kv(&["key", "put", "w/a", "1", "-n", &ns]))["version"].as_u64().unwrap();
+    json_of(&kv(&["key", "put", "other", "x", "-n", &ns]));
+    let deleted = json_of(&kv(&["key", "delete", "w/a", "-n", &ns]))["version"].as_u64().unwrap();
+    let (mut changes, mut progress) = (Vec::new(), vec![start]);
+    while changes.len() < 2 {
+        let line = next_line(&mut lines).await;
+        match line["progress"].as_u64() {
+            Some(p) => progress.push(p),
+            None => changes.push((line["key"].clone(), line["kind"].clone(), line["version"].as_u64().unwrap())),
+        }
+    }
+    assert_eq!(changes, vec![(json!("w/a"), json!("put"), put), (json!("w/a"), json!("delete"), deleted)]);
+    assert!(progress.windows(2).all(|p| p[0] < p[1]), "a heartbeat at the same position is no news: {progress:?}");
+    // Resuming from before the edge's feed began (it opened from now, after version 1):
+    // exit 1, saying to re-read and watch again.
+    let resync = kv(&["key", "watch", "-n", &ns, "--from-version", "1"]);
+    assert_eq!(resync.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&resync.stderr).contains("resync"), "{resync:?}");
 }

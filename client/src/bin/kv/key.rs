@@ -168,6 +168,9 @@ pub async fn run(client: &Endpoint, cmd: Cmd, output: Output) -> Done {
             };
             let req = api::WatchRequest { namespace_id, keys, prefix, from_version };
             let mut events = c.watch(req).await?;
+            // The stream repeats its position every second while idle, as a heartbeat; it is
+            // worth a line only when it has moved.
+            let mut shown = None;
             while let Some(e) = events.message().await? {
                 match e.event {
                     Some(api::watch_event::Event::Change(c)) => {
@@ -187,14 +190,15 @@ pub async fn run(client: &Endpoint, cmd: Cmd, output: Output) -> Done {
                             _ => format!("{} deleted at {}", c.key, c.version),
                         });
                     }
-                    Some(api::watch_event::Event::Progress(v)) => {
+                    Some(api::watch_event::Event::Progress(v)) if shown < Some(v) => {
+                        shown = Some(v);
                         say(output, json!({"progress": v}), || format!("(caught up to {v})"));
                     }
                     Some(api::watch_event::Event::Resync(v)) => {
                         let why = format!("resync: re-read, then watch again from version {v}");
                         return Err(Fail::Refused(Box::new(tonic::Status::out_of_range(why))));
                     }
-                    None => {}
+                    Some(api::watch_event::Event::Progress(_)) | None => {}
                 }
             }
         }
