@@ -4,6 +4,7 @@
 //! served call (trace, deadline) and the client that hands it on, config loading, serving.
 //! The read path both caching tiers share is the `tier` crate.
 
+pub mod alloc;
 pub mod auth;
 pub mod base64;
 pub mod bulk;
