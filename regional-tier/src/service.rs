@@ -9,7 +9,6 @@ use kv_proto::tier::v1::{pushes_server::Pushes, PushEvent, SubscribeRequest};
 use kv_tier::wire::age_ms;
 use kv_tier::{ReadSpec, TierError};
 use std::sync::Arc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
@@ -179,8 +178,8 @@ impl Pushes for RegionalPushes {
             return Err(TierError::from(KvError::InvalidRequest("subscriber_id is empty".into())).into());
         }
         tracing::info!(edge = %id, "edge subscribed to pushes");
-        let rx = self.0.tracker.subscribe(&id, self.0.feed.applied());
-        let stream = ReceiverStream::new(rx).map(Ok);
+        let inbox = self.0.tracker.subscribe(&id, self.0.feed.applied());
+        let stream = inbox.into_stream().map(Ok);
         Ok(Response::new(Box::pin(futures::StreamExt::take_until(stream, self.1.clone().wait()))))
     }
 }

@@ -10,14 +10,21 @@ use kv_proto::tier::v1::{push_event::Event, PushEvent, Reset, Untracked};
 use kv_tier::CacheKey;
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
+use prost::Message;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 
-/// Change sets buffered per edge; an edge that falls further behind is cut off and, on
-/// reconnecting, told to revalidate (a Reset), so nothing is silently lost.
+/// Change sets buffered per edge, and their bytes; an edge that falls further behind is cut
+/// off and, on reconnecting, told to revalidate (a Reset), so nothing is silently lost. The
+/// bytes bound the memory a slow edge can hold here: a bulk load's change sets are megabytes
+/// each, and the count alone let a stalled edge pin gigabytes.
 const PUSH_BUFFER: usize = 4096;
+pub const PUSH_BYTES: usize = 32 << 20;
 
 /// Heap bytes a tracked key takes beyond its names and its holders: moka's entry and its
 /// copy of the key, the `Arc`'d map of holders. Measured by `tests/tracker_cost.rs` (with
@@ -30,7 +37,52 @@ pub const HOLDER_OVERHEAD: usize = 200;
 type Subscriber = Arc<str>;
 /// The edges holding one key, each until when.
 type Holders = Arc<HashMap<Subscriber, Instant>>;
-type Streams = Arc<Mutex<HashMap<Subscriber, mpsc::Sender<PushEvent>>>>;
+type Streams = Arc<Mutex<HashMap<Subscriber, Outbox>>>;
+
+/// The sending end of one edge's push stream, and the bytes queued in it.
+struct Outbox {
+    tx: mpsc::Sender<PushEvent>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Outbox {
+    /// Queues `event` unless the stream is full (in events or in bytes); false then. An
+    /// event larger than the whole bound still goes into an empty stream.
+    fn offer(&self, event: PushEvent) -> bool {
+        let size = event.encoded_len();
+        // Counted before it is sent, so the receiver never takes off what was not added.
+        let before = self.queued.fetch_add(size, Ordering::AcqRel);
+        if (before > 0 && before + size > PUSH_BYTES) || self.tx.try_send(event).is_err() {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+}
+
+/// The receiving end of one edge's push stream.
+pub struct Inbox {
+    rx: mpsc::Receiver<PushEvent>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Inbox {
+    /// The next event if one is queued.
+    pub fn try_recv(&mut self) -> Result<PushEvent, mpsc::error::TryRecvError> {
+        let event = self.rx.try_recv()?;
+        self.queued.fetch_sub(event.encoded_len(), Ordering::AcqRel);
+        Ok(event)
+    }
+
+    /// The events as they come, each leaving the byte count as it is taken.
+    pub fn into_stream(self) -> impl Stream<Item = PushEvent> + Send + 'static {
+        let queued = self.queued;
+        ReceiverStream::new(self.rx).map(move |event| {
+            queued.fetch_sub(event.encoded_len(), Ordering::AcqRel);
+            event
+        })
+    }
+}
 
 /// Interest of edges in keys, and their open push streams.
 pub struct Tracker {
@@ -101,11 +153,13 @@ impl Tracker {
     }
 
     /// Opens the push stream of `subscriber` (replacing an older one); it starts with a Reset.
-    pub fn subscribe(&self, subscriber: &str, version: u64) -> mpsc::Receiver<PushEvent> {
+    pub fn subscribe(&self, subscriber: &str, version: u64) -> Inbox {
         let (tx, rx) = mpsc::channel(PUSH_BUFFER);
-        let _ = tx.try_send(reset(version));
-        lock(&self.subscribers).insert(Arc::from(subscriber), tx);
-        rx
+        let queued = Arc::new(AtomicUsize::new(0));
+        let outbox = Outbox { tx, queued: queued.clone() };
+        outbox.offer(reset(version));
+        lock(&self.subscribers).insert(Arc::from(subscriber), outbox);
+        Inbox { rx, queued }
     }
 
     /// Pushes the changes of one set to the edges that hold the keys it touches.
@@ -135,10 +189,10 @@ impl Tracker {
         let mut out = FanOut::default();
         let mut subs = lock(&self.subscribers);
         for (edge, idx) in per_edge {
-            let Some(tx) = subs.get(&edge) else { continue };
+            let Some(outbox) = subs.get(&edge) else { continue };
             let changes = idx.into_iter().map(|i| set.changes[i].clone()).collect();
             let event = PushEvent { event: Some(Event::Changes(ChangeSet { version: set.version, changes })) };
-            if tx.try_send(event).is_ok() {
+            if outbox.offer(event) {
                 out.sent += 1;
             } else {
                 tracing::warn!(edge = %edge, "edge fell behind on pushes; cutting it off");
@@ -156,13 +210,13 @@ impl Tracker {
     /// key's later changes (the fault suite, seed 2038: wiping interest here left such a
     /// copy unrefreshed for its whole cacheTtl). Interest still lapses on its own.
     pub fn reset_all(&self, version: u64) {
-        lock(&self.subscribers).retain(|_, tx| tx.try_send(reset(version)).is_ok());
+        lock(&self.subscribers).retain(|_, outbox| outbox.offer(reset(version)));
     }
 
     /// Forgets streams whose edge went away, and lets lapsed interest go.
     pub fn sweep(&self) {
         self.keys.run_pending_tasks();
-        lock(&self.subscribers).retain(|_, tx| !tx.is_closed());
+        lock(&self.subscribers).retain(|_, outbox| !outbox.tx.is_closed());
     }
 
     pub fn tracked_keys(&self) -> u64 {
@@ -183,11 +237,11 @@ fn untrack(streams: &Streams, key: &CacheKey, holders: &Holders) {
         if *until <= now {
             continue;
         }
-        let Some(tx) = subs.get(s) else { continue };
+        let Some(outbox) = subs.get(s) else { continue };
         let event = PushEvent {
             event: Some(Event::Untracked(Untracked { namespace_id: key.0.clone(), keys: vec![key.1.clone()] })),
         };
-        if tx.try_send(event).is_err() {
+        if !outbox.offer(event) {
             // It cannot be told: cut it off, so it revalidates everything when it returns.
             subs.remove(s);
         }
@@ -266,6 +320,36 @@ mod tests {
         }
         assert!(untracked > 0, "the edge was told which keys are no longer pushed");
         assert_eq!(untracked as u64 + t.tracked_keys(), 200, "every key is either tracked or announced");
+    }
+
+    #[test]
+    fn an_edge_that_stops_taking_pushes_is_cut_off_by_the_bytes_it_leaves_queued() {
+        let t = Tracker::new(1 << 20, DAY);
+        let mut a = t.subscribe("a", 0);
+        a.try_recv().unwrap();
+        t.track(("ns".into(), "k".into()), "a", Duration::from_secs(600));
+        let value = bytes::Bytes::from(vec![0u8; 1 << 20]);
+        let set = |version| ChangeSet {
+            version,
+            changes: vec![Change { value: value.clone(), ..change("ns", "k", ChangeKind::Put) }],
+        };
+        // Taken as they come: never behind, however much passes.
+        for v in 1..=64 {
+            assert_eq!(t.fan_out(&set(v)), FanOut { sent: 1, dropped: 0 });
+            a.try_recv().unwrap();
+        }
+        // Not taken: far fewer sets than the count bound, but the bytes run out.
+        let mut sent = 0;
+        for v in 65..=200 {
+            let out = t.fan_out(&set(v));
+            sent += out.sent;
+            if out.dropped == 1 {
+                break;
+            }
+        }
+        let size = PushEvent { event: Some(Event::Changes(set(1))) }.encoded_len();
+        assert_eq!(sent, PUSH_BYTES / size, "cut off once {PUSH_BYTES} bytes were queued");
+        assert_eq!(t.subscriber_count(), 0);
     }
 
     #[test]
