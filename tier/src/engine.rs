@@ -315,8 +315,12 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
             .collect()
     }
 
+    /// A fetched copy is as fresh as its fetch made it. Only a held copy may be as fresh as
+    /// the policy says (a regional copy, as the feed that keeps it current): an answer that
+    /// `read_through` got from upstream is not in the cache, and no change applied during
+    /// its round trip reached it.
     fn served(&self, copy: Arc<Copy>, source: Source, fetched: bool) -> Served {
-        let as_of = self.policy.as_of(&copy, self.epoch());
+        let as_of = if fetched { copy.as_of } else { self.policy.as_of(&copy, self.epoch()) };
         Served { copy, source, as_of, fetched }
     }
 
@@ -593,8 +597,11 @@ mod tests {
         }
     }
 
-    /// Fresh for a minute, held a minute more.
-    struct Minute;
+    /// Fresh for a minute, held a minute more; held copies are as fresh as `proof` when set
+    /// (as a regional tier's are as fresh as its feed).
+    struct Minute {
+        proof: Option<Instant>,
+    }
 
     impl Policy for Minute {
         fn fresh(&self, c: &Copy, _: &ReadSpec, epoch: u64) -> bool {
@@ -609,12 +616,19 @@ mod tests {
         fn lifetimes(&self, _: &ReadSpec) -> (Duration, Duration) {
             (Duration::from_secs(60), Duration::from_secs(60))
         }
+        fn as_of(&self, c: &Copy, _: u64) -> Instant {
+            self.proof.map_or(c.as_of, |p| p.max(c.as_of))
+        }
+    }
+
+    fn tier_with(policy: Minute) -> (Arc<Tier<Gate, Minute>>, mpsc::UnboundedReceiver<Call>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let metrics = CacheMetrics::register(&Registrar::default(), "kv_test", "upstream");
+        (Tier::new(1 << 20, Gate(tx), policy, metrics), rx)
     }
 
     fn tier() -> (Arc<Tier<Gate, Minute>>, mpsc::UnboundedReceiver<Call>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let metrics = CacheMetrics::register(&Registrar::default(), "kv_test", "upstream");
-        (Tier::new(1 << 20, Gate(tx), Minute, metrics), rx)
+        tier_with(Minute { proof: None })
     }
 
     fn val(s: &str) -> Option<Value> {
@@ -679,6 +693,27 @@ mod tests {
         held.reply.send(Ok(vec![answer(val("old"), 5)])).unwrap();
         assert_eq!(reader.await.unwrap()[0].copy.version, 9);
         assert_eq!(t.cache.get(&key("k")).unwrap().version, 9);
+    }
+
+    #[tokio::test]
+    async fn a_fetched_answer_is_as_fresh_as_its_fetch_and_only_a_held_copy_as_the_policy_says() {
+        // The policy vouches for held copies up to now (a regional tier's feed proof).
+        let (t, mut calls) = tier_with(Minute { proof: Some(Instant::now()) });
+        let spec = ReadSpec { min_version: 7, ahead: true, ..Default::default() };
+        let through = tokio::spawn({
+            let t = t.clone();
+            async move { t.read_through("ns", &["k".to_string()], &spec).await }
+        });
+        // Read ten seconds ago: no change applied during the round trip reached this answer.
+        let sent = Instant::now().checked_sub(Duration::from_secs(10)).unwrap();
+        let call = calls.recv().await.unwrap();
+        call.reply.send(Ok(vec![Answer { as_of: sent, ..answer(val("v"), 7) }])).unwrap();
+        let got = through.await.unwrap().pop().unwrap().unwrap();
+        assert_eq!((got.source, got.as_of), (Source::Miss, sent), "as fresh as its own fetch");
+        // Kept, it is the policy's to vouch for.
+        let held = read(&t, &["k"]).await.pop().unwrap();
+        assert_eq!(held.source, Source::Hit);
+        assert!(held.as_of > sent);
     }
 
     #[tokio::test]
