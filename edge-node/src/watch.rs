@@ -272,7 +272,13 @@ async fn serve(feed: Arc<Feed>, req: api::WatchRequest, out: mpsc::Sender<Result
     if !known {
         // A feed just opened "from now": its first event names where now is, and where
         // the feed begins for a watcher resuming from a version.
-        match live.recv().await {
+        let first = tokio::select! {
+            item = live.recv() => item,
+            // Gone before the feed said anything (its upstream may be unreachable): let go
+            // of the feed, so it closes with its last watcher.
+            _ = out.closed() => return,
+        };
+        match first {
             Ok(item) => {
                 (floor, position) = (item.start(), item.start());
                 pending = Some(item);
