@@ -185,3 +185,25 @@ async fn visibility_shows_pushes_within_the_second_and_ttl_edges_within_their_ca
     let svg = std::fs::read_to_string(plots.path().join("visibility.svg")).unwrap();
     assert!(svg.contains("a-push -&gt; b-ttl (ttl)") || svg.contains("a-push -> b-ttl (ttl)"), "{svg}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_run_starts_the_default_topology_and_drives_every_edge_of_it() {
+    let args = ["run", "--local", "--load", "--keys", "200", "--workload", "c", "--clients", "1", "--seconds", "2"];
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kv-bench"))
+        .args(args)
+        .args(["--warmup", "1", "--json", "-"])
+        .env_remove("KV_TOKEN")
+        .env_remove("KV_CA")
+        .env_remove("KV_BENCH_ENDPOINTS")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("kv-bench runs");
+    let records = records(&out);
+    let groups = of_type(&records, "group");
+    for edge in ["us-east-1", "us-east-2", "eu-west-1", "eu-west-2", "ap-south-1", "ap-south-2"] {
+        assert!(groups.iter().any(|g| g["endpoint"] == edge && g["count"].as_u64() > Some(0)), "{edge}: {groups:?}");
+    }
+    let summary = of_type(&records, "summary");
+    assert!(summary[0]["errors"].as_object().unwrap().is_empty(), "{}", summary[0]);
+}
