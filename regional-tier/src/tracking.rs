@@ -68,7 +68,8 @@ pub struct Inbox {
 
 impl Inbox {
     /// The next event if one is queued.
-    pub fn try_recv(&mut self) -> Result<PushEvent, mpsc::error::TryRecvError> {
+    #[cfg(test)]
+    fn try_recv(&mut self) -> Result<PushEvent, mpsc::error::TryRecvError> {
         let event = self.rx.try_recv()?;
         self.queued.fetch_sub(event.encoded_len(), Ordering::AcqRel);
         Ok(event)

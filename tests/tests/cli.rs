@@ -23,13 +23,15 @@ fn json_of(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).expect("kv prints JSON")
 }
 
+/// A cluster of one region with one edge: what a script talks to.
+async fn one_edge() -> Tiers {
+    let topology = "[[regions]]\nname = \"a\"\ncentral_delay_ms = 2\nedges = [{ name = \"a-1\", delay_ms = 1 }]\n";
+    Tiers::start_topology(&test_topology(topology)).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_25000_item_bulk_file_round_trips_and_exit_codes_tell_what_happened() {
-    let t = Tiers::start_topology(&test_topology(
-        "[[regions]]\nname = \"a\"\ncentral_delay_ms = 2\nedges = [{ name = \"a-1\", delay_ms = 1 }]\n",
-    ))
-    .await
-    .unwrap();
+    let t = one_edge().await;
     let kv = |endpoint: &str, args: &[&str]| kv_as(endpoint, &t.cluster.admin_token, args);
     let endpoint = t.cluster.edges().next().unwrap().node.grpc.to_string();
     let e = endpoint.as_str();
@@ -190,11 +192,7 @@ async fn next_line(lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::proc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_key_watch_prints_each_change_as_a_line_and_exits_1_when_told_to_resync() {
     use tokio::io::{AsyncBufReadExt, BufReader};
-    let t = Tiers::start_topology(&test_topology(
-        "[[regions]]\nname = \"a\"\ncentral_delay_ms = 2\nedges = [{ name = \"a-1\", delay_ms = 1 }]\n",
-    ))
-    .await
-    .unwrap();
+    let t = one_edge().await;
     let (e, token) = (t.cluster.edges().next().unwrap().node.grpc.to_string(), t.cluster.admin_token.clone());
     let kv = |args: &[&str]| kv_as(&e, &token, args);
     let ns = json_of(&kv(&["namespace", "create", "cli-watch"]))["id"].as_str().unwrap().to_owned();
