@@ -3,6 +3,8 @@
 use central_store::config::{Args, Config};
 use clap::Parser;
 
+kv_common::node_allocator!();
+
 /// What `--print-default-config` says first.
 const DEFAULT_CONFIG_HEADER: &str = r#"# Secrets, from files or the environment (never in this file):
 # admin_token_file = "/etc/kv/admin-token"        # or KV_ADMIN_TOKEN

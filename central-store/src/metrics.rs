@@ -15,6 +15,10 @@ pub struct Metrics {
     pub rate_limited: IntCounter,
     pub forwarded: IntCounter,
     pub log_fsyncs: IntCounter,
+    /// Appends with entries that openraft's streams made, by how they reached the follower.
+    pub stream_appends: IntCounterVec,
+    /// Where a write's time goes, stage by stage (see `Stage`).
+    pub write_stages: prometheus::HistogramVec,
     pub log_fsync_batch: Histogram,
     pub swept: IntCounter,
     pub snapshots_installed: IntCounter,
@@ -79,6 +83,26 @@ impl Metrics {
             ),
             rate_limited: counter("kv_central_rate_limited_writes_total", "Writes refused by the per-key rate limit"),
             forwarded: counter("kv_central_forwarded_total", "Requests forwarded from a follower to the leader"),
+            stream_appends: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "kv_central_stream_appends_total",
+                        "Appends with entries from the replication streams: answered by an early send, or sent by the stream",
+                    ),
+                    &["path"],
+                )
+                .expect("valid metric"),
+            ),
+            write_stages: reg(
+                &registry,
+                prometheus::HistogramVec::new(
+                    HistogramOpts::new("kv_central_write_stage_seconds", "Time spent in each stage of the write path")
+                        .buckets(prometheus::exponential_buckets(0.00002, 2.0, 18).expect("valid buckets")),
+                    &["stage"],
+                )
+                .expect("valid metric"),
+            ),
             log_fsyncs: counter("kv_central_log_fsyncs_total", "WAL syncs of the Raft log"),
             log_fsync_batch: reg(
                 &registry,
@@ -135,5 +159,55 @@ impl Metrics {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// A stage of the write path, timed into `kv_central_write_stage_seconds`.
+#[derive(Clone, Copy, Debug)]
+pub enum Stage {
+    /// A client write waiting in the batcher for its entry to be proposed.
+    Queue,
+    /// An entry from its proposal to its application (commit and apply), on the leader.
+    Commit,
+    /// Writing appended entries to RocksDB (unsynced).
+    LogWrite,
+    /// From an append to its entries being durable (waiting for the flusher, then its sync).
+    LogDurable,
+    /// One WAL sync.
+    LogSync,
+    /// An append carrying entries, from the leader sending it to the follower's answer.
+    Replicate,
+    /// An append without entries (a heartbeat, or news of the commit index), sent to answered.
+    Heartbeat,
+    /// An append carrying entries, as the follower serves it (written and durable).
+    FollowerAppend,
+    /// Applying committed entries to the state machine.
+    Apply,
+    /// A client's write call on the node, from its handler's start to its answer (what the
+    /// stages above leave out is the call's way there and back).
+    Handler,
+}
+
+impl Stage {
+    fn label(self) -> &'static str {
+        match self {
+            Stage::Queue => "queue",
+            Stage::Commit => "commit",
+            Stage::LogWrite => "log_write",
+            Stage::LogDurable => "log_durable",
+            Stage::LogSync => "log_sync",
+            Stage::Replicate => "replicate",
+            Stage::Heartbeat => "heartbeat",
+            Stage::FollowerAppend => "follower_append",
+            Stage::Apply => "apply",
+            Stage::Handler => "handler",
+        }
+    }
+}
+
+impl Metrics {
+    /// Records that `stage` took from `since` until now.
+    pub fn stage(&self, stage: Stage, since: std::time::Instant) {
+        self.write_stages.with_label_values(&[stage.label()]).observe(since.elapsed().as_secs_f64());
     }
 }

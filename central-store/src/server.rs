@@ -9,7 +9,7 @@ use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::peers::Peers;
 use crate::propose::propose;
-use crate::raft::{network::Network, service::RaftService, MAX_RAFT_MESSAGE_BYTES};
+use crate::raft::{network::Network, pipeline::Pipeline, service::RaftService, MAX_RAFT_MESSAGE_BYTES};
 use crate::rate_limit::RateLimiter;
 use crate::storage::{log_store::LogStore, open_db, reseal::Resealer, snapshot::SnapshotDir, state_machine};
 use crate::types::{Command, Node as RaftNode, NodeId, Raft};
@@ -43,7 +43,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         )?);
     let db = open_db(&config.data_dir.join("db")).context("opening RocksDB")?;
     let metrics = Metrics::new();
-    let log_store = LogStore::new(db.clone(), metrics.clone(), sealer.clone());
+    // The leader's early replication: the log store tells it what it writes, the network
+    // sends it on (`raft::pipeline`).
+    let pipeline = Arc::new(Pipeline::new(config.node_id));
+    let log_store = LogStore::new(db.clone(), metrics.clone(), sealer.clone()).observed_by(pipeline.clone());
     let snapshots = SnapshotDir::open(config.data_dir.join("snapshots"))?;
     let feed = state_machine::FeedConfig {
         retention: config.feed.retention,
@@ -53,7 +56,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let resealer = Resealer::new(db.clone(), sealer.clone(), snapshots.clone());
     let (sm, reader) = state_machine::StateMachine::new(db.clone(), snapshots, feed, metrics.clone(), sealer.clone())?;
     let peers = Arc::new(Peers::new(config.peer_routes()?));
-    let network = Network { peers: peers.clone() };
+    let network = Network { peers: peers.clone(), pipeline, metrics: metrics.clone() };
     let raft = Raft::new(config.node_id, Arc::new(raft_config(&config)?), network, log_store, sm)
         .await
         .context("starting Raft")?;
@@ -95,7 +98,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     tokio::spawn(report_health(health, check.clone()));
     let layer = CallLayer::new(config.request_budget(), config.max_in_flight);
     let render = {
-        let (raft, freshness, layer) = (raft.clone(), freshness.clone(), layer.clone());
+        let (raft, freshness, layer, metrics) = (raft.clone(), freshness.clone(), layer.clone(), metrics.clone());
         Arc::new(move || metrics.render(&raft, freshness.age()) + &layer.render_metrics() + &resealer.render())
     };
     let http = serve::serve_http(http, render, check, drain.clone());
@@ -112,7 +115,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let admin = AdminOnly::new(&admin_token, Some(stored_tokens(node.clone()))).from_tools_and(&[Role::Central]);
     let grpc = kv_common::call::server(layer)
         .add_service(InterceptedService::new(
-            RaftTransportServer::new(RaftService::new(raft.clone()))
+            RaftTransportServer::new(RaftService::new(raft.clone(), metrics.clone()))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
             voters_only,

@@ -230,7 +230,8 @@ pub struct Edge {
 /// A running local cluster; every process is stopped when it is dropped.
 pub struct LocalCluster {
     pub central: Vec<NodeProc>,
-    /// `peer_links[i][j]`: how voter `i` reaches voter `j` (none for `i == j`).
+    /// `peer_links[i][j]`: how voter `i` reaches voter `j` (none for `i == j`, or when the
+    /// topology links voters directly).
     pub peer_links: Vec<Vec<Option<DelayLink>>>,
     pub regions: Vec<Region>,
     /// TOML appended to every central node's config.
@@ -427,7 +428,8 @@ impl LocalCluster {
         for i in 0..central.len() {
             let mut row = Vec::new();
             for (j, to) in central.iter().enumerate() {
-                row.push(if i == j { None } else { Some(link(machines.as_ref(), CENTRAL, to.grpc, peer_delay)?) });
+                let linked = i != j && !topology.central.direct;
+                row.push(if linked { Some(link(machines.as_ref(), CENTRAL, to.grpc, peer_delay)?) } else { None });
             }
             peer_links.push(row);
         }
@@ -595,7 +597,7 @@ impl LocalCluster {
     }
 
     /// Cuts voter `i` off from every other voter (both ways), as a network partition would;
-    /// tiers can still reach it.
+    /// tiers can still reach it. Voters linked directly (`direct`) cannot be cut apart.
     pub fn isolate_central(&self, i: usize) {
         self.peer_links_of(i).for_each(DelayLink::cut);
     }

@@ -126,6 +126,12 @@ fn proxy(inbound: TcpStream, target: SocketAddr, delay: Duration, state: &LinkSt
 
 /// Copies one direction, each chunk released `delay` after it arrived, in order.
 fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+    if delay.is_zero() {
+        // No delay to keep: copy as it comes, without a second thread to hand each chunk to.
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Write);
+        return;
+    }
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     std::thread::scope(|s| {
         s.spawn(move || {

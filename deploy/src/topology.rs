@@ -43,6 +43,10 @@ pub struct CentralSpec {
     /// voter can be cut off from the others).
     #[serde(default)]
     pub peer_delay_ms: u64,
+    /// Voters reach each other directly instead, without links: no delay and no cutting
+    /// them apart, as a peer system's members on one machine are (for benchmarks).
+    #[serde(default)]
+    pub direct: bool,
     /// Whether the voters form a cluster by themselves at start (`false`: they wait to be
     /// initialized through the admin API).
     #[serde(default = "yes")]
@@ -87,6 +91,10 @@ impl Topology {
     pub fn parse(text: &str) -> anyhow::Result<Topology> {
         let t: Topology = toml::from_str(text)?;
         anyhow::ensure!(t.central.voters >= 1, "the central group needs at least one voter");
+        anyhow::ensure!(
+            !(t.central.direct && t.central.peer_delay_ms > 0),
+            "central voters linked directly have no peer delay: drop peer_delay_ms or direct"
+        );
         for r in &t.regions {
             for e in &r.edges {
                 if let Some(m) = &e.mode {

@@ -34,6 +34,9 @@ pub struct ClusterOptions {
     /// Mutual TLS on every link; the test's clients then present a central node's
     /// certificate (the store, Raft and admin APIs all take it).
     pub tls: bool,
+    /// Voters reach each other directly, not through links (so `isolate` cannot cut them
+    /// apart): for benchmarks that compare with peers linked directly.
+    pub direct_peers: bool,
 }
 
 impl ClusterOptions {
@@ -67,8 +70,8 @@ pub use kv_deploy::launch::free_port;
 /// A central-only topology of `n` voters.
 fn central_topology(n: usize, options: &ClusterOptions, initialize: bool) -> anyhow::Result<Topology> {
     let mut t = Topology::parse(&format!(
-        "regions = []\n[central]\nvoters = {n}\ninitialize = {initialize}\npeer_delay_ms = {}\n",
-        options.peer_delay_ms
+        "regions = []\n[central]\nvoters = {n}\ninitialize = {initialize}\npeer_delay_ms = {}\ndirect = {}\n",
+        options.peer_delay_ms, options.direct_peers
     ))?;
     t.central.config = options.extra_toml.clone();
     t.tls = options.tls;

@@ -190,7 +190,11 @@ impl CentralStore for StoreService {
     }
 
     async fn write(&self, req: Request<pb::WriteRequest>) -> Result<Response<pb::WriteResponse>, Status> {
-        self.on_leader(req, |r| writes::write(&self.node, r), |mut c, r| async move { c.write(r).await }).await
+        let started = std::time::Instant::now();
+        let written =
+            self.on_leader(req, |r| writes::write(&self.node, r), |mut c, r| async move { c.write(r).await }).await;
+        self.node.metrics.stage(crate::metrics::Stage::Handler, started);
+        written
     }
 
     async fn create_namespace(

@@ -3,6 +3,8 @@
 
 pub mod envelope;
 pub mod network;
+pub mod pipeline;
+pub mod rpc;
 pub mod service;
 
 /// Largest gRPC message between central nodes: one log entry holds at most a 100 MB bulk write.

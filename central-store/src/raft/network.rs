@@ -11,19 +11,21 @@
 //! `MAX_TRANSFER_BYTES` (the rest goes in the next, reported as a partial success), split
 //! into messages of at most `APPEND_CHUNK_BYTES`, each a valid Raft request on its own.
 
-use super::{envelope, MAX_RAFT_MESSAGE_BYTES};
+use super::pipeline::Pipeline;
+use super::rpc::{call, AppendReply, Landed, Rpc, RpcResult};
+use super::MAX_RAFT_MESSAGE_BYTES;
+use crate::metrics::{Metrics, Stage};
 use crate::peers::Peers;
-use crate::types::{Entry, LogId, Node, NodeId, TypeConfig, Vote};
+use crate::types::{Entry, LogId, Node, NodeId, TypeConfig};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use kv_common::client::{node_channel, NodeChannel};
 use kv_proto::raft::v1::raft_transport_client::RaftTransportClient;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use serde::{de::DeserializeOwned, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +43,8 @@ const TRANSFER_BASE: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Network {
     pub peers: Arc<Peers>,
+    pub pipeline: Arc<Pipeline>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -52,41 +56,16 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         });
-        Connection { target, addr: node.addr.clone(), client, transfer: None }
-    }
-}
-
-type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
-type AppendReply = RpcResult<AppendEntriesResponse<NodeId>>;
-
-/// A transfer's answer, kept for every attempt that joins it (openraft's reply type is not `Clone`).
-#[derive(Clone)]
-enum Landed {
-    Success,
-    Partial(Option<LogId>),
-    Conflict,
-    HigherVote(Vote),
-    Failed(Box<RPCError<NodeId, Node, RaftError<NodeId>>>),
-}
-
-impl Landed {
-    fn from_reply(r: AppendReply) -> Landed {
-        match r {
-            Ok(AppendEntriesResponse::Success) => Landed::Success,
-            Ok(AppendEntriesResponse::PartialSuccess(l)) => Landed::Partial(l),
-            Ok(AppendEntriesResponse::Conflict) => Landed::Conflict,
-            Ok(AppendEntriesResponse::HigherVote(v)) => Landed::HigherVote(v),
-            Err(e) => Landed::Failed(Box::new(e)),
-        }
-    }
-
-    fn into_reply(self) -> AppendReply {
-        match self {
-            Landed::Success => Ok(AppendEntriesResponse::Success),
-            Landed::Partial(l) => Ok(AppendEntriesResponse::PartialSuccess(l)),
-            Landed::Conflict => Ok(AppendEntriesResponse::Conflict),
-            Landed::HigherVote(v) => Ok(AppendEntriesResponse::HigherVote(v)),
-            Landed::Failed(e) => Err(*e),
+        Connection {
+            target,
+            addr: node.addr.clone(),
+            client,
+            transfer: None,
+            matched: None,
+            beat: None,
+            pipeline: self.pipeline.clone(),
+            registered: false,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -104,43 +83,24 @@ pub struct Connection {
     addr: String,
     client: Option<RaftTransportClient<NodeChannel>>,
     transfer: Option<Transfer>,
+    /// The last log id the follower confirmed holding through this connection (`Some(None)`:
+    /// an empty log); `None` until it has, and again after any answer but success.
+    matched: Option<Option<LogId>>,
+    /// The heartbeat under way in the background (see `heartbeat`).
+    beat: Option<tokio::task::JoinHandle<AppendReply>>,
+    pipeline: Arc<Pipeline>,
+    /// Whether this connection registered its follower with the pipeline (only a
+    /// replication stream's connection, which carries entries, does).
+    registered: bool,
+    metrics: Arc<Metrics>,
 }
 
-#[derive(Clone, Copy)]
-enum Rpc {
-    Append,
-    Vote,
-    Snapshot,
-}
-
-/// Sends one message to `target` within `timeout` and decodes its `Result<Resp, RaftError<E>>`.
-async fn call<Req, Resp, E>(
-    client: &mut RaftTransportClient<NodeChannel>,
-    target: NodeId,
-    kind: Rpc,
-    req: &Req,
-    timeout: Duration,
-) -> RpcResult<Resp, E>
-where
-    Req: Serialize,
-    Resp: DeserializeOwned,
-    E: std::error::Error + DeserializeOwned,
-{
-    let sealed = envelope::seal(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-    let mut request = tonic::Request::new(sealed);
-    request.set_timeout(timeout);
-    let reply = match kind {
-        Rpc::Append => client.append_entries(request).await,
-        Rpc::Vote => client.vote(request).await,
-        Rpc::Snapshot => client.install_snapshot(request).await,
-    };
-    let reply = reply.map_err(|status| match status.code() {
-        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
-        _ => RPCError::Network(NetworkError::new(&status)),
-    })?;
-    let decoded: Result<Resp, RaftError<NodeId, E>> = envelope::open(reply.into_inner())
-        .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
-    decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.registered {
+            self.pipeline.left(self.target);
+        }
+    }
 }
 
 impl Connection {
@@ -228,6 +188,47 @@ async fn send_transfer(
     Ok(AppendEntriesResponse::Success)
 }
 
+impl Connection {
+    /// Sends a heartbeat without holding up the replication stream.
+    ///
+    /// openraft 0.9 keeps one request in flight per follower, and after every commit it
+    /// sends a heartbeat (to carry the new commit index) when no entries are waiting. The
+    /// entries proposed next would wait a whole round trip behind it. A heartbeat tells the
+    /// leader nothing it acts on when it succeeds, so it is sent in the background and
+    /// reported delivered; an answer but success (a higher vote, a conflict, an error) is
+    /// reported on the next heartbeat, and that follower's heartbeats are waited for again
+    /// until it confirms a match. Only an empty append at the point this follower confirmed
+    /// is a heartbeat here: probes and leadership checks (openraft's `ensure_linearizable`
+    /// makes each on a fresh connection, with nothing confirmed) are always waited for.
+    async fn heartbeat(
+        &mut self,
+        mut client: RaftTransportClient<NodeChannel>,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        ttl: Duration,
+    ) -> AppendReply {
+        if let Some(previous) = &mut self.beat {
+            // Awaited in place: if openraft gives up on this call meanwhile, the previous
+            // heartbeat's answer is still there for the next one.
+            let answer =
+                previous.await.unwrap_or_else(|e| Err(RPCError::Network(NetworkError::new(&std::io::Error::other(e)))));
+            self.beat = None;
+            if !matches!(answer, Ok(AppendEntriesResponse::Success)) {
+                self.matched = None;
+                return answer;
+            }
+        }
+        let target = self.target;
+        let metrics = self.metrics.clone();
+        self.beat = Some(tokio::spawn(async move {
+            let sending = std::time::Instant::now();
+            let answer = call(&mut client, target, Rpc::Append, &rpc, ttl).await;
+            metrics.stage(Stage::Heartbeat, sending);
+            answer
+        }));
+        Ok(AppendEntriesResponse::Success)
+    }
+}
+
 impl RaftNetwork<TypeConfig> for Connection {
     async fn append_entries(
         &mut self,
@@ -236,13 +237,25 @@ impl RaftNetwork<TypeConfig> for Connection {
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         let mut client = self.client()?;
         if rpc.entries.is_empty() {
-            // A heartbeat: small, and due within openraft's deadline.
-            return call(&mut client, self.target, Rpc::Append, &rpc, option.hard_ttl()).await;
+            if self.matched == Some(rpc.prev_log_id) {
+                return self.heartbeat(client, rpc, option.hard_ttl()).await;
+            }
+            // A probe of where the follower's log ends (or a leadership check): its answer is
+            // what openraft acts on, so it is waited for.
+            let prev = rpc.prev_log_id;
+            let reply = call(&mut client, self.target, Rpc::Append, &rpc, option.hard_ttl()).await;
+            self.matched = matches!(reply, Ok(AppendEntriesResponse::Success)).then_some(prev);
+            return reply;
         }
-        if std::env::var_os("KV_OLD_APPEND").is_some() {
-            return send_transfer(client, self.target, split_append(rpc), option.hard_ttl()).await;
-        }
+        let sending = std::time::Instant::now();
         let wanted = rpc.entries.last().map(|e| e.log_id);
+        if self.pipeline.answered(self.target, &rpc).await {
+            self.metrics.stream_appends.with_label_values(&["early"]).inc();
+            self.metrics.stage(Stage::Replicate, sending);
+            self.matched = Some(wanted);
+            return Ok(AppendEntriesResponse::Success);
+        }
+        self.metrics.stream_appends.with_label_values(&["sent"]).inc();
         let joins = self
             .transfer
             .as_ref()
@@ -270,11 +283,21 @@ impl RaftNetwork<TypeConfig> for Connection {
         // openraft may give up on this attempt (its deadline); the transfer goes on, and its
         // next attempt for these entries joins it here.
         let out = reply.await.into_reply();
+        self.metrics.stage(Stage::Replicate, sending);
         self.transfer = None;
-        match out {
+        let out = match out {
             Ok(AppendEntriesResponse::Success) if last != wanted => Ok(AppendEntriesResponse::PartialSuccess(last)),
             other => other,
+        };
+        self.matched = match &out {
+            Ok(AppendEntriesResponse::Success) => Some(wanted),
+            Ok(AppendEntriesResponse::PartialSuccess(l)) => Some(*l),
+            _ => None,
+        };
+        if let (Ok(AppendEntriesResponse::Success), Some(client), Some(held)) = (&out, &self.client, wanted) {
+            self.pipeline.confirmed(self.target, client, &mut self.registered, held);
         }
+        out
     }
 
     async fn install_snapshot(

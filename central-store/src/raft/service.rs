@@ -1,19 +1,23 @@
 //! The server side of the Raft transport: decode, hand to openraft, encode its answer.
 
 use super::envelope;
-use crate::types::Raft;
+use crate::metrics::{Metrics, Stage};
+use crate::types::{Raft, TypeConfig};
 use kv_proto::raft::v1::{raft_transport_server::RaftTransport, RaftMessage, ReadIndexReply, ReadIndexRequest};
+use openraft::raft::AppendEntriesRequest;
 use serde::{de::DeserializeOwned, Serialize};
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 /// Serves peers' Raft messages to the local node.
 pub struct RaftService {
     raft: Raft,
+    metrics: Arc<Metrics>,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft) -> Self {
-        RaftService { raft }
+    pub fn new(raft: Raft, metrics: Arc<Metrics>) -> Self {
+        RaftService { raft, metrics }
     }
 }
 
@@ -29,7 +33,14 @@ fn encode<T: Serialize>(reply: &T) -> Result<Response<RaftMessage>, Status> {
 #[tonic::async_trait]
 impl RaftTransport for RaftService {
     async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        encode(&self.raft.append_entries(decode(req)?).await)
+        let serving = std::time::Instant::now();
+        let req: AppendEntriesRequest<TypeConfig> = decode(req)?;
+        let carries_entries = !req.entries.is_empty();
+        let reply = self.raft.append_entries(req).await;
+        if carries_entries {
+            self.metrics.stage(Stage::FollowerAppend, serving);
+        }
+        encode(&reply)
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {

@@ -441,6 +441,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let applying = std::time::Instant::now();
         let mut out = Vec::new();
         for entry in entries {
             let log_id = entry.log_id;
@@ -448,6 +449,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.applied_tx.send_replace(log_id.index);
             out.push(r);
         }
+        self.metrics.stage(crate::metrics::Stage::Apply, applying);
         Ok(out)
     }
 
