@@ -32,6 +32,51 @@ struct Args {
     /// The edge that serves the reads.
     #[arg(long, default_value = "us-east-1")]
     edge: String,
+    /// Other keys stored first (16-byte values, in bulk writes through the edge), so that
+    /// the hot keys are read out of a large store.
+    #[arg(long, default_value_t = 0)]
+    store_keys: u64,
+    /// How many of those other keys the edge reads once before the run (64 at a time), so
+    /// that its cache is full and evicting rather than nearly empty.
+    #[arg(long, default_value_t = 0)]
+    fill: u64,
+    /// Seconds to wait before the run, for the work a large load leaves behind (RocksDB
+    /// compactions on every voter) to finish on a machine the whole cluster shares.
+    #[arg(long, default_value_t = 0)]
+    settle: u64,
+}
+
+/// Loaders storing `--store-keys` at once.
+const STORE_LOADERS: u64 = 4;
+
+/// Stores `n` keys `s{i}` through `client`'s edge, 10,000 per bulk write.
+async fn store_keys(client: &kv_client::Client, ns: &str, n: u64) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let per = n.div_ceil(STORE_LOADERS);
+    let loaders = (0..STORE_LOADERS).map(|l| {
+        let (client, ns) = (client.clone(), ns.to_string());
+        async move {
+            let keys = (l * per..((l + 1) * per).min(n)).map(|i| (format!("s{i}"), vec![b's'; 16])).collect();
+            load(&client, &ns, keys).await
+        }
+    });
+    futures::future::try_join_all(loaders).await?;
+    eprintln!("stored {n} keys in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Reads `n` of the stored keys once each at the edge, 64 at a time.
+async fn fill(client: &kv_client::Client, ns: &str, n: u64) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let started = std::time::Instant::now();
+    let reads = futures::stream::iter(0..n).map(|i| {
+        let (client, ns) = (client.clone(), ns.to_string());
+        async move { client.get(&ns, &format!("s{i}"), None).await.map(|_| ()) }
+    });
+    let failed = reads.buffer_unordered(64).filter(|r| futures::future::ready(r.is_err())).count().await;
+    anyhow::ensure!(failed == 0, "{failed} of the filling reads failed");
+    eprintln!("read {n} other keys at the edge in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 #[tokio::main]
@@ -40,11 +85,16 @@ async fn main() -> anyhow::Result<()> {
     let bench = BenchCluster::start(topology(args.topology.as_deref(), &[])?).await?;
     let client = bench.client(&args.edge).await?;
     let ns = client.create_namespace("hot-read").await?.id;
+    if args.store_keys > 0 {
+        store_keys(&client, &ns, args.store_keys).await?;
+    }
     let keys: Vec<String> = (0..args.keys).map(|i| format!("hot-{i}")).collect();
     load(&client, &ns, keys.iter().map(|k| (k.clone(), vec![b'v'; args.value_bytes])).collect()).await?;
+    fill(&client, &ns, args.fill.min(args.store_keys)).await?;
     for k in &keys {
         client.get(&ns, k, None).await?;
     }
+    tokio::time::sleep(Duration::from_secs(args.settle)).await;
 
     let http = bench.edge(&args.edge)?.node.http;
     let fetches_before = scrape(http, "kv_edge_upstream_fetches_total").await;
@@ -84,6 +134,9 @@ async fn main() -> anyhow::Result<()> {
         "edge": args.edge,
         "clients": args.clients,
         "keys": args.keys,
+        "store_keys": args.store_keys,
+        "fill": args.fill.min(args.store_keys),
+        "settle_s": args.settle,
         "value_bytes": args.value_bytes,
         "seconds": w.seconds,
         "reads_per_sec": per_sec.round(),

@@ -51,7 +51,9 @@ async fn preload(c: &Cluster, leader: usize, ns: &str, n: u64, value_bytes: usiz
                 if first >= n {
                     return anyhow::Ok(());
                 }
-                let ops = (first..(first + PRELOAD_BATCH).min(n)).map(|i| kv_tests::put_op(&format!("p{i}"), &value)).collect();
+                let ops = (first..(first + PRELOAD_BATCH).min(n))
+                    .map(|i| kv_tests::put_op(&format!("p{i}"), &value))
+                    .collect();
                 let req = kv_proto::store::v1::WriteRequest { namespace_id: ns.clone(), ops, ..Default::default() };
                 let reply = kv_tests::retry_unavailable(|| {
                     let (mut client, req) = (client.clone(), req.clone());
