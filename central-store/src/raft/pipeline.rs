@@ -101,7 +101,8 @@ impl Pipeline {
         }
         // The stream's newest connection knows the follower's current address.
         f.client = client.clone();
-        if f.tail.is_none_or(|t| t.index < held.index) {
+        // A tail of another term (this node led before) says nothing about this one.
+        if f.tail.is_none_or(|t| t.index < held.index || t.leader_id != held.leader_id) {
             f.tail = Some(held);
         }
     }
