@@ -10,6 +10,10 @@
 //! the transfer under way instead of starting over. One transfer carries at most
 //! `MAX_TRANSFER_BYTES` (the rest goes in the next, reported as a partial success), split
 //! into messages of at most `APPEND_CHUNK_BYTES`, each a valid Raft request on its own.
+//!
+//! The entries the leader writes have usually reached the follower by the time openraft's
+//! stream gets to them (`pipeline`): the stream then takes that answer instead of sending.
+//! Heartbeats do not hold up the stream (`Connection::heartbeat`).
 
 use super::pipeline::Pipeline;
 use super::rpc::{call, AppendReply, Landed, Rpc, RpcResult};
@@ -103,15 +107,6 @@ impl Drop for Connection {
     }
 }
 
-impl Connection {
-    fn client(&self) -> Result<RaftTransportClient<NodeChannel>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        self.client.clone().ok_or_else(|| {
-            let e = std::io::Error::other(format!("bad peer address {:?}", self.addr));
-            RPCError::Unreachable(Unreachable::new(&e))
-        })
-    }
-}
-
 fn size_of(e: &Entry) -> u64 {
     bincode::serialized_size(e).unwrap_or(0)
 }
@@ -189,6 +184,13 @@ async fn send_transfer(
 }
 
 impl Connection {
+    fn client(&self) -> Result<RaftTransportClient<NodeChannel>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        self.client.clone().ok_or_else(|| {
+            let e = std::io::Error::other(format!("bad peer address {:?}", self.addr));
+            RPCError::Unreachable(Unreachable::new(&e))
+        })
+    }
+
     /// Sends a heartbeat without holding up the replication stream.
     ///
     /// openraft 0.9 keeps one request in flight per follower, and after every commit it

@@ -52,7 +52,7 @@ pub struct Pipeline {
 
 struct Follower {
     client: RaftTransportClient<NodeChannel>,
-    /// Replication streams that registered this follower (see `Pipeline::joined`).
+    /// Replication streams that registered this follower (see `Pipeline::confirmed`).
     streams: usize,
     /// Early sends not yet taken by the stream, in log order.
     waiting: VecDeque<Early>,
@@ -132,7 +132,7 @@ impl Pipeline {
                 f.waiting.pop_front();
             }
             match f.waiting.front() {
-                Some(e) if e.vote == rpc.vote && e.last.leader_id == want.leader_id => e.answer.clone(),
+                Some(e) if e.last.leader_id == want.leader_id => e.answer.clone(),
                 _ => return false,
             }
         };
@@ -159,7 +159,8 @@ impl LogObserver for Pipeline {
         if !followers.values().any(continues) {
             return;
         }
-        let bytes: u64 = entries.iter().map(|e| bincode::serialized_size(e).unwrap_or(u64::MAX)).sum();
+        let bytes =
+            entries.iter().map(|e| bincode::serialized_size(e).unwrap_or(u64::MAX)).fold(0u64, u64::saturating_add);
         if bytes > MAX_EARLY_BYTES {
             return;
         }
