@@ -127,5 +127,9 @@ mod tests {
         assert!(central_only.central.initialize && central_only.regions.is_empty());
         let bad = DEFAULT.replace("{ name = \"us-east-1\", delay_ms = 1 }", "{ name = \"x\", mode = \"sometimes\" }");
         assert!(Topology::parse(&bad).is_err());
+        let direct = "regions = []\n[central]\nvoters = 3\ndirect = true\n";
+        assert!(Topology::parse(direct).unwrap().central.direct);
+        let err = Topology::parse(&format!("{direct}peer_delay_ms = 5\n")).unwrap_err().to_string();
+        assert!(err.contains("linked directly have no peer delay"), "{err}");
     }
 }

@@ -122,6 +122,20 @@ async fn writes_through_any_node_are_readable_from_every_node() {
     }
 }
 
+/// The peer benchmarks link the voters directly (`direct`), as etcd's members are: no
+/// launcher link sits between them, and they replicate as they do through links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voters_linked_directly_replicate_without_links() {
+    let options = ClusterOptions { direct_peers: true, ..ClusterOptions::without_rate_limit() };
+    let c = Cluster::start(3, options).await.unwrap();
+    assert!(c.local.peer_links.iter().flatten().all(Option::is_none), "no link between voters");
+    let ns = c.create_namespace(0, "direct").await.unwrap();
+    let acked = put_keys(&c, c.leader().await.unwrap(), &ns, "direct-", 5).await;
+    for i in 0..3 {
+        assert_has_all(&c, i, &ns, &acked).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_loses_no_acknowledged_write() {
     let mut c = Cluster::start(3, ClusterOptions::default()).await.unwrap();

@@ -190,3 +190,123 @@ impl LogObserver for Pipeline {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv_proto::raft::v1::raft_transport_server::{RaftTransport, RaftTransportServer};
+    use kv_proto::raft::v1::{RaftMessage, ReadIndexReply, ReadIndexRequest};
+    use openraft::entry::RaftEntry;
+    use openraft::raft::AppendEntriesResponse;
+    use openraft::CommittedLeaderId;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tonic::{Request, Response, Status};
+
+    /// A follower that counts the appends it gets and answers each with success, or with
+    /// a conflict once told to.
+    #[derive(Clone, Default)]
+    struct Follower {
+        appends: Arc<AtomicUsize>,
+        conflicts: Arc<AtomicBool>,
+    }
+
+    #[tonic::async_trait]
+    impl RaftTransport for Follower {
+        async fn append_entries(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+            self.appends.fetch_add(1, Ordering::SeqCst);
+            let answer: Result<AppendEntriesResponse<NodeId>, openraft::error::RaftError<NodeId>> =
+                Ok(if self.conflicts.load(Ordering::SeqCst) {
+                    AppendEntriesResponse::Conflict
+                } else {
+                    AppendEntriesResponse::Success
+                });
+            envelope::seal(&answer).map(Response::new).map_err(|e| Status::internal(e.to_string()))
+        }
+        async fn vote(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("vote"))
+        }
+        async fn install_snapshot(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("install_snapshot"))
+        }
+        async fn read_index(&self, _: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
+            Err(Status::unimplemented("read_index"))
+        }
+    }
+
+    async fn follower() -> (Follower, RaftTransportClient<NodeChannel>) {
+        let f = Follower::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let server = tonic::transport::Server::builder().add_service(RaftTransportServer::new(f.clone()));
+        tokio::spawn(server.serve_with_incoming(incoming));
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+        (f, RaftTransportClient::new(kv_common::client::node_channel(ch)))
+    }
+
+    fn id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn entry(index: u64) -> Entry {
+        Entry::new_blank(id(index))
+    }
+
+    fn ask(vote: Vote, last: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest { vote, prev_log_id: Some(id(last - 1)), entries: vec![entry(last)], leader_commit: None }
+    }
+
+    /// Waits until the follower got `n` appends (an early send not taken still lands).
+    async fn delivered(f: &Follower, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while f.appends.load(Ordering::SeqCst) < n {
+            assert!(std::time::Instant::now() < deadline, "the follower got no early send");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn early_sends_continue_what_the_follower_holds_and_answer_the_stream_only_when_they_succeeded() {
+        let leader = Vote::new_committed(1, 1);
+        let pipeline = Pipeline::new(1);
+        let (f, client) = follower().await;
+        let mut registered = false;
+
+        // Nothing goes to a follower no stream has confirmed.
+        pipeline.written(leader, Some(id(5)), vec![entry(6)], None);
+        assert!(!pipeline.answered(2, &ask(leader, 6)).await);
+        assert_eq!(f.appends.load(Ordering::SeqCst), 0);
+
+        // Confirmed up to 5: entry 6 goes at once, and its success answers the stream.
+        pipeline.confirmed(2, &client, &mut registered, id(5));
+        pipeline.written(leader, Some(id(5)), vec![entry(6)], None);
+        assert!(pipeline.answered(2, &ask(leader, 6)).await);
+        assert_eq!(f.appends.load(Ordering::SeqCst), 1);
+        // Not under another vote.
+        pipeline.written(leader, Some(id(6)), vec![entry(7)], None);
+        assert!(!pipeline.answered(2, &ask(Vote::new_committed(2, 1), 7)).await);
+        delivered(&f, 2).await;
+
+        // Entries that do not continue the chain are left to the stream.
+        pipeline.written(leader, Some(id(9)), vec![entry(10)], None);
+        assert!(!pipeline.answered(2, &ask(leader, 10)).await);
+        assert_eq!(f.appends.load(Ordering::SeqCst), 2);
+
+        // A refused early send is not taken, and breaks the chain until the stream confirms.
+        pipeline.confirmed(2, &client, &mut registered, id(10));
+        f.conflicts.store(true, Ordering::SeqCst);
+        pipeline.written(leader, Some(id(10)), vec![entry(11)], None);
+        assert!(!pipeline.answered(2, &ask(leader, 11)).await);
+        pipeline.written(leader, Some(id(11)), vec![entry(12)], None);
+        assert_eq!(f.appends.load(Ordering::SeqCst), 3);
+
+        // Once no stream uses the follower, it gets nothing.
+        f.conflicts.store(false, Ordering::SeqCst);
+        pipeline.confirmed(2, &client, &mut registered, id(12));
+        pipeline.left(2);
+        pipeline.written(leader, Some(id(12)), vec![entry(13)], None);
+        assert!(!pipeline.answered(2, &ask(leader, 13)).await);
+        assert_eq!(f.appends.load(Ordering::SeqCst), 3);
+    }
+}

@@ -369,40 +369,40 @@ mod tests {
         let db = open_db(&tmp.path().join("db")).unwrap();
         let told = Arc::new(Told::default());
         let mut store = LogStore::new(db, Metrics::new(), Arc::new(Sealer::for_tests())).observed_by(told.clone());
-        let said = |_: &LogStore| std::mem::take(&mut *told.0.lock().unwrap());
+        let said = || std::mem::take(&mut *told.0.lock().unwrap());
 
         // As a follower (node 2 leads term 1): nothing is told.
         store.save_vote(&Vote::new_committed(1, 2)).await.unwrap();
         store.blocking_append(entries(1, 2, 0..3)).await.unwrap();
-        assert!(said(&store).is_empty());
+        assert!(said().is_empty());
 
         // Node 1 wins term 2: its entries go with the entry before, from the first one on.
         store.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
         store.blocking_append(entries(2, 1, 3..4)).await.unwrap();
         store.blocking_append(entries(2, 1, 4..6)).await.unwrap();
-        assert_eq!(said(&store), vec![(Some(id(1, 2, 2)), vec![3]), (Some(id(2, 1, 3)), vec![4, 5])]);
+        assert_eq!(said(), vec![(Some(id(1, 2, 2)), vec![3]), (Some(id(2, 1, 3)), vec![4, 5])]);
 
         // After a truncation the entry before is read back from the log, not remembered.
         store.truncate(id(2, 1, 5)).await.unwrap();
         store.blocking_append(entries(2, 1, 5..6)).await.unwrap();
-        assert_eq!(said(&store), vec![(Some(id(2, 1, 4)), vec![5])]);
+        assert_eq!(said(), vec![(Some(id(2, 1, 4)), vec![5])]);
 
         // An entry of another leader's term, or a vote not yet committed, is not this leader's.
         store.blocking_append(entries(1, 2, 6..7)).await.unwrap();
         store.save_vote(&Vote::new(3, 1)).await.unwrap();
         store.blocking_append(entries(3, 1, 7..8)).await.unwrap();
-        assert!(said(&store).is_empty());
+        assert!(said().is_empty());
 
         // When the entry before is gone (purged past it), the entries go the usual way only;
         // at the purge mark itself, the mark names it.
         store.save_vote(&Vote::new_committed(3, 1)).await.unwrap();
         store.purge(id(3, 1, 7)).await.unwrap();
         store.blocking_append(entries(3, 1, 8..9)).await.unwrap();
-        assert_eq!(said(&store), vec![(Some(id(3, 1, 7)), vec![8])]);
+        assert_eq!(said(), vec![(Some(id(3, 1, 7)), vec![8])]);
         store.purge(id(3, 1, 8)).await.unwrap();
         store.truncate(id(3, 1, 9)).await.unwrap();
         store.blocking_append(entries(3, 1, 10..11)).await.unwrap();
-        assert!(said(&store).is_empty(), "the entry before index 10 is neither in the log nor the purge mark");
+        assert!(said().is_empty(), "the entry before index 10 is neither in the log nor the purge mark");
     }
 
     #[tokio::test]
