@@ -2,9 +2,11 @@
 //!
 //! Versions settle every race between pulls and pushes: a copy is only ever replaced by one
 //! at least as new. Entries leave memory when their holding time ends (stale-if-error
-//! included) or when the byte bound needs room.
+//! included) or when the byte bound needs room. The most read copies are also answered from
+//! a small front (`front`), which every change below keeps in step.
 
 use crate::copy::{Copy, Value};
+use crate::front::Front;
 use moka::ops::compute::Op;
 use moka::sync::Cache;
 use std::sync::Arc;
@@ -25,7 +27,12 @@ pub enum Offer {
 /// The copies one tier holds.
 pub struct VersionedCache {
     inner: Cache<CacheKey, Arc<Copy>>,
+    front: Front<CacheKey>,
 }
+
+/// The front's share of the cache's bytes: its copies are mostly the cache's own, but one the
+/// cache evicted stays in front until it is pushed out.
+const FRONT_SHARE: u64 = 64;
 
 struct HoldUntil;
 
@@ -48,24 +55,38 @@ impl VersionedCache {
             .expire_after(HoldUntil)
             .support_invalidation_closures()
             .build();
-        VersionedCache { inner }
+        VersionedCache { inner, front: Front::new(max_bytes / FRONT_SHARE) }
     }
 
     /// The copy held for `key`.
     pub fn get(&self, key: &CacheKey) -> Option<Arc<Copy>> {
-        self.inner.get(key)
+        match self.front.get(key) {
+            Ok((c, touch)) => {
+                // The cache dropped it (evicted, expired): so does the front.
+                if touch && self.inner.get(key).is_none_or(|held| !Arc::ptr_eq(&held, &c)) {
+                    self.front.forget(key);
+                }
+                Some(c)
+            }
+            Err(ticket) => {
+                let c = self.inner.get(key)?;
+                self.front.offer(key, ticket, &c, u64::from(c.weight(key.0.len() + key.1.len())));
+                Some(c)
+            }
+        }
     }
 
     /// Stores `c` unless a newer version is already held.
     pub fn offer(&self, key: CacheKey, c: Arc<Copy>) -> Offer {
         let mut outcome = Offer::Stored;
-        self.inner.entry(key).and_compute_with(|held| match held {
+        self.inner.entry(key.clone()).and_compute_with(|held| match held {
             Some(h) if h.value().version > c.version => {
                 outcome = Offer::Older;
                 Op::Nop
             }
             _ => Op::Put(c),
         });
+        self.front.forget(&key);
         outcome
     }
 
@@ -73,20 +94,21 @@ impl VersionedCache {
     /// fetch that lost a race with a push answers with the push's newer copy.
     pub fn keep(&self, key: CacheKey, c: Arc<Copy>) -> Arc<Copy> {
         let mut newest = c.clone();
-        self.inner.entry(key).and_compute_with(|held| match held {
+        self.inner.entry(key.clone()).and_compute_with(|held| match held {
             Some(h) if h.value().version > c.version => {
                 newest = h.value().clone();
                 Op::Nop
             }
             _ => Op::Put(c),
         });
+        self.front.forget(&key);
         newest
     }
 
     /// Replaces a held copy with a newer version in place; `None` when no copy is held.
     pub fn replace_held(&self, key: CacheKey, value: Option<Value>, version: u64) -> Option<Offer> {
         let mut outcome = None;
-        self.inner.entry(key).and_compute_with(|held| match held {
+        self.inner.entry(key.clone()).and_compute_with(|held| match held {
             None => Op::Nop,
             Some(h) if h.value().version >= version => {
                 outcome = Some(Offer::Older);
@@ -97,19 +119,22 @@ impl VersionedCache {
                 Op::Put(Arc::new(h.value().replaced_by(value, version)))
             }
         });
+        // Held in front but no longer in the cache, the copy must still not outlive the change.
+        self.front.forget(&key);
         outcome
     }
 
     /// Drops a held copy older than `version` (the key changed to a value not known here).
     pub fn remove_older(&self, key: CacheKey, version: u64) -> bool {
         let mut removed = false;
-        self.inner.entry(key).and_compute_with(|held| match held {
+        self.inner.entry(key.clone()).and_compute_with(|held| match held {
             Some(h) if h.value().version < version => {
                 removed = true;
                 Op::Remove
             }
             _ => Op::Nop,
         });
+        self.front.forget(&key);
         removed
     }
 
@@ -119,10 +144,12 @@ impl VersionedCache {
         if self.inner.invalidate_entries_if(move |k, _| k.0 == ns).is_err() {
             self.inner.invalidate_all();
         }
+        self.front.clear();
     }
 
     pub fn clear(&self) {
         self.inner.invalidate_all();
+        self.front.clear();
     }
 
     pub fn entry_count(&self) -> u64 {
@@ -168,6 +195,40 @@ mod tests {
         assert!(!c.remove_older(key("a"), 7), "a copy as new as the change stays");
         assert!(c.remove_older(key("a"), 8));
         assert!(c.get(&key("a")).is_none());
+    }
+
+    #[test]
+    fn the_front_never_answers_a_copy_older_than_the_cache_would() {
+        let c = VersionedCache::new(64 << 20);
+        c.offer(key("a"), copy("v1", 1));
+        // Read often enough to enter the front.
+        for _ in 0..64 {
+            assert_eq!(c.get(&key("a")).map(|x| x.version), Some(1));
+        }
+        assert!(!c.front.is_empty());
+        c.offer(key("a"), copy("v2", 2));
+        assert_eq!(c.get(&key("a")).map(|x| x.version), Some(2), "a newer copy replaces the one in front");
+        for _ in 0..64 {
+            c.get(&key("a"));
+        }
+        // The cache evicts it; a change then comes for a key it no longer holds.
+        c.inner.invalidate(&key("a"));
+        assert_eq!(c.replace_held(key("a"), None, 3), None);
+        assert!(c.get(&key("a")).is_none(), "the front dropped it with the change");
+        // A key the cache evicts leaves the front within a few reads.
+        c.offer(key("c"), copy("v1", 1));
+        for _ in 0..64 {
+            c.get(&key("c"));
+        }
+        c.inner.invalidate(&key("c"));
+        assert!((0..=16).any(|_| c.get(&key("c")).is_none()), "the front followed the eviction");
+        c.offer(key("b"), copy("v1", 1));
+        for _ in 0..64 {
+            c.get(&key("b"));
+        }
+        c.remove_namespace("ns");
+        c.inner.run_pending_tasks();
+        assert!(c.get(&key("b")).is_none(), "a deleted namespace leaves the front too");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! policies on this engine (what is upstream, how long copies live, push or ttl).
 //!
 //! Read in this order: `copy` (one cached answer and how fresh it is), `cache` (the
-//! versioned store of copies), `engine` (reads, coalesced fetches ordered against applied
+//! versioned store of copies, with its `front` of the most read ones), `engine` (reads, coalesced fetches ordered against applied
 //! changes, stale answers, write-through), `upstream` (the tier above, with failover and one
 //! deadline budget), then `wire`, `error` and `metrics`.
 
@@ -14,6 +14,7 @@ pub mod change;
 pub mod copy;
 pub mod engine;
 pub mod error;
+pub mod front;
 pub mod metrics;
 pub mod upstream;
 pub mod wire;
