@@ -2,9 +2,10 @@
 //! policies on this engine (what is upstream, how long copies live, push or ttl).
 //!
 //! Read in this order: `copy` (one cached answer and how fresh it is), `cache` (the
-//! versioned store of copies, with its `front` of the most read ones), `engine` (reads, coalesced fetches ordered against applied
-//! changes, stale answers, write-through), `upstream` (the tier above, with failover and one
-//! deadline budget), then `wire`, `error` and `metrics`.
+//! versioned store of copies, with its `front` of the most read ones), `engine` (reads,
+//! coalesced fetches ordered against applied changes, stale answers, write-through),
+//! `upstream` (the tier above, with failover and one deadline budget), then `wire`, `error`
+//! and `metrics`.
 
 // Errors carry a tonic::Status, as every gRPC handler returns one anyway.
 #![allow(clippy::result_large_err)]
