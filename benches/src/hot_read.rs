@@ -162,6 +162,12 @@ async fn measure_echo(echoes: &[EchoClient<Channel>], value_bytes: usize, second
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    anyhow::ensure!(
+        !args.echo || args.value_bytes <= echo::MAX_REPLY,
+        "--echo answers at most {} bytes; --value-bytes is {}",
+        echo::MAX_REPLY,
+        args.value_bytes
+    );
     let bench = BenchCluster::start(topology(args.topology.as_deref(), &[])?).await?;
     let client = bench.client(&args.edge).await?;
     let ns = client.create_namespace("hot-read").await?.id;

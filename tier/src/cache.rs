@@ -46,12 +46,17 @@ impl moka::Expiry<CacheKey, Arc<Copy>> for HoldUntil {
     }
 }
 
+/// Bytes a copy costs, with its key.
+fn weight(key: &CacheKey, c: &Arc<Copy>) -> u32 {
+    c.weight(key.0.len() + key.1.len())
+}
+
 impl VersionedCache {
     /// A cache holding at most `max_bytes` of keys, values and metadata.
     pub fn new(max_bytes: u64) -> Self {
         let inner = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|k: &CacheKey, v: &Arc<Copy>| v.weight(k.0.len() + k.1.len()))
+            .weigher(weight)
             .expire_after(HoldUntil)
             .support_invalidation_closures()
             .build();
@@ -70,23 +75,29 @@ impl VersionedCache {
             }
             Err(ticket) => {
                 let c = self.inner.get(key)?;
-                self.front.offer(key, ticket, &c, u64::from(c.weight(key.0.len() + key.1.len())));
+                self.front.offer(key, ticket, &c, u64::from(weight(key, &c)));
                 Some(c)
             }
         }
     }
 
+    /// Every change to one key goes through here: the cache first, then the front, so that
+    /// once a change returns, no read answers what it replaced (see `front`).
+    fn change(&self, key: CacheKey, f: impl FnOnce(Option<&Arc<Copy>>) -> Op<Arc<Copy>>) {
+        self.inner.entry(key.clone()).and_compute_with(|held| f(held.as_ref().map(|h| h.value())));
+        self.front.forget(&key);
+    }
+
     /// Stores `c` unless a newer version is already held.
     pub fn offer(&self, key: CacheKey, c: Arc<Copy>) -> Offer {
         let mut outcome = Offer::Stored;
-        self.inner.entry(key.clone()).and_compute_with(|held| match held {
-            Some(h) if h.value().version > c.version => {
+        self.change(key, |held| match held {
+            Some(h) if h.version > c.version => {
                 outcome = Offer::Older;
                 Op::Nop
             }
             _ => Op::Put(c),
         });
-        self.front.forget(&key);
         outcome
     }
 
@@ -94,47 +105,45 @@ impl VersionedCache {
     /// fetch that lost a race with a push answers with the push's newer copy.
     pub fn keep(&self, key: CacheKey, c: Arc<Copy>) -> Arc<Copy> {
         let mut newest = c.clone();
-        self.inner.entry(key.clone()).and_compute_with(|held| match held {
-            Some(h) if h.value().version > c.version => {
-                newest = h.value().clone();
+        self.change(key, |held| match held {
+            Some(h) if h.version > c.version => {
+                newest = h.clone();
                 Op::Nop
             }
             _ => Op::Put(c),
         });
-        self.front.forget(&key);
         newest
     }
 
     /// Replaces a held copy with a newer version in place; `None` when no copy is held.
     pub fn replace_held(&self, key: CacheKey, value: Option<Value>, version: u64) -> Option<Offer> {
         let mut outcome = None;
-        self.inner.entry(key.clone()).and_compute_with(|held| match held {
+        // Held in front but no longer in the cache, the copy must still not outlive the
+        // change: `change` drops it from the front either way.
+        self.change(key, |held| match held {
             None => Op::Nop,
-            Some(h) if h.value().version >= version => {
+            Some(h) if h.version >= version => {
                 outcome = Some(Offer::Older);
                 Op::Nop
             }
             Some(h) => {
                 outcome = Some(Offer::Stored);
-                Op::Put(Arc::new(h.value().replaced_by(value, version)))
+                Op::Put(Arc::new(h.replaced_by(value, version)))
             }
         });
-        // Held in front but no longer in the cache, the copy must still not outlive the change.
-        self.front.forget(&key);
         outcome
     }
 
     /// Drops a held copy older than `version` (the key changed to a value not known here).
     pub fn remove_older(&self, key: CacheKey, version: u64) -> bool {
         let mut removed = false;
-        self.inner.entry(key.clone()).and_compute_with(|held| match held {
-            Some(h) if h.value().version < version => {
+        self.change(key, |held| match held {
+            Some(h) if h.version < version => {
                 removed = true;
                 Op::Remove
             }
             _ => Op::Nop,
         });
-        self.front.forget(&key);
         removed
     }
 

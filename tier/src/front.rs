@@ -184,10 +184,12 @@ impl<K: Hash + Eq + Clone> Front<K> {
     }
 
     /// Copies held in front.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).copies.len()).sum()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
