@@ -11,6 +11,7 @@ use kv_tier::CacheKey;
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use prost::Message;
+use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -26,17 +27,27 @@ use tokio_stream::{Stream, StreamExt};
 const PUSH_BUFFER: usize = 4096;
 pub const PUSH_BYTES: usize = 32 << 20;
 
-/// Heap bytes a tracked key takes beyond its names and its holders: moka's entry and its
-/// copy of the key, the `Arc`'d map of holders. Measured by `tests/tracker_cost.rs` (with
-/// one holder, 738 bytes in all beyond the names; the weigher charged 97 before).
-pub const TRACKED_KEY_OVERHEAD: usize = 528;
-/// Heap bytes each holder of a key adds beyond its name (its slot in the map, and the
-/// name's `Arc`). Measured by `tests/tracker_cost.rs`.
-pub const HOLDER_OVERHEAD: usize = 200;
+/// Heap bytes a tracked key takes beyond its names and its holders' names: moka's entry (with
+/// the holders of up to two edges inline in it) and its copy of the key. Measured by
+/// `tests/tracker_cost.rs`: 563 bytes with one holder tracked once, 722 once moka updated
+/// the entry (its first update costs about 160 bytes for good), 770 with two holders. A map
+/// of holders per key cost 175 bytes more (738, 948 with two).
+pub const TRACKED_KEY_OVERHEAD: usize = 630;
+/// Heap bytes each holder of a key adds beyond its name: its place in the entry and its copy
+/// of the edge's name (an `Arc<str>`).
+pub const HOLDER_OVERHEAD: usize = 40;
 
 type Subscriber = Arc<str>;
-/// The edges holding one key, each until when.
-type Holders = Arc<HashMap<Subscriber, Instant>>;
+/// The edges holding one key, each until when. Inline up to two: a key is mostly held by
+/// one or two edges of a region, and a map per key was a quarter of a tracked key's cost.
+type Holders = SmallVec<[Holder; 2]>;
+
+#[derive(Clone)]
+struct Holder {
+    edge: Subscriber,
+    until: Instant,
+}
+
 type Streams = Arc<Mutex<HashMap<Subscriber, Outbox>>>;
 
 /// The sending end of one edge's push stream, and the bytes queued in it.
@@ -116,7 +127,7 @@ impl moka::Expiry<CacheKey, Holders> for UntilLastHolder {
 }
 
 fn last(h: &Holders) -> Instant {
-    h.values().copied().max().unwrap_or_else(Instant::now)
+    h.iter().map(|h| h.until).max().unwrap_or_else(Instant::now)
 }
 
 impl Tracker {
@@ -127,7 +138,7 @@ impl Tracker {
         let keys = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|k: &CacheKey, h: &Holders| {
-                let holders = h.keys().map(|s| s.len() + HOLDER_OVERHEAD).sum::<usize>();
+                let holders = h.iter().map(|h| h.edge.len() + HOLDER_OVERHEAD).sum::<usize>();
                 u32::try_from(k.0.len() + k.1.len() + TRACKED_KEY_OVERHEAD + holders).unwrap_or(u32::MAX)
             })
             .expire_after(UntilLastHolder)
@@ -144,12 +155,13 @@ impl Tracker {
     /// before the read or write that fills the edge, so a change applied after it is pushed.
     pub fn track(&self, key: CacheKey, subscriber: &str, ttl: Duration) {
         let until = Instant::now() + ttl.min(self.max_ttl);
-        let sub: Subscriber = Arc::from(subscriber);
         self.keys.entry(key).and_upsert_with(|held| {
-            let mut holders: HashMap<Subscriber, Instant> = held.map(|e| (**e.value()).clone()).unwrap_or_default();
-            let slot = holders.entry(sub).or_insert(until);
-            *slot = (*slot).max(until);
-            Arc::new(holders)
+            let mut holders = held.map(|e| e.into_value()).unwrap_or_default();
+            match holders.iter_mut().find(|h| &*h.edge == subscriber) {
+                Some(h) => h.until = h.until.max(until),
+                None => holders.push(Holder { edge: Arc::from(subscriber), until }),
+            }
+            holders
         });
     }
 
@@ -180,10 +192,8 @@ impl Tracker {
                 continue;
             }
             if let Some(holders) = self.keys.get(&(change.namespace_id.clone(), change.key.clone())) {
-                for (s, until) in holders.iter() {
-                    if *until > now {
-                        per_edge.entry(s.clone()).or_default().push(i);
-                    }
+                for h in holders.iter().filter(|h| h.until > now) {
+                    per_edge.entry(h.edge.clone()).or_default().push(i);
                 }
             }
         }
@@ -234,17 +244,14 @@ impl Tracker {
 fn untrack(streams: &Streams, key: &CacheKey, holders: &Holders) {
     let now = Instant::now();
     let mut subs = lock(streams);
-    for (s, until) in holders.iter() {
-        if *until <= now {
-            continue;
-        }
-        let Some(outbox) = subs.get(s) else { continue };
+    for h in holders.iter().filter(|h| h.until > now) {
+        let Some(outbox) = subs.get(&h.edge) else { continue };
         let event = PushEvent {
             event: Some(Event::Untracked(Untracked { namespace_id: key.0.clone(), keys: vec![key.1.clone()] })),
         };
         if !outbox.offer(event) {
             // It cannot be told: cut it off, so it revalidates everything when it returns.
-            subs.remove(s);
+            subs.remove(&h.edge);
         }
     }
 }
