@@ -122,7 +122,7 @@ fn failed(e: impl std::fmt::Display) -> String {
 }
 
 async fn echo(b: &mut Bench, dir: &std::path::Path) -> anyhow::Result<()> {
-    use kv_benches::peers::echo::pb;
+    use kv_benches::peers::echo::{self, pb};
     let server = EchoServer::start(dir).await?;
     let url = format!("http://{}", server.addr);
     let reply_bytes = u32::try_from(b.args.value_bytes)?;
@@ -132,9 +132,7 @@ async fn echo(b: &mut Bench, dir: &std::path::Path) -> anyhow::Result<()> {
             async move {
                 let c = pb::echo_client::EchoClient::connect(url).await?;
                 Ok(move |call: u64| {
-                    let mut c = c.clone();
-                    let payload = format!("namespace-id/{}", key_of(i, call, 1000)).into_bytes().into();
-                    async move { c.echo(pb::EchoRequest { payload, reply_bytes }).await.map(|_| "ok").map_err(failed) }
+                    echo::call(c.clone(), format!("namespace-id/{}", key_of(i, call, 1000)), reply_bytes)
                 })
             }
         })

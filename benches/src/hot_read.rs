@@ -143,16 +143,7 @@ async fn measure_echo(echoes: &[EchoClient<Channel>], value_bytes: usize, second
         .iter()
         .map(|c| {
             let c = c.clone();
-            move |call: u64| {
-                let mut c = c.clone();
-                let payload = format!("namespace-id/hot-{}", call % 1000).into_bytes().into();
-                async move {
-                    c.echo(echo::pb::EchoRequest { payload, reply_bytes })
-                        .await
-                        .map(|_| "ok")
-                        .map_err(|e| e.to_string())
-                }
-            }
+            move |call: u64| echo::call(c.clone(), format!("namespace-id/hot-{}", call % 1000), reply_bytes)
         })
         .collect();
     eprintln!("echoing for {seconds} s after a 2 s warm-up");

@@ -43,6 +43,17 @@ pub async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
         .with_context(|| format!("serving the echo on {addr}"))
 }
 
+/// One call of a closed loop to the echo: a key-sized `payload` in, `reply_bytes` back, as
+/// a hot read of that key is answered.
+pub async fn call(
+    mut client: pb::echo_client::EchoClient<tonic::transport::Channel>,
+    payload: String,
+    reply_bytes: u32,
+) -> Result<&'static str, String> {
+    let req = pb::EchoRequest { payload: payload.into_bytes().into(), reply_bytes };
+    client.echo(req).await.map(|_| "ok").map_err(|e| e.to_string())
+}
+
 /// An `echo-server` process (the binary beside this one) on a free port.
 pub struct EchoServer {
     pub addr: SocketAddr,
