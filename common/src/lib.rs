@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod limits;
+pub mod log_line;
 pub mod namespace;
 pub mod serve;
 pub mod telemetry;

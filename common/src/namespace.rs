@@ -46,12 +46,13 @@ fn hex_val(c: u8) -> Option<u8> {
     }
 }
 
+/// Encoded at once on the stack: every read names its namespace this way (in its tier key),
+/// and formatting the sixteen bytes one by one showed in the hot read's profile.
 impl fmt::Display for NamespaceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        let mut hex = [0u8; 32];
+        hex::encode_to_slice(self.0, &mut hex).map_err(|_| fmt::Error)?;
+        f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -75,7 +76,8 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects_malformed() {
-        let id = NamespaceId([0xab; 16]);
+        let id = NamespaceId([0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0, 0x0f, 0xf0, 0xff, 0, 0, 0, 0x10]);
+        assert_eq!(id.to_string(), "0123456789abcdef000ff0ff00000010");
         assert_eq!(NamespaceId::parse(&id.to_string()).unwrap(), id);
         assert_eq!(NamespaceId::parse("AB").unwrap_err(), KvError::NamespaceNotFound);
         let upper = "ABABABABABABABABABABABABABABABAB";

@@ -72,7 +72,7 @@ impl Telemetry {
 pub fn init_tracing(service: &'static str, instance: &str, config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let logs = tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi);
+    let logs = tracing_subscriber::fmt::layer().with_ansi(ansi).event_format(crate::log_line::LogLine);
     let (traces, provider) = match &config.otlp_endpoint {
         None => (None, None),
         Some(endpoint) => {

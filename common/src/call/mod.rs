@@ -1,16 +1,21 @@
 //! The context of the gRPC call a node is serving: its trace and its deadline.
 //!
-//! A server layer (`CallLayer`) runs every call in a span tied to the caller's `traceparent`
-//! (or a new trace when none came) and notes the caller's deadline from `grpc-timeout`, or a
-//! default budget when the caller set none. It also bounds the calls a node serves at once:
-//! past `max_in_flight`, a call is shed at once with UNAVAILABLE ("retry elsewhere or
-//! later"), and a call whose request would take the request bytes held by all calls in
-//! flight past their bound fails the same way, so overload never turns into unbounded memory
-//! or latency. Every call the node makes upstream while serving
-//! it goes through `outgoing`, which carries both on: the trace with this node's span as the
-//! parent, and the deadline as what is left of it. A request is so followed from the edge's
-//! log to the central store's, and one budget bounds all the work done for it, however many
-//! tiers and retries it crosses.
+//! A server layer (`CallLayer`) runs every call in the caller's trace, as its `traceparent`
+//! names it (or a new trace when none came), and in a span of it when traces are exported;
+//! it notes the caller's deadline from `grpc-timeout`, or a default budget when the caller
+//! set none. It also bounds the calls a node serves at once: past `max_in_flight`, a call is
+//! shed at once with UNAVAILABLE ("retry elsewhere or later"), and a call whose request would
+//! take the request bytes held by all calls in flight past their bound fails the same way,
+//! so overload never turns into unbounded memory or latency. Every call the node makes
+//! upstream while serving it goes through `outgoing`, which carries both on: the trace with
+//! this node's call as the parent, and the deadline as what is left of it. A request is so
+//! followed from the edge's log to the central store's, and one budget bounds all the work
+//! done for it, however many tiers and retries it crosses.
+
+pub mod context;
+
+use context::CALL_SPAN_TARGET;
+pub use context::{deadline_or, remaining_or, spawn, Call, Serving};
 
 use crate::trace::TraceContext;
 use futures::future::{Either, Ready};
@@ -23,7 +28,6 @@ use std::time::{Duration, Instant};
 use tokio::task::futures::TaskLocalFuture;
 use tonic::body::BoxBody;
 use tonic::codegen::http;
-use tracing::field::display;
 use tracing::instrument::Instrumented;
 use tracing::Instrument;
 
@@ -36,53 +40,6 @@ pub const LATE: &str = "the call's deadline passed before it was answered";
 pub const TRACEPARENT: &str = "traceparent";
 /// gRPC's deadline header.
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
-
-/// What a served call hands on to the calls it makes.
-#[derive(Debug, Clone, Copy)]
-pub struct Call {
-    pub trace: TraceContext,
-    pub deadline: Instant,
-}
-
-tokio::task_local! {
-    static CURRENT: Call;
-}
-
-impl Call {
-    /// The call this task is serving, if any.
-    pub fn current() -> Option<Call> {
-        CURRENT.try_with(|c| *c).ok()
-    }
-
-    /// Runs `f` as part of `call` (for work a served call hands to another task).
-    pub fn scope<F: Future>(call: Call, f: F) -> TaskLocalFuture<Call, F> {
-        CURRENT.scope(call, f)
-    }
-}
-
-/// Spawns `fut` as a task that carries on the call being served (its trace, deadline and
-/// span), for work that must finish even if the handler that started it goes away.
-pub fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let fut = fut.instrument(tracing::Span::current());
-    match Call::current() {
-        Some(call) => tokio::spawn(Call::scope(call, fut)),
-        None => tokio::spawn(fut),
-    }
-}
-
-/// When the call being served must be answered by; `fallback` from now when no call is.
-pub fn deadline_or(fallback: Duration) -> Instant {
-    Call::current().map_or_else(|| Instant::now() + fallback, |c| c.deadline)
-}
-
-/// What is left of the served call's budget (`fallback` when no call is being served).
-pub fn remaining_or(fallback: Duration) -> Duration {
-    deadline_or(fallback).saturating_duration_since(Instant::now())
-}
 
 /// Parses a `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
 pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
@@ -140,8 +97,8 @@ pub fn outgoing(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic
     Ok(req)
 }
 
-/// A server layer: each call runs in its own span of the caller's trace, with the caller's
-/// deadline, or `default_budget` when the caller gave none; at most `max_in_flight` calls are
+/// A server layer: each call runs in the caller's trace (in a span of it when traces are
+/// exported), with the caller's deadline, or `default_budget` when the caller gave none; at most `max_in_flight` calls are
 /// served at once (see the module docs).
 #[derive(Debug, Clone)]
 pub struct CallLayer {
@@ -185,8 +142,9 @@ impl CallLayer {
 
     /// Admits one call to be served, or `None` when `max_in_flight` calls already are. The
     /// gRPC server and the REST gateway admit through one layer, so one bound covers both.
-    /// `api` and `method` name the call in its span; `traceparent` and `budget` are what the
-    /// caller sent (the default budget when it sent none).
+    /// `api` and `method` name the call in its log lines (and its exported span);
+    /// `traceparent` and `budget` are what the caller sent (the default budget when it sent
+    /// none).
     pub fn admit(
         &self,
         api: &'static str,
@@ -206,58 +164,45 @@ impl CallLayer {
         let slot = Slot { in_flight: self.in_flight.clone(), held };
         let parent = traceparent.and_then(TraceContext::parse);
         let budget = budget.unwrap_or(self.default_budget);
-        // Without an exporter the call's identity is ours and known before its span exists,
-        // so it is given at creation: the log layer formats a span's fields when the span is
-        // made and again at each `record`, even when it never logs a line (the hot read's
-        // profile showed it).
-        let ours = (!crate::telemetry::exporting()).then(|| TraceContext::child_of(parent.as_ref()));
-        let span = tracing::info_span!(
-            "call",
-            api,
-            method = %method,
-            trace_id = ours.as_ref().map(|t| display(Hex::<32>(t.trace_id))),
-            span_id = ours.as_ref().map(|t| display(Hex::<16>(t.span_id.into()))),
-            parent_id = parent.as_ref().map(|p| display(Hex::<16>(p.span_id.into()))),
-        );
-        // When traces are exported, the exported span's identity, so the calls this one
-        // makes name it as their parent.
-        let trace = match ours {
-            Some(t) => t,
-            None => {
-                let t = crate::telemetry::link(&span, parent.as_ref())
-                    .unwrap_or_else(|| TraceContext::child_of(parent.as_ref()));
-                span.record("trace_id", display(Hex::<32>(t.trace_id)));
-                span.record("span_id", display(Hex::<16>(t.span_id.into())));
-                t
-            }
+        // A span only when traces are exported (the log names the call from its context,
+        // see `context`); the calls this one makes then name the exported span as their
+        // parent.
+        let (span, trace) = if crate::telemetry::exporting() {
+            let span = tracing::info_span!(target: CALL_SPAN_TARGET, "call", api, method = %method);
+            let trace = crate::telemetry::link(&span, parent.as_ref())
+                .unwrap_or_else(|| TraceContext::child_of(parent.as_ref()));
+            (span, trace)
+        } else {
+            (tracing::Span::none(), TraceContext::child_of(parent.as_ref()))
         };
-        span.in_scope(|| tracing::debug!(budget_ms = budget.as_millis() as u64, "call received"));
-        Some(Admitted { call: Call { trace, deadline: Instant::now() + budget }, span, slot })
+        let serving = Serving {
+            call: Call { trace, deadline: Instant::now() + budget },
+            api,
+            method: method.into(),
+            parent: parent.map(|p| p.span_id),
+        };
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let budget_ms = budget.as_millis() as u64;
+            serving.clone().sync_scope(|| span.in_scope(|| tracing::debug!(budget_ms, "call received")));
+        }
+        Some(Admitted { serving, span, slot })
     }
 }
 
-/// An id as `W` lowercase hex digits, formatted only where a log line needs it.
-struct Hex<const W: usize>(u128);
-
-impl<const W: usize> std::fmt::Display for Hex<W> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:0w$x}", self.0, w = W)
-    }
-}
-
-/// A call admitted by `CallLayer::admit`: its context, its span, and its place among the
-/// calls in flight, held until it is dropped.
+/// A call admitted by `CallLayer::admit`: its context, its span (when traces are exported),
+/// and its place among the calls in flight, held until it is dropped.
 pub struct Admitted {
-    pub call: Call,
-    pub span: tracing::Span,
+    serving: Serving,
+    span: tracing::Span,
     slot: Slot,
 }
 
 impl Admitted {
-    /// Runs `f` as this call: in its span and context, until its deadline (`None` past it).
+    /// Runs `f` as this call: in its context and span, until its deadline (`None` past it).
     pub async fn serve<F: Future>(self, f: F) -> Option<F::Output> {
-        let Admitted { call, span, slot } = self;
-        let out = tokio::time::timeout_at(call.deadline.into(), CURRENT.scope(call, f.instrument(span))).await;
+        let Admitted { serving, span, slot } = self;
+        let deadline = serving.call.deadline;
+        let out = tokio::time::timeout_at(deadline.into(), serving.scope(f.instrument(span))).await;
         drop(slot);
         out.ok()
     }
@@ -377,7 +322,7 @@ where
 }
 
 type Answered<S> =
-    Counted<TaskLocalFuture<Call, Instrumented<<S as tower_service::Service<http::Request<BoxBody>>>::Future>>>;
+    Counted<TaskLocalFuture<Serving, Instrumented<<S as tower_service::Service<http::Request<BoxBody>>>::Future>>>;
 
 impl<S> tower_service::Service<http::Request<BoxBody>> for Served<S>
 where
@@ -399,11 +344,12 @@ where
             let shed = tonic::Status::unavailable(OVERLOADED);
             return Either::Left(futures::future::ready(Ok(shed.into_http())));
         };
-        let Admitted { call, span, slot } = admitted;
+        let Admitted { serving, span, slot } = admitted;
         let held = slot.held.clone();
         let req = req.map(|inner| http_body_util::BodyExt::boxed_unsync(Budgeted { inner, held }));
-        let served = CURRENT.scope(call, self.inner.call(req).instrument(span));
-        Either::Right(Counted { inner: Box::pin(tokio::time::timeout_at(call.deadline.into(), served)), _slot: slot })
+        let deadline = serving.call.deadline;
+        let served = serving.scope(self.inner.call(req).instrument(span));
+        Either::Right(Counted { inner: Box::pin(tokio::time::timeout_at(deadline.into(), served)), _slot: slot })
     }
 }
 
@@ -437,14 +383,15 @@ mod tests {
         assert!(bare.metadata().get(TRACEPARENT).is_none(), "no call being served, no context");
         assert!(bare.metadata().get(GRPC_TIMEOUT).is_none());
         let call = Call { trace: TraceContext::child_of(None), deadline: Instant::now() + Duration::from_secs(2) };
-        let req = CURRENT.scope(call, async { outgoing(tonic::Request::new(())).unwrap() }).await;
+        let serving = |call| Serving { call, api: "grpc", method: "/kv.v1.Kv/Get".into(), parent: None };
+        let req = serving(call).scope(async { outgoing(tonic::Request::new(())).unwrap() }).await;
         let md = req.metadata();
         assert_eq!(md.get(TRACEPARENT).and_then(|v| v.to_str().ok()), Some(call.trace.header().as_str()));
         let left = md.get(GRPC_TIMEOUT).and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout).unwrap();
         assert!(left <= Duration::from_secs(2) && left > Duration::from_millis(1500), "{left:?}");
 
         let spent = Call { trace: call.trace, deadline: Instant::now() };
-        let refused = CURRENT.scope(spent, async { outgoing(tonic::Request::new(())) }).await;
+        let refused = serving(spent).scope(async { outgoing(tonic::Request::new(())) }).await;
         assert_eq!(refused.unwrap_err().code(), tonic::Code::DeadlineExceeded, "no budget, no call");
     }
 
