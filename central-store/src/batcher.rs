@@ -3,8 +3,8 @@
 //! openraft 0.9 gives every client write its own log entry and waits for each entry's fsync
 //! before appending the next, so durability would cost one fsync per write. Instead,
 //! concurrent writes are queued here and proposed together as one entry: one append, one
-//! fsync on each node and one replication round serve the whole batch. While the maximum
-//! While an entry is in flight, new writes wait in the queue and join the next batch, so
+//! fsync on each node and one replication round serve the whole batch. While an entry is in
+//! flight, new writes wait in the queue and join the next batch, so
 //! batches grow exactly when the load does.
 //!
 //! The queue is bounded in bytes: a write that finds it full waits for room until its
@@ -45,6 +45,9 @@ struct Pending {
     bytes: usize,
     /// The write's span in its call's trace: the batch it joins is proposed under it.
     span: tracing::Span,
+    /// The call the write came in, which names the batch's log lines when the write is the
+    /// batch's first.
+    serving: Option<call::Serving>,
     done: oneshot::Sender<StoreResult<WriteOutcome>>,
     queued: Instant,
     /// Its share of the queue's byte bound, given back once it is applied.
@@ -92,6 +95,7 @@ impl Batcher {
                     write,
                     bytes,
                     span: tracing::Span::current(),
+                    serving: call::Serving::current(),
                     done,
                     queued: Instant::now(),
                     _room: room,
@@ -129,6 +133,7 @@ async fn run(mut rx: mpsc::Receiver<Pending>, raft: Raft, metrics: Arc<Metrics>)
         for p in &batch[1..] {
             span.follows_from(&p.span);
         }
+        let serving = batch[0].serving.clone();
         let proposed = async move {
             let _slot = slot;
             let (writes, dones): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.write, p.done)).unzip();
@@ -155,7 +160,11 @@ async fn run(mut rx: mpsc::Receiver<Pending>, raft: Raft, metrics: Arc<Metrics>)
                 }
             }
         };
-        tokio::spawn(proposed.instrument(span));
+        let proposed = proposed.instrument(span);
+        match serving {
+            Some(call) => tokio::spawn(call.scope(proposed)),
+            None => tokio::spawn(proposed),
+        };
     }
 }
 
@@ -200,7 +209,15 @@ mod tests {
             trace: None,
         };
         let room = Arc::new(Semaphore::new(1)).try_acquire_owned().expect("a fresh permit");
-        Pending { write, bytes: value_len, span: tracing::Span::none(), done, queued: Instant::now(), _room: room }
+        Pending {
+            write,
+            bytes: value_len,
+            span: tracing::Span::none(),
+            serving: None,
+            done,
+            queued: Instant::now(),
+            _room: room,
+        }
     }
 
     fn keys(batch: &[Pending]) -> Vec<String> {

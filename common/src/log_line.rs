@@ -6,8 +6,8 @@
 //! ```
 //!
 //! The call comes from the task's context (`call::context`) when the line is written, so a
-//! call costs the log nothing until it logs; an exported call's span is left out, the context
-//! already names it.
+//! call costs the log nothing until it logs; an exported call's span is left out where the
+//! context already names it.
 
 use crate::call::context::{Serving, CALL_SPAN_TARGET};
 use std::fmt;
@@ -33,9 +33,10 @@ where
         w.write_char(' ')?;
         styled(&mut w, ansi, colour(level), |w| write!(w, "{level:>5}"))?;
         w.write_char(' ')?;
-        let mut scoped = Serving::write_current(&mut w)?;
+        let named = Serving::write_current(&mut w)?;
+        let mut scoped = named;
         for span in ctx.event_scope().into_iter().flat_map(|s| s.from_root()) {
-            if span.name() == "call" && span.metadata().target() == CALL_SPAN_TARGET {
+            if named && span.name() == "call" && span.metadata().target() == CALL_SPAN_TARGET {
                 continue;
             }
             styled(&mut w, ansi, BOLD, |w| w.write_str(span.name()))?;
@@ -125,13 +126,18 @@ mod tests {
         };
         let out = logged(|| {
             tracing::info!(n = 1, "outside any call");
+            // An exported call's span: left out where the context names the call, shown
+            // where it does not.
+            let exported = tracing::info_span!(target: CALL_SPAN_TARGET, "call", api = "grpc");
             serving.sync_scope(|| {
-                let span = tracing::info_span!("fetch", key = "k");
+                let span = tracing::info_span!(parent: &exported, "fetch", key = "k");
                 span.in_scope(|| tracing::warn!("upstream failed"));
             });
+            exported.in_scope(|| tracing::info!("elsewhere"));
         });
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 2, "{out}");
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[2].ends_with("  INFO call{api=\"grpc\"}: elsewhere"), "{}", lines[2]);
         assert!(lines[0].ends_with("  INFO outside any call n=1"), "{}", lines[0]);
         let call = format!(
             "call{{api=grpc method=/kv.v1.Kv/Get trace_id={:032x} span_id={:016x} parent_id=0000000000000012}}",

@@ -1,10 +1,11 @@
 //! Logs and traces, set up the same way by every binary.
 //!
-//! Logs go to standard output (`RUST_LOG`). Traces go out over OTLP (gRPC) when
-//! `[telemetry] otlp_endpoint` is set: every served call is a span (`call::CallLayer`), a
-//! child of the caller's span as the W3C `traceparent` names it, so one client call is one
-//! trace across the edge, the regional tier and the central store. Without an endpoint no
-//! exporter exists and a call's context costs what it did before (`link` returns at once).
+//! Logs go to standard output (`RUST_LOG`), each line naming the call it was logged for
+//! (`log_line`). Traces go out over OTLP (gRPC) when `[telemetry] otlp_endpoint` is set:
+//! every served call is a span (`call::CallLayer`), a child of the caller's span as the W3C
+//! `traceparent` names it, so one client call is one trace across the edge, the regional
+//! tier and the central store. Without an endpoint no exporter exists and a served call
+//! makes no span at all (`link` returns at once).
 
 use crate::trace::TraceContext;
 use anyhow::Context as _;

@@ -48,6 +48,11 @@ impl Call {
 }
 
 impl Serving {
+    /// The call this task is serving, if any, to carry on into work another task does for it.
+    pub fn current() -> Option<Serving> {
+        CURRENT.try_with(Serving::clone).ok()
+    }
+
     /// Runs `f` as part of this call.
     pub fn scope<F: Future>(self, f: F) -> TaskLocalFuture<Serving, F> {
         CURRENT.scope(self, f)
@@ -88,9 +93,9 @@ where
     F::Output: Send + 'static,
 {
     let fut = fut.instrument(tracing::Span::current());
-    match CURRENT.try_with(Serving::clone) {
-        Ok(serving) => tokio::spawn(serving.scope(fut)),
-        Err(_) => tokio::spawn(fut),
+    match Serving::current() {
+        Some(serving) => tokio::spawn(serving.scope(fut)),
+        None => tokio::spawn(fut),
     }
 }
 

@@ -98,8 +98,8 @@ pub fn outgoing(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic
 }
 
 /// A server layer: each call runs in the caller's trace (in a span of it when traces are
-/// exported), with the caller's deadline, or `default_budget` when the caller gave none; at most `max_in_flight` calls are
-/// served at once (see the module docs).
+/// exported), with the caller's deadline, or `default_budget` when the caller gave none; at
+/// most `max_in_flight` calls are served at once (see the module docs).
 #[derive(Debug, Clone)]
 pub struct CallLayer {
     default_budget: Duration,
