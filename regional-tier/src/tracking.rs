@@ -7,7 +7,7 @@
 
 use kv_proto::store::v1::{ChangeKind, ChangeSet};
 use kv_proto::tier::v1::{push_event::Event, PushEvent, Reset, Untracked};
-use kv_tier::CacheKey;
+use kv_tier::{CacheKey, KeyHasher};
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use prost::Message;
@@ -98,7 +98,7 @@ impl Inbox {
 
 /// Interest of edges in keys, and their open push streams.
 pub struct Tracker {
-    keys: Cache<CacheKey, Holders>,
+    keys: Cache<CacheKey, Holders, KeyHasher>,
     subscribers: Streams,
     max_ttl: Duration,
 }
@@ -147,7 +147,7 @@ impl Tracker {
                     untrack(&streams, &key, &holders);
                 }
             })
-            .build();
+            .build_with_hasher(KeyHasher::default());
         Tracker { keys, subscribers, max_ttl }
     }
 

@@ -6,7 +6,7 @@
 //! a small front (`front`), which every change below keeps in step.
 
 use crate::copy::{Copy, Value};
-use crate::front::Front;
+use crate::front::{Front, KeyHasher};
 use moka::ops::compute::Op;
 use moka::sync::Cache;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ pub enum Offer {
 
 /// The copies one tier holds.
 pub struct VersionedCache {
-    inner: Cache<CacheKey, Arc<Copy>>,
+    inner: Cache<CacheKey, Arc<Copy>, KeyHasher>,
     front: Front<CacheKey>,
 }
 
@@ -59,7 +59,7 @@ impl VersionedCache {
             .weigher(weight)
             .expire_after(HoldUntil)
             .support_invalidation_closures()
-            .build();
+            .build_with_hasher(KeyHasher::default());
         VersionedCache { inner, front: Front::new(max_bytes / FRONT_SHARE) }
     }
 

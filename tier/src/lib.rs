@@ -24,3 +24,4 @@ pub use cache::CacheKey;
 pub use copy::{Copy, Value};
 pub use engine::{Answer, Applied, Effect, Fetch, Policy, ReadSpec, Served, Source, Tier};
 pub use error::{TierError, TierResult};
+pub use front::KeyHasher;
