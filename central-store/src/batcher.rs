@@ -160,11 +160,7 @@ async fn run(mut rx: mpsc::Receiver<Pending>, raft: Raft, metrics: Arc<Metrics>)
                 }
             }
         };
-        let proposed = proposed.instrument(span);
-        match serving {
-            Some(call) => tokio::spawn(call.scope(proposed)),
-            None => tokio::spawn(proposed),
-        };
+        call::spawn_in(serving, proposed.instrument(span));
     }
 }
 

@@ -79,3 +79,41 @@ pub fn any_error(e: impl std::fmt::Display) -> openraft::AnyError {
 pub fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
     db.cf_handle(name).unwrap_or_else(|| panic!("column family {name} is created by open_db"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each column family's compression, as RocksDB wrote it to the database's OPTIONS file.
+    fn compressions(dir: &Path) -> Vec<(String, String)> {
+        let options = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("OPTIONS-")))
+            .max()
+            .expect("RocksDB writes an OPTIONS file");
+        let text = std::fs::read_to_string(options).unwrap();
+        let mut cf = None;
+        let mut out = Vec::new();
+        for line in text.lines().map(str::trim) {
+            if let Some(name) = line.strip_prefix("[CFOptions \"").and_then(|l| l.strip_suffix("\"]")) {
+                cf = Some(name.to_owned());
+            } else if let (Some(name), Some(c)) = (&cf, line.strip_prefix("compression=")) {
+                out.push((name.clone(), c.to_owned()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn sealed_column_families_are_not_compressed_and_the_others_are() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("db");
+        drop(open_db(&dir).unwrap());
+        let found = compressions(&dir);
+        for name in ALL_CFS {
+            let want = if SEALED_CFS.contains(&name) { "kNoCompression" } else { "kLZ4Compression" };
+            assert!(found.contains(&(name.to_owned(), want.to_owned())), "{name}: {found:?}");
+        }
+    }
+}

@@ -92,8 +92,17 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let fut = fut.instrument(tracing::Span::current());
-    match Serving::current() {
+    spawn_in(Serving::current(), fut.instrument(tracing::Span::current()))
+}
+
+/// Spawns `fut` as part of `serving`, a call another task is serving (or as a task of its
+/// own when `None`): task-locals do not pass to spawned tasks by themselves.
+pub fn spawn_in<F>(serving: Option<Serving>, fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match serving {
         Some(serving) => tokio::spawn(serving.scope(fut)),
         None => tokio::spawn(fut),
     }
@@ -107,4 +116,21 @@ pub fn deadline_or(fallback: Duration) -> Instant {
 /// What is left of the served call's budget (`fallback` when no call is being served).
 pub fn remaining_or(fallback: Duration) -> Duration {
     deadline_or(fallback).saturating_duration_since(Instant::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn work_spawned_for_a_call_carries_it_on() {
+        let call = Call { trace: TraceContext::child_of(None), deadline: Instant::now() + Duration::from_secs(1) };
+        let serving = Serving { call, api: "grpc", method: "/kv.v1.Kv/Put".into(), parent: None };
+        let seen = serving.scope(async { spawn(async { Call::current().map(|c| c.trace.span_id) }).await }).await;
+        assert_eq!(seen.ok().flatten(), Some(call.trace.span_id), "spawned in a call: the call goes on");
+        let plain = tokio::spawn(async { Call::current().is_some() }).await;
+        assert_eq!(plain.ok(), Some(false), "a plain task knows no call");
+        let later = spawn_in(None, async { Call::current().is_some() }).await;
+        assert_eq!(later.ok(), Some(false));
+    }
 }

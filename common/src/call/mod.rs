@@ -15,7 +15,7 @@
 pub mod context;
 
 use context::CALL_SPAN_TARGET;
-pub use context::{deadline_or, remaining_or, spawn, Call, Serving};
+pub use context::{deadline_or, remaining_or, spawn, spawn_in, Call, Serving};
 
 use crate::trace::TraceContext;
 use futures::future::{Either, Ready};
