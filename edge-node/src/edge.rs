@@ -119,7 +119,8 @@ impl Edge {
         Ok(Arc::new(Edge {
             tokens,
             tier,
-            refreshed: VersionedCache::new(config.cache_bytes / 8),
+            // An eighth of the cache, but room for a few copies however small the cache.
+            refreshed: VersionedCache::aside((config.cache_bytes / 8).max(16 << 10)),
             metrics,
             observed: AtomicU64::new(0),
             subscribed: AtomicBool::new(false),
@@ -271,12 +272,15 @@ impl Edge {
     }
 
     /// Moves a copy refreshed ahead of time into the cache, once the held one has run out.
+    /// A miss may have raced the refresh and been answered a newer version: the copy
+    /// replaces only an older one, and fills an empty place only if it reflects what left
+    /// it (`VersionedCache::succeed`).
     fn promote_refreshed(&self, key: &CacheKey, spec: &ReadSpec) {
         let Some(next) = self.refreshed.get(key) else { return };
         let held_fresh = self.tier.cache.get(key).is_some_and(|c| self.tier.policy.fresh(&c, spec, self.tier.epoch()));
         if !held_fresh {
             self.refreshed.remove_older(key.clone(), u64::MAX);
-            self.tier.keep(key.clone(), next);
+            self.tier.succeed(key.clone(), next);
         }
     }
 
@@ -334,6 +338,7 @@ impl Edge {
         self.observe(version);
         if let Some(ns) = deleted {
             self.tier.apply(version, [kv_tier::Effect::DropNamespace(ns.to_string())]);
+            self.refreshed.remove_namespace(&ns.to_string());
         }
     }
 

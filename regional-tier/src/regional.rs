@@ -32,12 +32,12 @@ impl RegionalPolicy {
         spec.max_age.min(self.max_feed_age)
     }
 
-    /// Whether the copy is `min_version` or newer itself, or the feed has reached it and
-    /// the copy is one the feed keeps up to date: of this `epoch`. A copy of an older epoch
-    /// (a flight that landed after the feed restarted) may have missed changes the feed
-    /// passed by while it was being fetched.
+    /// Whether the copy reflects `min_version` itself (its version, or the position its fetch
+    /// asked for), or the feed has reached it and the copy is one the feed keeps up to date:
+    /// of this `epoch`. A copy of an older epoch (a flight that landed after the feed
+    /// restarted) may have missed changes the feed passed by while it was being fetched.
     fn reaches(&self, copy: &Copy, min_version: u64, epoch: u64) -> bool {
-        copy.version >= min_version || (copy.epoch == epoch && self.feed.applied() >= min_version)
+        copy.reflects >= min_version || (copy.epoch == epoch && self.feed.applied() >= min_version)
     }
 }
 

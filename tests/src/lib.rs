@@ -344,6 +344,12 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// One metric of a node's `/metrics`; 0 when it cannot be read.
+pub async fn scrape(addr: SocketAddr, name: &str) -> f64 {
+    let text = http_get(addr, "/metrics").await.unwrap_or_default();
+    metric_value(&text, name).unwrap_or(0.0)
+}
+
 /// A put of one key, as a one-item write.
 pub fn put_op(key: &str, value: &[u8]) -> pb::WriteOp {
     pb::WriteOp {

@@ -1,7 +1,7 @@
 //! Whole clusters for tier tests: central voters, regional tiers and edges as real
 //! processes, started through the launcher with free ports in a temporary directory.
 
-use crate::{dump_log, eventually, http_get, metric_value};
+use crate::{dump_log, eventually, scrape};
 use kv_client::{api, Client};
 use kv_common::auth::{authorized, Authorized};
 use kv_deploy::launch::LocalCluster;
@@ -162,11 +162,6 @@ impl Tiers {
     pub async fn namespace(&self) -> anyhow::Result<String> {
         Ok(self.edge(A_PUSH).await?.create_namespace("test").await?.id)
     }
-}
-
-async fn scrape(addr: std::net::SocketAddr, name: &str) -> f64 {
-    let text = http_get(addr, "/metrics").await.unwrap_or_default();
-    metric_value(&text, name).unwrap_or(0.0)
 }
 
 impl Drop for Tiers {

@@ -36,6 +36,9 @@ pub struct Copy {
     /// `None` is a negative lookup.
     pub value: Option<Value>,
     pub version: u64,
+    /// The change position the copy is known current at: its version, or a later one when
+    /// it answered a fetch asked at that position (the key did not change in between).
+    pub reflects: u64,
     /// The copy reflects every write acknowledged before this instant.
     pub as_of: Instant,
     /// Milliseconds after `as_of` until which the copy may be served as fresh; reads with a
@@ -66,7 +69,22 @@ impl Copy {
         let hold_for = fresh_for.saturating_add(hold_extra);
         let hold_until = cap_by_expiration(as_of, hold_for, value.as_ref());
         let fresh_ms = AtomicU64::new(millis(fresh_for));
-        Copy { value, version, as_of, fresh_ms, hold_until, hold_for, epoch, filled_from: pb::Tier::Central }
+        Copy {
+            value,
+            version,
+            reflects: version,
+            as_of,
+            fresh_ms,
+            hold_until,
+            hold_for,
+            epoch,
+            filled_from: pb::Tier::Central,
+        }
+    }
+
+    /// The copy, known current at change position `position` too (its fetch asked for it).
+    pub fn reflecting(self, position: u64) -> Self {
+        Copy { reflects: self.reflects.max(position), ..self }
     }
 
     /// The copy, saying its contents came from `tier`.
@@ -81,6 +99,7 @@ impl Copy {
             hold_until: cap_by_expiration(self.as_of, self.hold_for, value.as_ref()),
             value,
             version,
+            reflects: self.reflects.max(version),
             as_of: self.as_of,
             fresh_ms: AtomicU64::new(self.fresh_ms.load(Ordering::Relaxed)),
             hold_for: self.hold_for,

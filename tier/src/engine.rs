@@ -53,8 +53,8 @@ pub struct ReadSpec {
     pub cache_ttl: Option<Duration>,
     /// Asks the regional tier to push the keys' changes to this edge.
     pub track: Option<pb::Tracking>,
-    /// A held copy answers only if its version is at least this (a session read's token;
-    /// 0 = any). A fetch reflects it through `min_version`.
+    /// A held copy answers only if it reflects at least this position (a session read's
+    /// token; 0 = any). A fetch reflects it through `min_version`.
     pub at_least: u64,
     /// Ask for a linearizable answer (see `read_through`).
     pub linearizable: bool,
@@ -173,6 +173,10 @@ struct Flight {
     min_version: u64,
     epoch: u64,
     noted: Option<Noted>,
+    /// Whether what lands is kept. Set by any reader that joins: a copy served to a reader
+    /// must be held from then on, or a later read here could answer the older copy it
+    /// replaced (a mode-`ttl` refresh alone keeps its copy aside; see the edge).
+    keep: bool,
     done: watch::Sender<Landed>,
 }
 
@@ -231,10 +235,11 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
         self.lock().flights.contains_key(key)
     }
 
-    /// Keeps `copy` unless a newer one is held; returns the newest held.
-    pub fn keep(&self, key: CacheKey, copy: Arc<Copy>) -> Arc<Copy> {
+    /// Puts `copy` in place of the held copy of `key`, if one is held and no newer (see
+    /// `VersionedCache::succeed`). Returns whether it did.
+    pub fn succeed(&self, key: CacheKey, copy: Arc<Copy>) -> bool {
         let _st = self.lock();
-        self.cache.keep(key, copy)
+        self.cache.succeed(key, copy)
     }
 
     /// Drops the held copy of `key`, if older than `version` (`u64::MAX`: whatever it is).
@@ -253,7 +258,7 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
         for (i, k) in keys.iter().enumerate() {
             match self.cache.get(&(ns.to_owned(), k.clone())) {
                 Some(c)
-                    if !c.is_expired(now_secs) && c.version >= spec.at_least && self.policy.fresh(&c, spec, epoch) =>
+                    if !c.is_expired(now_secs) && c.reflects >= spec.at_least && self.policy.fresh(&c, spec, epoch) =>
                 {
                     self.metrics.hit(&c);
                     out.push(Some(Ok(self.served(c, Source::Hit, false))));
@@ -335,7 +340,7 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
             }
             Ok(_) => Err(KvError::Unavailable("no upstream could give an answer fresh enough; retry".into()).into()),
             Err(e) if e.is_unreachable() => match self.cache.get(&(ns.to_owned(), key.to_owned())) {
-                Some(c) if c.version >= spec.at_least && self.policy.stale_ok(&c, spec, self.epoch()) => {
+                Some(c) if c.reflects >= spec.at_least && self.policy.stale_ok(&c, spec, self.epoch()) => {
                     self.metrics.stale_serves.inc();
                     Ok(self.served(c, Source::Stale, false))
                 }
@@ -346,7 +351,8 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
     }
 
     /// Fetches `keys` of `ns` from upstream through the flights (see the module docs), and
-    /// keeps what lands when `keep` is set. One outcome per key, in order.
+    /// keeps what lands when `keep` is set or another reader joined. One outcome per key, in
+    /// order.
     pub async fn fetch(
         self: &Arc<Self>,
         ns: &str,
@@ -362,21 +368,24 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
             let floor;
             {
                 let mut st = self.lock();
-                floor = spec.min_version.max(st.applied);
+                let wanted: Vec<CacheKey> = pending.iter().map(|&i| (ns.to_owned(), keys[i].clone())).collect();
+                // Never behind what this tier held or answered of the keys (`cache::Floors`):
+                // their copies may be gone, and this read may have been asked long ago.
+                floor = wanted.iter().map(|k| self.cache.floor(k)).fold(spec.min_version.max(st.applied), u64::max);
                 let epoch = st.epoch;
-                for &i in &pending {
-                    let key = (ns.to_owned(), keys[i].clone());
-                    match st.flights.get(&key) {
+                for (&i, key) in pending.iter().zip(wanted) {
+                    match st.flights.get_mut(&key) {
                         Some(f) => {
                             let good_enough = f.min_version >= spec.min_version && f.epoch == epoch;
                             if good_enough {
                                 self.metrics.coalesced_waiters.inc();
+                                f.keep |= keep;
                             }
                             waits.push((i, f.done.subscribe(), good_enough));
                         }
                         None => {
                             let (done, rx) = watch::channel(None);
-                            st.flights.insert(key, Flight { min_version: floor, epoch, noted: None, done });
+                            st.flights.insert(key, Flight { min_version: floor, epoch, noted: None, keep, done });
                             waits.push((i, rx, true));
                             mine.push(keys[i].clone());
                         }
@@ -387,7 +396,7 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
                 self.metrics.upstream_fetches.inc();
                 let me = self.clone();
                 let (ns, spec) = (ns.to_owned(), ReadSpec { min_version: floor, ..spec.clone() });
-                kv_common::call::spawn(async move { me.fly(ns, mine, spec, keep).await });
+                kv_common::call::spawn(async move { me.fly(ns, mine, spec).await });
             }
             let mut again = Vec::new();
             for (i, mut rx, good_enough) in waits {
@@ -408,7 +417,7 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
 
     /// One flight: asks upstream, then lands every key under the lock, asking again for
     /// keys whose noted change is newer than the answer and of unknown value.
-    async fn fly(self: Arc<Self>, ns: String, mut keys: Vec<String>, mut spec: ReadSpec, keep: bool) {
+    async fn fly(self: Arc<Self>, ns: String, mut keys: Vec<String>, mut spec: ReadSpec) {
         while !keys.is_empty() {
             let answers = self.upstream.read(&ns, keys.clone(), &spec).await;
             let mut st = self.lock();
@@ -444,10 +453,12 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
                     _ => (answer.value, answer.version),
                 };
                 let (fresh_for, hold_extra) = self.policy.lifetimes(&spec);
-                let copy = Copy::new(value, version, answer.as_of, fresh_for, hold_extra, flight.epoch);
+                let copy = Copy::new(value, version, answer.as_of, fresh_for, hold_extra, flight.epoch)
+                    .reflecting(spec.min_version);
                 // Labelled by where the fetch ended, even when a change noted meanwhile
                 // gave it newer contents: that is the tier the read waited for.
                 let copy = Arc::new(copy.filled_from(answer.served_by));
+                let keep = flight.keep;
                 let f = st.flights.remove(&ck);
                 // A flight from before a reset is kept too, as a copy of its own epoch: never
                 // fresh, but no older than what it replaces, so a STALE answer served from
@@ -470,9 +481,11 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
     }
 
     /// Stores what this tier's own write made of a key, as of `as_of` (when the write was
-    /// sent): a held copy is replaced, a flight notes it, and otherwise it is filled.
+    /// sent): a held copy is replaced, a flight notes it, and otherwise it is filled. Kept or
+    /// not, the write was answered: nothing this tier keeps or fetches later goes behind it.
     pub fn write_through(&self, key: CacheKey, value: Option<Value>, version: u64, as_of: Instant, spec: &ReadSpec) {
         let mut st = self.lock();
+        self.cache.raise(&key, version);
         self.apply_one(&mut st, version, Effect::Set(key, value), Some((as_of, spec)));
     }
 
@@ -652,13 +665,16 @@ mod tests {
         t.read("ns", &keys, &ReadSpec::default()).await.into_iter().map(|r| r.expect("an answer")).collect()
     }
 
+    /// `read` in a task of its own, so the test can answer its fetch.
+    fn reading(t: &Arc<Tier<Gate, Minute>>, keys: &'static [&'static str]) -> tokio::task::JoinHandle<Vec<Served>> {
+        let t = t.clone();
+        tokio::spawn(async move { read(&t, keys).await })
+    }
+
     #[tokio::test]
     async fn a_change_that_lands_during_a_fetch_wins_over_its_older_answer() {
         let (t, mut calls) = tier();
-        let reader = tokio::spawn({
-            let t = t.clone();
-            async move { read(&t, &["k"]).await }
-        });
+        let reader = reading(&t, &["k"]);
         let call = calls.recv().await.unwrap();
         // The key is not held, but its fetch is under way: the change must not be lost.
         assert_eq!(t.apply(10, [Effect::Set(key("k"), val("new"))]), vec![Applied::Stored]);
@@ -669,13 +685,85 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_reader_that_joins_a_fetch_which_keeps_nothing_makes_it_keep_its_answer() {
+        let (t, mut calls) = tier();
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(90)).unwrap();
+        t.write_through(key("k"), val("old"), 3, long_ago, &ReadSpec::default());
+        // A fetch that keeps its copy aside (an edge's mode-ttl refresh) is under way...
+        let refresh = tokio::spawn({
+            let t = t.clone();
+            async move { t.fetch("ns", &["k".to_string()], &ReadSpec::default(), false).await }
+        });
+        let call = calls.recv().await.unwrap();
+        // ...and a reader whose held copy is no longer fresh joins it.
+        let reader = reading(&t, &["k"]);
+        while t.metrics.coalesced_waiters.get() == 0 {
+            tokio::task::yield_now().await;
+        }
+        call.reply.send(Ok(vec![answer(val("new"), 8)])).unwrap();
+        assert_eq!(reader.await.unwrap()[0].copy.version, 8);
+        assert_eq!(refresh.await.unwrap()[0].as_ref().unwrap().version, 8);
+        // The reader was answered 8: the tier must not go back to 3 for the next one.
+        assert_eq!(t.cache.get(&key("k")).unwrap().version, 8);
+    }
+
+    #[tokio::test]
+    async fn an_evicted_copy_is_never_followed_by_an_older_one() {
+        let (t, mut calls) = tier();
+        // A read is answered 7 (another edge's write), and its copy is then evicted.
+        let reader = reading(&t, &["k"]);
+        calls.recv().await.unwrap().reply.send(Ok(vec![answer(val("seven"), 7)])).unwrap();
+        assert_eq!(reader.await.unwrap()[0].copy.version, 7);
+        t.cache.evict(&key("k"));
+        // This tier's own write of 5, answered only now, must not become the key's copy...
+        t.write_through(key("k"), val("five"), 5, Instant::now(), &ReadSpec::default());
+        assert!(t.cache.get(&key("k")).is_none(), "a copy older than an answer already given");
+        // ...and a read asked as if nothing had been seen fetches at 7 at least.
+        let reader = reading(&t, &["k"]);
+        let call = calls.recv().await.unwrap();
+        assert!(call.spec.min_version >= 7, "asked at {}", call.spec.min_version);
+        call.reply.send(Ok(vec![answer(val("seven"), 7)])).unwrap();
+        assert_eq!(reader.await.unwrap()[0].copy.version, 7);
+    }
+
+    #[tokio::test]
+    async fn a_held_copy_answers_a_session_token_its_fetch_reflected() {
+        let (t, mut calls) = tier();
+        let read_at = |at_least: u64, min_version: u64| {
+            let t = t.clone();
+            let spec = ReadSpec { at_least, min_version, ..Default::default() };
+            tokio::spawn(async move { t.read("ns", &["k".to_string()], &spec).await.pop().unwrap().unwrap() })
+        };
+        // Fetched at position 9, the key was still at version 5.
+        let reader = read_at(0, 9);
+        calls.recv().await.unwrap().reply.send(Ok(vec![answer(val("v"), 5)])).unwrap();
+        assert_eq!(reader.await.unwrap().copy.version, 5);
+        // A token of 8 (another key's write) is reflected: a HIT.
+        assert_eq!(read_at(8, 9).await.unwrap().source, Source::Hit);
+        // A token of 10 is not: the read fetches.
+        let reader = read_at(10, 10);
+        calls.recv().await.unwrap().reply.send(Ok(vec![answer(val("v"), 5)])).unwrap();
+        assert_eq!(reader.await.unwrap().source, Source::Miss);
+    }
+
+    #[tokio::test]
+    async fn a_fetch_which_keeps_nothing_and_answers_no_reader_leaves_the_held_copy() {
+        let (t, mut calls) = tier();
+        t.write_through(key("k"), val("old"), 3, Instant::now(), &ReadSpec::default());
+        let refresh = tokio::spawn({
+            let t = t.clone();
+            async move { t.fetch("ns", &["k".to_string()], &ReadSpec::default(), false).await }
+        });
+        calls.recv().await.unwrap().reply.send(Ok(vec![answer(val("new"), 8)])).unwrap();
+        assert_eq!(refresh.await.unwrap()[0].as_ref().unwrap().version, 8);
+        assert_eq!(t.cache.get(&key("k")).unwrap().version, 3, "held until its cacheTtl ends, as in KV");
+    }
+
+    #[tokio::test]
     async fn a_read_through_joins_no_flight_and_keeps_what_it_read() {
         let (t, mut calls) = tier();
         // A fetch of k is under way; a linearizable read neither joins nor waits for it.
-        let reader = tokio::spawn({
-            let t = t.clone();
-            async move { read(&t, &["k"]).await }
-        });
+        let reader = reading(&t, &["k"]);
         let held = calls.recv().await.unwrap();
         let spec = ReadSpec { linearizable: true, ..Default::default() };
         let strong = tokio::spawn({
@@ -741,10 +829,7 @@ mod tests {
     async fn answers_name_the_tier_their_fetch_reached_or_this_one() {
         let (t, mut calls) = tier();
         let edge = pb::Tier::Edge;
-        let reader = tokio::spawn({
-            let t = t.clone();
-            async move { read(&t, &["k", "old"]).await }
-        });
+        let reader = reading(&t, &["k", "old"]);
         let call = calls.recv().await.unwrap();
         // A change overtakes the fetch of k: the read still waited for the regional tier.
         t.apply(10, [Effect::Set(key("k"), val("new"))]);
@@ -767,10 +852,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_fetch_is_ordered_against_changes_key_by_key() {
         let (t, mut calls) = tier();
-        let reader = tokio::spawn({
-            let t = t.clone();
-            async move { read(&t, &["a", "b"]).await }
-        });
+        let reader = reading(&t, &["a", "b"]);
         let call = calls.recv().await.unwrap();
         assert_eq!(call.keys, vec!["a", "b"], "one upstream call for the batch");
         t.apply(10, [Effect::Set(key("b"), None)]);
@@ -785,10 +867,7 @@ mod tests {
         let (t, mut calls) = tier();
         t.write_through(key("b"), val("x"), 5, Instant::now(), &ReadSpec::default());
         t.reset(0, false); // the held copy must be revalidated
-        let reader = tokio::spawn({
-            let t = t.clone();
-            async move { read(&t, &["a", "b"]).await }
-        });
+        let reader = reading(&t, &["a", "b"]);
         let call = calls.recv().await.unwrap();
         call.reply.send(Ok(vec![answer(None, 3), answer(None, 8)])).unwrap();
         let got = reader.await.unwrap();
@@ -798,10 +877,7 @@ mod tests {
     #[tokio::test]
     async fn a_change_of_unknown_value_during_a_fetch_makes_it_ask_again() {
         let (t, mut calls) = tier();
-        let reader = tokio::spawn({
-            let t = t.clone();
-            async move { read(&t, &["k"]).await }
-        });
+        let reader = reading(&t, &["k"]);
         let first = calls.recv().await.unwrap();
         t.apply(10, [Effect::Unknown(key("k"))]);
         first.reply.send(Ok(vec![answer(val("old"), 5)])).unwrap();
@@ -831,10 +907,7 @@ mod tests {
     #[tokio::test]
     async fn a_reader_that_goes_away_abandons_nothing() {
         let (t, mut calls) = tier();
-        let reader = tokio::spawn({
-            let t = t.clone();
-            async move { read(&t, &["k"]).await }
-        });
+        let reader = reading(&t, &["k"]);
         let call = calls.recv().await.unwrap();
         reader.abort();
         let _ = reader.await;
@@ -881,10 +954,7 @@ mod tests {
     #[tokio::test]
     async fn a_fetch_under_way_at_a_reset_answers_and_is_kept_but_never_fresh() {
         let (t, mut calls) = tier();
-        let reader = tokio::spawn({
-            let t = t.clone();
-            async move { read(&t, &["k"]).await }
-        });
+        let reader = reading(&t, &["k"]);
         let call = calls.recv().await.unwrap();
         t.reset(7, true);
         call.reply.send(Ok(vec![answer(val("v1"), 1)])).unwrap();
@@ -892,10 +962,7 @@ mod tests {
         let kept = t.cache.get(&key("k")).expect("kept, for later stale answers");
         assert_ne!(kept.epoch, t.epoch(), "but as a copy of the old epoch, never fresh");
         // And a fetch registered after the reset asks at the new position at least.
-        let again = tokio::spawn({
-            let t = t.clone();
-            async move { read(&t, &["k"]).await }
-        });
+        let again = reading(&t, &["k"]);
         let call = calls.recv().await.unwrap();
         assert_eq!(call.spec.min_version, 7);
         call.reply.send(Ok(vec![answer(val("v1"), 1)])).unwrap();
@@ -907,19 +974,13 @@ mod tests {
         let (t, mut calls) = tier();
         t.write_through(key("k"), val("old"), 3, Instant::now(), &ReadSpec::default());
         t.reset(3, false);
-        let reader = tokio::spawn({
-            let t = t.clone();
-            async move { read(&t, &["k"]).await }
-        });
+        let reader = reading(&t, &["k"]);
         let call = calls.recv().await.unwrap();
         t.reset(4, false);
         call.reply.send(Ok(vec![answer(val("new"), 9)])).unwrap();
         assert_eq!(reader.await.unwrap()[0].copy.version, 9);
         // Upstream goes away: the stale answer is the newer copy, not the one before it.
-        let stale = tokio::spawn({
-            let t = t.clone();
-            async move { read(&t, &["k"]).await }
-        });
+        let stale = reading(&t, &["k"]);
         calls.recv().await.unwrap().reply.send(Err(Status::unavailable("down"))).unwrap();
         let got = stale.await.unwrap();
         assert_eq!((got[0].copy.version, got[0].source), (9, Source::Stale));
@@ -932,10 +993,7 @@ mod tests {
         assert_eq!(t.apply(449, [Effect::Set(key("k"), val("newest"))]), vec![Applied::NotHeld]);
         t.write_through(key("k"), None, 431, Instant::now(), &ReadSpec::default());
         assert!(t.cache.get(&key("k")).is_none(), "no copy older than the key is");
-        let reader = tokio::spawn({
-            let t = t.clone();
-            async move { read(&t, &["k"]).await }
-        });
+        let reader = reading(&t, &["k"]);
         let call = calls.recv().await.unwrap();
         assert_eq!(call.spec.min_version, 449, "the read asks for what the feed has applied");
         call.reply.send(Ok(vec![answer(val("newest"), 449)])).unwrap();
@@ -950,10 +1008,7 @@ mod tests {
         let (t, mut calls) = tier();
         t.write_through(key("k"), val("held"), 3, Instant::now(), &ReadSpec::default());
         t.reset(3, false);
-        let reader = tokio::spawn({
-            let t = t.clone();
-            async move { read(&t, &["k"]).await }
-        });
+        let reader = reading(&t, &["k"]);
         let call = calls.recv().await.unwrap();
         call.reply.send(Err(Status::unavailable("down"))).unwrap();
         let got = reader.await.unwrap();

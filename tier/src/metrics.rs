@@ -4,6 +4,7 @@
 use crate::cache::VersionedCache;
 use crate::copy::Copy;
 use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Registers metrics under one registry and renders them as Prometheus text, with the
 /// process's resident memory (what a benchmark divides by cache bytes or watchers).
@@ -71,6 +72,9 @@ pub struct CacheMetrics {
     pub stale_serves: IntCounter,
     pub upstream_fetches: IntCounter,
     pub coalesced_waiters: IntCounter,
+    /// Follows the cache's own count; the lock keeps two scrapes at once from adding the
+    /// same evictions twice.
+    evictions: Arc<Mutex<IntCounter>>,
     cache_bytes: IntGauge,
     cache_entries: IntGauge,
 }
@@ -87,6 +91,10 @@ impl CacheMetrics {
             stale_serves: counter("stale_serves", &format!("Reads answered stale: {upstream} did not answer")),
             upstream_fetches: counter("upstream_fetches", &format!("Reads sent to {upstream}")),
             coalesced_waiters: counter("coalesced_waiters", "Misses that joined a fetch under way"),
+            evictions: Arc::new(Mutex::new(counter(
+                "evictions",
+                "Copies dropped from the cache to make room for others",
+            ))),
             cache_bytes: gauge("cache_bytes", "Bytes held by the cache"),
             cache_entries: gauge("cache_entries", "Entries held by the cache"),
         }
@@ -103,6 +111,8 @@ impl CacheMetrics {
 
     /// Sets the size gauges from `cache`, before a scrape.
     pub fn measure(&self, cache: &VersionedCache) {
+        let evictions = self.evictions.lock().unwrap_or_else(PoisonError::into_inner);
+        evictions.inc_by(cache.evictions().saturating_sub(evictions.get()));
         self.cache_bytes.set(i64::try_from(cache.weighted_size()).unwrap_or(i64::MAX));
         self.cache_entries.set(i64::try_from(cache.entry_count()).unwrap_or(i64::MAX));
     }
@@ -127,7 +137,12 @@ mod tests {
         cache.offer(("ns".into(), "k".into()), Arc::new(Copy::new(None, 3, Instant::now(), ttl, ttl, 0)));
         m.measure(&cache);
         let text = r.render();
-        for line in ["kv_test_hits_total 1", "kv_test_negative_hits_total 1", "kv_test_cache_entries 1"] {
+        for line in [
+            "kv_test_hits_total 1",
+            "kv_test_negative_hits_total 1",
+            "kv_test_cache_entries 1",
+            "kv_test_evictions_total 0",
+        ] {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }
         assert!(text.contains("# HELP kv_test_upstream_fetches_total Reads sent to the tier above"));

@@ -8,6 +8,11 @@ use kv_tests::fault::run::{excerpt, run, Plan};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+/// The cache of every edge and regional tier in a run with an odd seed: room for about five
+/// of the eight keys' small copies and none of the large ones, so copies are evicted all the
+/// time and the guarantees are checked across evictions too.
+const SMALL_CACHE: u64 = 4096;
+
 #[derive(Debug, Parser)]
 #[command(name = "fault-suite", about = "Randomized faults against a real cluster, checked against SPEC section 4")]
 struct Args {
@@ -26,6 +31,10 @@ struct Args {
     /// Clients per edge.
     #[arg(long, default_value_t = 2)]
     clients_per_edge: usize,
+    /// Bytes of cache at every edge and regional tier, in every run. By default, runs with
+    /// an odd seed give them `SMALL_CACHE` and the others the nodes' own default.
+    #[arg(long)]
+    cache_bytes: Option<u64>,
     /// Where each run's history is written (`<dir>/seed-<seed>.json`).
     #[arg(long, default_value = "target/fault-suite")]
     out: std::path::PathBuf,
@@ -37,12 +46,18 @@ async fn main() -> anyhow::Result<()> {
     let first = args.seed.unwrap_or_else(|| kv_common::time::now_ms() % 1_000_000);
     std::fs::create_dir_all(&args.out)?;
     let started = Instant::now();
-    let (mut operations, mut faults) = (0usize, 0usize);
+    let (mut operations, mut faults, mut evictions) = (0usize, 0usize, 0u64);
     let mut violations: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut failed_seeds = Vec::new();
     for i in 0..args.runs {
         let seed = first + i;
-        let plan = Plan { seed, seconds: args.seconds, keys: args.keys, clients_per_edge: args.clients_per_edge };
+        let plan = Plan {
+            seed,
+            seconds: args.seconds,
+            keys: args.keys,
+            clients_per_edge: args.clients_per_edge,
+            cache_bytes: args.cache_bytes.or((seed % 2 == 1).then_some(SMALL_CACHE)),
+        };
         let root = tempfile::tempdir_in(&args.out)?;
         let outcome = run(plan, root.path()).await?;
         let record =
@@ -50,12 +65,14 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(args.out.join(format!("seed-{seed}.json")), serde_json::to_vec(&record)?)?;
         operations += outcome.history.ops.len() + outcome.final_reads.len();
         faults += outcome.history.faults.len();
+        evictions += outcome.evictions;
         eprintln!(
-            "run {} of {} (seed {seed}): {} calls, {} faults, {} violations",
+            "run {} of {} (seed {seed}): {} calls, {} faults, {} evictions, {} violations",
             i + 1,
             args.runs,
             outcome.history.ops.len(),
             outcome.history.faults.len(),
+            outcome.evictions,
             outcome.violations.len()
         );
         if !outcome.violations.is_empty() {
@@ -87,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
         "seconds_per_run": args.seconds,
         "operations_checked": operations,
         "faults": faults,
+        "evictions": evictions,
         "violations": violations,
         "failed_seeds": failed_seeds,
         "elapsed_s": started.elapsed().as_secs(),

@@ -32,6 +32,8 @@ pub struct Plan {
     pub seconds: u64,
     pub keys: usize,
     pub clients_per_edge: usize,
+    /// Bytes of cache at every edge and regional tier, when not the nodes' default.
+    pub cache_bytes: Option<u64>,
 }
 
 /// What one run found.
@@ -39,11 +41,14 @@ pub struct Outcome {
     pub history: Recorded,
     pub final_reads: Vec<Op>,
     pub violations: Vec<Violation>,
+    /// Copies the edges and regional tiers dropped to make room: whether the run checked
+    /// the guarantees across evictions at all.
+    pub evictions: u64,
 }
 
 /// The topology of a run: region 0 near the central store, region 1 far; edges in order
 /// near-push, near-ttl, far-push, far-ttl.
-pub fn topology() -> Topology {
+pub fn topology(cache_bytes: Option<u64>) -> Topology {
     let mut t = test_topology(
         r#"
 [[regions]]
@@ -58,12 +63,17 @@ edges = [{ name = "far-push", delay_ms = 1 }, { name = "far-ttl", delay_ms = 1, 
 "#,
     );
     t.edge_config = format!("max_stale_secs = {MAX_STALE_SECS}\n{TEST_LIMITS}");
+    if let Some(bytes) = cache_bytes {
+        let line = format!("cache_bytes = {bytes}\n");
+        t.edge_config.insert_str(0, &line);
+        t.regional_config.insert_str(0, &line);
+    }
     t
 }
 
 /// Runs `plan` with the cluster's data under `root`.
 pub async fn run(plan: Plan, root: &Path) -> anyhow::Result<Outcome> {
-    let topology = topology();
+    let topology = topology(plan.cache_bytes);
     let cluster = LocalCluster::start(&topology, root).await.context("starting the cluster")?;
     let edges: Vec<(std::net::SocketAddr, bool)> =
         cluster.edges().map(|e| (e.node.grpc, !e.node.name.ends_with("-ttl"))).collect();
@@ -137,7 +147,14 @@ pub async fn run(plan: Plan, root: &Path) -> anyhow::Result<Outcome> {
     }
     let settings = Settings { max_stale_ms: MAX_STALE_SECS * 1000, stale_grace_ms: 8_000, edge_region };
     let violations = check(&history, &finals, &final_reads, &settings);
-    Ok(Outcome { history, final_reads, violations })
+    let mut evictions = 0.0;
+    for e in cluster.edges() {
+        evictions += crate::scrape(e.node.http, "kv_edge_evictions_total").await;
+    }
+    for r in &cluster.regions {
+        evictions += crate::scrape(r.regional.http, "kv_regional_evictions_total").await;
+    }
+    Ok(Outcome { history, final_reads, violations, evictions: evictions as u64 })
 }
 
 /// Each key as the central store holds it once everything is healed: read at a central
