@@ -502,3 +502,19 @@ async fn large_values_stream_in_at_one_edge_and_out_at_another() {
     let r = t.edge(A_PUSH).await.unwrap().get(&ns, "too-big", None).await.unwrap();
     assert_eq!(seen(&r).0, None);
 }
+
+#[tokio::test]
+async fn four_hundred_calls_at_once_on_one_connection_are_all_served() {
+    let t = Tiers::start(20).await.unwrap();
+    let ns = t.namespace().await.unwrap();
+    t.edge(A_PUSH).await.unwrap().put(put(&ns, "hot", "v")).await.unwrap();
+    let b = t.edge(B_PUSH).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..400 {
+        let (b, ns) = (b.clone(), ns.clone());
+        tasks.push(tokio::spawn(async move { b.get(&ns, "hot", Some(LONG_TTL)).await }));
+    }
+    for task in tasks {
+        assert_eq!(seen(&task.await.unwrap().unwrap()).0.as_deref(), Some("v"));
+    }
+}
