@@ -404,6 +404,15 @@ mod tests {
     }
 
     #[test]
+    fn a_store_kept_aside_has_no_floors() {
+        let c = VersionedCache::aside(1 << 20);
+        c.offer(key("a"), copy("v7", 7));
+        c.evict(&key("a"));
+        assert_eq!(c.floor(&key("a")), 0);
+        assert_eq!(c.offer(key("a"), copy("v5", 5)), Offer::Stored, "a refresh is never dropped for a floor");
+    }
+
+    #[test]
     fn copies_dropped_for_room_are_counted_and_expired_ones_are_not() {
         let c = VersionedCache::new(16 << 10);
         for i in 0..200 {

@@ -235,8 +235,9 @@ impl<U: Fetch, P: Policy> Tier<U, P> {
         self.lock().flights.contains_key(key)
     }
 
-    /// Puts `copy` in place of the held copy of `key`, if one is held and no newer (see
-    /// `VersionedCache::succeed`). Returns whether it did.
+    /// Puts `copy`, made earlier and kept aside, in place of an older held copy of `key`, or
+    /// in its empty place if `copy` reflects the place's floor (`VersionedCache::succeed`).
+    /// Returns whether it did.
     pub fn succeed(&self, key: CacheKey, copy: Arc<Copy>) -> bool {
         let _st = self.lock();
         self.cache.succeed(key, copy)
